@@ -1,0 +1,199 @@
+//! Accounts and the identities they may send as; password checks.
+//!
+//! An account owns identities: one address (`alice@example.com`) or a whole domain. Every path
+//! that accepts mail (SMTP, later JMAP and sendmail) asks [`Account::identity_for`] whether the
+//! sender belongs to the account.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+
+use crate::config::AccountConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityScope {
+    /// One address, compared case-insensitively.
+    Address(String),
+    /// Every address at this domain.
+    Domain(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: String,
+    pub scope: IdentityScope,
+    pub name: String,
+    pub text_signature: Option<String>,
+    pub html_signature: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Account {
+    pub login: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub user_id: String,
+    password_hash: String,
+    pub identities: Vec<Identity>,
+}
+
+impl Account {
+    /// The identity under which this account may use `address`, if any. An exact address wins
+    /// over a domain identity. The null sender `<>` belongs to nobody.
+    pub fn identity_for(&self, address: &str) -> Option<&Identity> {
+        let address = address.trim().to_lowercase();
+        let (_, domain) = address.rsplit_once('@')?;
+        if domain.is_empty() {
+            return None;
+        }
+        self.identities
+            .iter()
+            .find(|i| matches!(&i.scope, IdentityScope::Address(a) if *a == address))
+            .or_else(|| {
+                self.identities
+                    .iter()
+                    .find(|i| matches!(&i.scope, IdentityScope::Domain(d) if d == domain))
+            })
+    }
+}
+
+/// All configured accounts, by login.
+pub struct Directory {
+    accounts: HashMap<String, Arc<Account>>,
+    /// Verified against when the login is unknown, so that answer costs the same argon2 work.
+    dummy_hash: String,
+}
+
+impl Directory {
+    pub fn from_config(accounts: &[AccountConfig]) -> Result<Directory> {
+        let mut map = HashMap::new();
+        for a in accounts {
+            let hash = a.password_hash.clone().unwrap_or_default();
+            PasswordHash::new(&hash)
+                .map_err(|e| anyhow!("account {}: bad password_hash: {e}", a.login))?;
+            let identities = a
+                .identities
+                .iter()
+                .map(|i| Identity {
+                    id: i.id.clone(),
+                    scope: match (&i.email, &i.domain) {
+                        (Some(email), _) => IdentityScope::Address(email.to_lowercase()),
+                        (None, Some(domain)) => IdentityScope::Domain(domain.to_lowercase()),
+                        (None, None) => unreachable!("validated at config load"),
+                    },
+                    name: i.name.clone(),
+                    text_signature: i.text_signature.clone(),
+                    html_signature: i.html_signature.clone(),
+                })
+                .collect();
+            let account = Account {
+                login: a.login.clone(),
+                tenant_id: a.tenant_id.clone(),
+                account_id: a.account_id.clone().unwrap_or_else(|| a.login.clone()),
+                user_id: a.user_id.clone().unwrap_or_else(|| a.login.clone()),
+                password_hash: hash,
+                identities,
+            };
+            map.insert(a.login.to_lowercase(), Arc::new(account));
+        }
+        Ok(Directory {
+            accounts: map,
+            dummy_hash: hash_password("outbox-dummy-password")?,
+        })
+    }
+
+    pub fn get(&self, login: &str) -> Option<Arc<Account>> {
+        self.accounts.get(&login.to_lowercase()).cloned()
+    }
+
+    /// Checks a login and password. Blocking (argon2 is deliberately slow): call it from
+    /// `spawn_blocking`. Unknown logins still cost one verification.
+    pub fn verify(&self, login: &str, password: &str) -> Option<Arc<Account>> {
+        let account = self.get(login);
+        let hash = account
+            .as_ref()
+            .map_or(self.dummy_hash.as_str(), |a| a.password_hash.as_str());
+        let ok = PasswordHash::new(hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        account.filter(|_| ok)
+    }
+}
+
+/// An argon2id PHC string for `password`, with a random salt and the default parameters.
+pub fn hash_password(password: &str) -> Result<String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow!("hashing password: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdentityConfig;
+
+    fn directory() -> Directory {
+        let identity = |id: &str, email: Option<&str>, domain: Option<&str>| IdentityConfig {
+            id: id.into(),
+            email: email.map(Into::into),
+            domain: domain.map(Into::into),
+            name: String::new(),
+            text_signature: None,
+            html_signature: None,
+        };
+        Directory::from_config(&[AccountConfig {
+            login: "Alice".into(),
+            password_hash: Some(hash_password("s3cret").unwrap()),
+            password_hash_file: None,
+            tenant_id: "t".into(),
+            account_id: None,
+            user_id: None,
+            identities: vec![
+                identity("a", Some("Alice@Example.com"), None),
+                identity("d", None, Some("alice.test")),
+            ],
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn verifies_passwords() {
+        let dir = directory();
+        assert_eq!(dir.verify("alice", "s3cret").unwrap().login, "Alice");
+        assert!(dir.verify("alice", "wrong").is_none());
+        assert!(dir.verify("mallory", "s3cret").is_none());
+        assert!(dir.verify("", "").is_none());
+    }
+
+    #[test]
+    fn ownership_table() {
+        let dir = directory();
+        let alice = dir.get("ALICE").unwrap();
+        for (address, want) in [
+            ("alice@example.com", Some("a")),
+            ("ALICE@EXAMPLE.COM", Some("a")),
+            ("bob@alice.test", Some("d")),
+            ("alice@example.com.evil", None),
+            ("alice@sub.alice.test", None),
+            ("someone@example.com", None),
+            ("", None),
+            ("alice.test", None),
+            ("x@", None),
+        ] {
+            assert_eq!(
+                alice.identity_for(address).map(|i| i.id.as_str()),
+                want,
+                "{address}"
+            );
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Configuration: one TOML file, validated at load.
+//!
+//! Layering (STYLE habit 10): built-in defaults (the `Default` impls below), then the file.
+//! Unknown keys are errors (`deny_unknown_fields`), relative paths resolve against the folder
+//! of the file, and every limit carries the RFC or SES rule it comes from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The whole configuration, as read from `outbox.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name this server announces in the SMTP greeting and `Received` headers.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Folder holding all state: the spool database (queue, submissions, blobs) and, later,
+    /// the suppression list. Relative to the config file.
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub sender: SenderConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+
+/// SMTP submission listeners and the per-connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Ports speaking plain SMTP that must be upgraded with STARTTLS before AUTH (RFC 6409, the
+    /// usual 587). Port 0 picks a free port; the bound address is announced on stdout.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Ports speaking implicit TLS (RFC 8314 "submissions", the usual 465).
+    pub submissions_listen: Vec<SocketAddr>,
+    /// Largest message accepted, in octets (SIZE, RFC 1870). SES v2 accepts 40 MB messages.
+    pub max_message_size: usize,
+    /// Most recipients per message. SES accepts at most 50 destinations per SendEmail.
+    pub max_recipients: usize,
+    /// Longest text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000 octets).
+    pub max_line_length: usize,
+    /// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 sets 512 and lets extensions
+    /// grow it; AUTH PLAIN initial responses (RFC 4954 §4) need the room.
+    pub max_command_length: usize,
+    /// Time allowed to complete one command line, however slowly its bytes arrive
+    /// (RFC 5321 §4.5.3.2.7 gives the server 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Time allowed for a whole DATA or BDAT body (RFC 5321 §4.5.3.2.5/6: 3 min per block,
+    /// 10 min for the terminator; one budget for the whole body stops byte-dribbling).
+    pub data_timeout_secs: u64,
+    /// Time allowed for a TLS handshake (implicit TLS or after STARTTLS).
+    pub tls_handshake_timeout_secs: u64,
+    /// Connections served at once; later ones get 421 4.7.0 and are closed.
+    pub max_connections: usize,
+    /// Connections served at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Protocol errors tolerated on one connection before 421 and close (like Postfix's
+    /// smtpd_hard_error_limit).
+    pub max_errors: u32,
+    /// Failed AUTH attempts tolerated on one connection before 421 and close.
+    pub max_auth_failures: u32,
+    /// Failed AUTH attempts from one IP, within `auth_failure_window_secs`, after which AUTH from
+    /// that IP is refused for `auth_cooldown_secs`, even with the right password.
+    pub auth_failures_per_ip: u32,
+    pub auth_failure_window_secs: u64,
+    pub auth_cooldown_secs: u64,
+    /// Every AUTH answer, success or failure, takes at least this long, so timing tells nothing
+    /// about which accounts exist.
+    pub auth_min_duration_ms: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            submission_listen: vec!["127.0.0.1:2587".parse().unwrap()],
+            submissions_listen: vec!["127.0.0.1:2465".parse().unwrap()],
+            max_message_size: 40 * 1024 * 1024,
+            max_recipients: 50,
+            max_line_length: 1000,
+            max_command_length: 2048,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            tls_handshake_timeout_secs: 10,
+            max_connections: 1000,
+            max_connections_per_ip: 100,
+            max_errors: 10,
+            max_auth_failures: 3,
+            auth_failures_per_ip: 10,
+            auth_failure_window_secs: 600,
+            auth_cooldown_secs: 900,
+            auth_min_duration_ms: 200,
+        }
+    }
+}
+
+/// TLS material. With `generate_dev_cert`, a missing certificate is created on first start: a
+/// throwaway CA (`ca`) and a server certificate for `localhost`/127.0.0.1 signed by it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Where the development CA certificate is written (give it to test clients).
+    pub ca: PathBuf,
+    pub generate_dev_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: "../certs/dev-cert.pem".into(),
+            key: "../certs/dev-key.pem".into(),
+            ca: "../certs/dev-ca.pem".into(),
+            generate_dev_cert: true,
+        }
+    }
+}
+
+/// The durable queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// fsync every commit before acknowledging (off only for measuring its cost).
+    pub fsync: bool,
+    /// Most submissions waiting in the queue; beyond it new mail gets 452 4.3.1.
+    pub max_messages: u64,
+    /// Most octets of queued MIME; beyond it new mail gets 452 4.3.1.
+    pub max_bytes: u64,
+    /// Free space the state folder's disk must keep; below it new mail gets 452 4.3.1.
+    pub min_free_disk_bytes: u64,
+    /// How long a sender holds a message before another may take it (SQS visibility timeout).
+    pub visibility_timeout_secs: u64,
+    /// Deliveries tried before a message moves to the dead-letter queue (SQS maxReceiveCount;
+    /// the seed design uses 5).
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter, up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    pub retry_max_secs: u64,
+    /// Days a dead letter is kept before it is purged (SQS's 14-day maximum retention).
+    pub dead_letter_retention_days: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            fsync: true,
+            max_messages: 100_000,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            min_free_disk_bytes: 512 * 1024 * 1024,
+            visibility_timeout_secs: 300,
+            max_attempts: 5,
+            retry_base_secs: 30,
+            retry_max_secs: 3600,
+            dead_letter_retention_days: 14,
+        }
+    }
+}
+
+/// The sender workers and the transport they hand messages to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderConfig {
+    /// Concurrent sender tasks.
+    pub workers: usize,
+    pub transport: TransportConfig,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            transport: TransportConfig::Dir {
+                path: "../outbox-mail".into(),
+            },
+        }
+    }
+}
+
+/// Which transport the senders use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum TransportConfig {
+    /// Write each message as `<queue id>.eml` (and its envelope as `<queue id>.json`) into `path`.
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `outbox=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// An account: who may log in, and which addresses it may send as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The SMTP AUTH user name.
+    pub login: String,
+    /// An argon2id PHC string (`outbox passwd` prints one).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// A file holding the PHC string, for secrets kept out of the config.
+    #[serde(default)]
+    pub password_hash_file: Option<PathBuf>,
+    #[serde(default = "default_tenant")]
+    pub tenant_id: String,
+    /// Defaults to the login.
+    #[serde(default)]
+    pub account_id: Option<String>,
+    /// Defaults to the login.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<IdentityConfig>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+/// An address (`email`) or a whole domain (`domain`) an account may send as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub text_signature: Option<String>,
+    #[serde(default)]
+    pub html_signature: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file; relative paths become absolute against the
+    /// file's folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let base = path
+            .canonicalize()
+            .with_context(|| format!("resolving {}", path.display()))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Self::parse(&text, &base).with_context(|| format!("in config {}", path.display()))
+    }
+
+    /// Parses config text whose relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        config.resolve_paths(base)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) -> Result<()> {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.state_dir);
+        abs(&mut self.tls.cert);
+        abs(&mut self.tls.key);
+        abs(&mut self.tls.ca);
+        match &mut self.sender.transport {
+            TransportConfig::Dir { path } => abs(path),
+        }
+        for account in &mut self.accounts {
+            if let Some(file) = &mut account.password_hash_file {
+                abs(file);
+                let hash = std::fs::read_to_string(&*file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                account.password_hash = Some(hash.trim().to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let smtp = &self.smtp;
+        if smtp.submission_listen.is_empty() && smtp.submissions_listen.is_empty() {
+            bail!("smtp: no listener configured");
+        }
+        if smtp.max_line_length < 78 || smtp.max_command_length < 512 {
+            bail!("smtp: max_line_length must be >= 78 and max_command_length >= 512");
+        }
+        if smtp.max_recipients == 0 || smtp.max_message_size == 0 {
+            bail!("smtp: max_recipients and max_message_size must be positive");
+        }
+        if self.spool.max_attempts == 0 {
+            bail!("spool: max_attempts must be at least 1");
+        }
+        if self.sender.workers == 0 {
+            bail!("sender: workers must be at least 1");
+        }
+        let mut logins = std::collections::HashSet::new();
+        for account in &self.accounts {
+            if !logins.insert(account.login.to_lowercase()) {
+                bail!("account {}: login given twice", account.login);
+            }
+            match &account.password_hash {
+                Some(hash) if hash.starts_with("$argon2") => {}
+                Some(_) => bail!(
+                    "account {}: password_hash is not an argon2 PHC string (use `outbox passwd`)",
+                    account.login
+                ),
+                None => bail!(
+                    "account {}: password_hash or password_hash_file is required",
+                    account.login
+                ),
+            }
+            for identity in &account.identities {
+                match (&identity.email, &identity.domain) {
+                    (Some(email), None) if email.contains('@') => {}
+                    (None, Some(domain)) if !domain.contains('@') && !domain.is_empty() => {}
+                    _ => bail!(
+                        "account {} identity {}: give exactly one of email (an address) or domain",
+                        account.login,
+                        identity.id
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let text = format!(
+            "state_dir = \"state\"\n[[account]]\nlogin = \"a\"\npassword_hash = \"{HASH}\"\n\
+             [[account.identity]]\nid = \"i\"\nemail = \"a@example.com\"\n"
+        );
+        let config = Config::parse(&text, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(config.state_dir, Path::new("/etc/outbox/state"));
+        assert_eq!(
+            config.tls.cert,
+            Path::new("/etc/outbox/../certs/dev-cert.pem")
+        );
+        assert_eq!(config.smtp.max_recipients, 50);
+        assert_eq!(config.spool.max_attempts, 5);
+        assert_eq!(
+            config.accounts[0].identities[0].email.as_deref(),
+            Some("a@example.com")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        for text in [
+            "state_dir = \"s\"\nbogus = 1\n",
+            "state_dir = \"s\"\n[smtp]\nmax_recipeints = 5\n",
+            "state_dir = \"s\"\n[sender.transport]\nkind = \"dir\"\npath = \"x\"\nextra = 1\n",
+        ] {
+            let err = Config::parse(text, Path::new("/")).unwrap_err();
+            assert!(format!("{err:#}").contains("unknown"), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_accounts() {
+        for (text, needle) in [
+            ("[[account]]\nlogin=\"a\"\npassword_hash=\"plain\"\n", "argon2"),
+            ("[[account]]\nlogin=\"a\"\n", "required"),
+            (
+                &*format!("[[account]]\nlogin=\"a\"\npassword_hash=\"{HASH}\"\n[[account.identity]]\nid=\"x\"\n"),
+                "exactly one",
+            ),
+            (
+                &*format!("[[account]]\nlogin=\"a\"\npassword_hash=\"{HASH}\"\n[[account]]\nlogin=\"A\"\npassword_hash=\"{HASH}\"\n"),
+                "twice",
+            ),
+        ] {
+            let text = format!("state_dir = \"s\"\n{text}");
+            let err = Config::parse(&text, Path::new("/")).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
+    }
+
+    /// The shipped files must stay loadable: the default and the annotated example.
+    #[test]
+    fn shipped_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for name in ["outbox.toml", "outbox.example.toml"] {
+            Config::load(&root.join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Outbox: a mail submission relay (MSA) that hands mail to Amazon SES.
+//!
+//! Dependencies point one way: listeners → submission → spool → senders → transports; only
+//! [`server`] (the composition root) sees everything.
+//!
+//! - [`config`]: the TOML configuration, validated at load.
+//! - [`accounts`]: accounts, the identities they may send as, password checks.
+//! - [`smtp`]: the SMTP submission front door (parser-free state machine + async driver).
+//! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
+//! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
+//! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
+//! - [`message`]: byte-level header edits (strip Bcc, read a header).
+//! - [`tls`]: rustls configuration and development certificates.
+//! - [`clock`]: injected wall-clock time.
+
+pub mod accounts;
+pub mod clock;
+pub mod config;
+pub mod message;
+pub mod sender;
+pub mod server;
+pub mod smtp;
+pub mod spool;
+pub mod submission;
+pub mod tls;
+pub mod transport;

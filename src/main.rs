@@ -1,0 +1,93 @@
+//! The `outbox` command.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use outbox::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "outbox",
+    version,
+    about = "Mail submission relay for Amazon SES"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[arg(long, default_value = "config/outbox.toml")]
+        config: PathBuf,
+    },
+    /// Read a password from standard input and print its argon2id hash for the config.
+    Passwd,
+    /// Load and validate a config file, then exit.
+    CheckConfig {
+        #[arg(long, default_value = "config/outbox.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Passwd => passwd(),
+        Command::CheckConfig { config } => {
+            Config::load(&config).map(|_| println!("{}: ok", config.display()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+    println!("{}", outbox::accounts::hash_password(password)?);
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(path: PathBuf) -> Result<()> {
+    let config = Config::load(&path)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(outbox::server::run(config, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

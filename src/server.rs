@@ -1,0 +1,132 @@
+//! The composition root: the only module that sees every part. It builds the directory, TLS,
+//! spool, submitter, transport and senders from the config, binds the listeners, announces
+//! readiness, and on shutdown stops accepting, lets sessions and sends finish, and returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::accounts::Directory;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, TransportConfig};
+use crate::sender;
+use crate::smtp::conn::ConnContext;
+use crate::smtp::guard::{AuthThrottle, ConnectionLimiter};
+use crate::smtp::listener::accept_loop;
+use crate::smtp::session::PortKind;
+use crate::spool::{Spool, SpoolOptions};
+use crate::submission::Submitter;
+use crate::tls;
+use crate::transport::dir::DirTransport;
+use crate::transport::Transport;
+
+/// How long shutdown waits for open SMTP sessions to finish their transaction.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs Outbox until `stop` resolves.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let directory = Arc::new(Directory::from_config(&config.accounts)?);
+    let tls_config = tls::server_config(&config.tls)?;
+    let spool = Spool::open(
+        &config.state_dir.join("spool"),
+        SpoolOptions::from(&config.spool),
+        clock.clone(),
+    )
+    .context("opening the spool")?;
+    let submitter = Arc::new(Submitter::new(
+        spool.clone(),
+        config.hostname.clone(),
+        clock.clone(),
+    ));
+    let transport: Arc<dyn Transport> = match &config.sender.transport {
+        TransportConfig::Dir { path } => Arc::new(DirTransport::new(path.clone())),
+    };
+
+    let smtp = &config.smtp;
+    let ctx = Arc::new(ConnContext {
+        hostname: config.hostname.clone(),
+        smtp: smtp.clone(),
+        directory,
+        submitter,
+        auth_throttle: Arc::new(AuthThrottle::new(
+            smtp.auth_failures_per_ip,
+            Duration::from_secs(smtp.auth_failure_window_secs),
+            Duration::from_secs(smtp.auth_cooldown_secs),
+        )),
+        tls: TlsAcceptor::from(tls_config),
+    });
+    let limiter = ConnectionLimiter::new(smtp.max_connections, smtp.max_connections_per_ip);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut bound = (Vec::new(), Vec::new());
+    let mut tasks = Vec::new();
+    for (addrs, kind) in [
+        (&smtp.submission_listen, PortKind::Submission),
+        (&smtp.submissions_listen, PortKind::Submissions),
+    ] {
+        for addr in addrs {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            let local: SocketAddr = listener.local_addr()?;
+            tracing::info!(addr = %local, ?kind, "listening");
+            match kind {
+                PortKind::Submission => bound.0.push(local.to_string()),
+                PortKind::Submissions => bound.1.push(local.to_string()),
+            }
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                kind,
+                ctx.clone(),
+                limiter.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    let mut workers = Vec::new();
+    for _ in 0..config.sender.workers {
+        workers.push(tokio::spawn(sender::run_worker(
+            spool.clone(),
+            transport.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    workers.push(tokio::spawn(sender::run_janitor(
+        spool.clone(),
+        stop_rx.clone(),
+    )));
+
+    // One line on stdout for supervisors and tests: where we listen.
+    println!(
+        "{}",
+        serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1})
+    );
+
+    stop.await;
+    tracing::info!("shutting down: no new connections; finishing open transactions and sends");
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(DRAIN_LIMIT, limiter.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = limiter.open(),
+            "sessions still open after the drain limit"
+        );
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Shared limits across connections: connection caps (overall and per client IP) and the
+//! per-IP AUTH failure cool-down.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Counts open connections; a [`ConnectionPermit`] gives its slot back when dropped.
+pub struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Signalled when the last connection ends (graceful shutdown waits on it).
+    idle: Notify,
+}
+
+pub struct ConnectionPermit {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimiter {
+            max_total,
+            max_per_ip,
+            state: Mutex::new((0, HashMap::new())),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let mut state = self.state.lock().unwrap();
+        let (total, per_ip) = &mut *state;
+        let count = per_ip.entry(ip).or_insert(0);
+        if *total >= self.max_total || *count >= self.max_per_ip {
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        *total += 1;
+        Some(ConnectionPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.state.lock().unwrap().0
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut state = self.limiter.state.lock().unwrap();
+        let (total, per_ip) = &mut *state;
+        *total -= 1;
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        if *total == 0 {
+            self.limiter.idle.notify_waiters();
+        }
+    }
+}
+
+/// Remembers AUTH failures per client IP; too many within the window blocks AUTH from that IP
+/// for the cool-down, whatever the password.
+pub struct AuthThrottle {
+    max_failures: u32,
+    window: Duration,
+    cooldown: Duration,
+    state: Mutex<HashMap<IpAddr, IpRecord>>,
+}
+
+struct IpRecord {
+    failures: u32,
+    window_start: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl AuthThrottle {
+    pub fn new(max_failures: u32, window: Duration, cooldown: Duration) -> Self {
+        AuthThrottle {
+            max_failures,
+            window,
+            cooldown,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        state
+            .get(&ip)
+            .and_then(|r| r.blocked_until)
+            .is_some_and(|until| now < until)
+    }
+
+    pub fn record_failure(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        // Keep the table bounded: forget addresses that are neither blocked nor recent.
+        if state.len() > 100_000 {
+            let window = self.window;
+            state.retain(|_, r| {
+                r.blocked_until.is_some_and(|u| now < u) || now - r.window_start < window
+            });
+        }
+        let record = state.entry(ip).or_insert(IpRecord {
+            failures: 0,
+            window_start: now,
+            blocked_until: None,
+        });
+        if now - record.window_start >= self.window {
+            record.failures = 0;
+            record.window_start = now;
+        }
+        record.failures += 1;
+        if record.failures >= self.max_failures {
+            record.blocked_until = Some(now + self.cooldown);
+            record.failures = 0;
+            record.window_start = now;
+            tracing::warn!(%ip, "AUTH blocked for this address after repeated failures");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_caps() {
+        let limiter = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = limiter.try_acquire(a).unwrap();
+        let _p2 = limiter.try_acquire(a).unwrap();
+        assert!(limiter.try_acquire(a).is_none(), "per-IP cap");
+        let _p3 = limiter.try_acquire(b).unwrap();
+        assert!(limiter.try_acquire(b).is_none(), "total cap");
+        drop(p1);
+        assert!(limiter.try_acquire(a).is_some());
+        assert_eq!(limiter.open(), 3 - 1, "the temporary permit was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_cooldown_expires() {
+        let throttle = AuthThrottle::new(3, Duration::from_secs(60), Duration::from_secs(300));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        throttle.record_failure(ip);
+        throttle.record_failure(ip);
+        assert!(!throttle.is_blocked(ip));
+        throttle.record_failure(ip);
+        assert!(throttle.is_blocked(ip));
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(throttle.is_blocked(ip));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!throttle.is_blocked(ip));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_the_window_do_not_add_up() {
+        let throttle = AuthThrottle::new(3, Duration::from_secs(60), Duration::from_secs(300));
+        let ip: IpAddr = "192.0.2.2".parse().unwrap();
+        throttle.record_failure(ip);
+        throttle.record_failure(ip);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        throttle.record_failure(ip);
+        assert!(!throttle.is_blocked(ip));
+    }
+}

@@ -1,0 +1,342 @@
+//! The durable spool: submissions, their MIME, and a queue ordered by due time.
+//!
+//! Semantics mirror SQS (the many-node backend of the design): a message becomes visible at its
+//! due time; a sender *leases* it, which hides it for the visibility timeout; a lease that is
+//! neither completed nor retried simply expires and the message is visible again (this is also
+//! how a crash is survived). Every lease counts as a receive; after `max_attempts` receives a
+//! retry moves the message to the dead-letter queue instead.
+//!
+//! All writes go through one writer thread that batches whatever is pending into one redb
+//! transaction and one fsync (group commit, see [`writer`]). The 250 after DATA is sent only
+//! after that commit returns. Storage knows nothing of SMTP.
+//!
+//! Tables: `submissions` (id → JSON record), `blobs` (id → MIME), `queue` ((due, id) → ()),
+//! `dead` ((dead since, id) → ()).
+
+mod record;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub use record::{QueueId, State, SubmissionRecord, Transition};
+use writer::{Change, Op};
+
+use crate::clock::Clock;
+use crate::config::SpoolConfig;
+
+const SUBMISSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("submissions");
+const BLOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("blobs");
+const QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
+const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A configured bound (messages, bytes, free disk) was reached.
+    #[error("spool full: {0}")]
+    Full(&'static str),
+    #[error("no such submission {0}")]
+    NotFound(QueueId),
+    #[error("spool storage: {0}")]
+    Storage(String),
+}
+
+impl SpoolError {
+    fn storage(e: impl std::fmt::Display) -> Self {
+        SpoolError::Storage(e.to_string())
+    }
+}
+
+/// A submission to be stored: who sent it, where to, and its MIME.
+#[derive(Debug, Clone)]
+pub struct NewSubmission {
+    pub login: String,
+    pub tenant_id: String,
+    pub account_id: String,
+    pub user_id: String,
+    pub identity_id: String,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub message_class: String,
+    pub mime: Vec<u8>,
+}
+
+/// A sender's hold on one message until `visible_at` (ms).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub record: SubmissionRecord,
+    pub visible_at: u64,
+}
+
+/// What a retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    Requeued {
+        due_ms: u64,
+    },
+    DeadLettered,
+    /// The lease had expired and someone else holds the message now; nothing changed.
+    Stale,
+}
+
+/// Limits and timings of the spool, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub fsync: bool,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub min_free_disk_bytes: u64,
+    pub visibility_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub dead_letter_retention_ms: u64,
+    /// Seed for retry jitter (tests fix it).
+    pub jitter_seed: u64,
+}
+
+impl From<&SpoolConfig> for SpoolOptions {
+    fn from(c: &SpoolConfig) -> Self {
+        SpoolOptions {
+            fsync: c.fsync,
+            max_messages: c.max_messages,
+            max_bytes: c.max_bytes,
+            min_free_disk_bytes: c.min_free_disk_bytes,
+            visibility_timeout_ms: c.visibility_timeout_secs * 1000,
+            max_attempts: c.max_attempts,
+            retry_base_ms: c.retry_base_secs * 1000,
+            retry_max_ms: c.retry_max_secs * 1000,
+            dead_letter_retention_ms: c.dead_letter_retention_days * 86_400_000,
+            jitter_seed: rand::random(),
+        }
+    }
+}
+
+/// Shared, cheap-to-read view of how full the spool is.
+#[derive(Debug, Default)]
+struct Usage {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+pub struct Spool {
+    db: Arc<Database>,
+    ops: mpsc::UnboundedSender<Op>,
+    next_id: AtomicU64,
+    usage: Arc<Usage>,
+    options: SpoolOptions,
+    clock: Arc<dyn Clock>,
+    /// Signalled when a message may have become due (enqueue, retry, redrive).
+    work: Arc<Notify>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool database under `dir` and starts its writer thread.
+    pub fn open(
+        dir: &Path,
+        options: SpoolOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Spool>, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(SpoolError::storage)?;
+        let db = Arc::new(Database::create(dir.join("spool.redb")).map_err(SpoolError::storage)?);
+        let (max_id, usage) = writer::init(&db)?;
+        let usage = Arc::new(usage);
+        let work = Arc::new(Notify::new());
+        let ops = writer::start(
+            db.clone(),
+            dir.to_path_buf(),
+            options.clone(),
+            clock.clone(),
+            usage.clone(),
+            work.clone(),
+        )?;
+        // Ids grow with time and past every stored id, so they stay unique across restarts.
+        let now_us = clock.now_ms() * 1000;
+        Ok(Arc::new(Spool {
+            db,
+            ops,
+            next_id: AtomicU64::new(now_us.max(max_id + 1)),
+            usage,
+            options,
+            clock,
+            work,
+        }))
+    }
+
+    /// A fresh queue id, before the message is stored (it goes into the `Received` header).
+    pub fn allocate_id(&self) -> QueueId {
+        QueueId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A quick check before a transaction starts (SMTP MAIL): would `size` more octets fit?
+    /// The authoritative check happens again at commit.
+    pub fn has_room(&self, size: u64) -> bool {
+        self.usage.messages.load(Ordering::Relaxed) < self.options.max_messages
+            && self.usage.bytes.load(Ordering::Relaxed) + size <= self.options.max_bytes
+    }
+
+    pub fn options(&self) -> &SpoolOptions {
+        &self.options
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SpoolError>>) -> Op,
+    ) -> Result<T, SpoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(make(tx))
+            .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?;
+        rx.await
+            .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?
+    }
+
+    /// Stores a submission and queues it, due at once; returns when it is durable.
+    pub async fn enqueue(&self, id: QueueId, new: NewSubmission) -> Result<(), SpoolError> {
+        let now = self.clock.now_ms();
+        self.enqueue_at(id, new, now).await
+    }
+
+    /// As [`enqueue`](Self::enqueue), first due at `due_ms`.
+    pub async fn enqueue_at(
+        &self,
+        id: QueueId,
+        new: NewSubmission,
+        due_ms: u64,
+    ) -> Result<(), SpoolError> {
+        let now = self.clock.now_ms();
+        let mime = new.mime;
+        let record = SubmissionRecord {
+            id,
+            login: new.login,
+            tenant_id: new.tenant_id,
+            account_id: new.account_id,
+            user_id: new.user_id,
+            identity_id: new.identity_id,
+            mail_from: new.mail_from,
+            recipients: new.recipients,
+            message_class: new.message_class,
+            size: mime.len() as u64,
+            state: State::Queued,
+            created_ms: now,
+            due_ms: Some(due_ms),
+            receive_count: 0,
+            last_error: None,
+            provider_id: None,
+            history: vec![Transition::new(now, State::Queued, None)],
+        };
+        self.call(|reply| Op::Enqueue {
+            record: Box::new(record),
+            mime,
+            reply,
+        })
+        .await
+    }
+
+    /// Takes the earliest due message, hiding it for the visibility timeout.
+    pub async fn lease(&self) -> Result<Option<Lease>, SpoolError> {
+        self.call(|reply| Op::Lease { reply }).await
+    }
+
+    /// The transport accepted the message.
+    pub async fn complete(&self, lease: &Lease, provider_id: String) -> Result<(), SpoolError> {
+        self.change(lease, Change::Sent { provider_id })
+            .await
+            .map(|_| ())
+    }
+
+    /// A permanent failure: no more attempts.
+    pub async fn fail(&self, lease: &Lease, reason: String) -> Result<(), SpoolError> {
+        self.change(lease, Change::Fail { reason })
+            .await
+            .map(|_| ())
+    }
+
+    /// A temporary failure: back into the queue after `delay_ms` (or the backoff schedule), or
+    /// to the dead-letter queue once the attempts are used up.
+    pub async fn retry(
+        &self,
+        lease: &Lease,
+        reason: String,
+        delay_ms: Option<u64>,
+    ) -> Result<RetryOutcome, SpoolError> {
+        self.change(lease, Change::Retry { reason, delay_ms }).await
+    }
+
+    async fn change(&self, lease: &Lease, change: Change) -> Result<RetryOutcome, SpoolError> {
+        let (id, visible_at) = (lease.record.id, lease.visible_at);
+        self.call(|reply| Op::Change {
+            id,
+            lease: Some(visible_at),
+            change,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves a dead letter back into the queue with a fresh attempt budget.
+    pub async fn redrive(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.call(|reply| Op::Change {
+            id,
+            lease: None,
+            change: Change::Redrive,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes dead letters older than the retention period; returns how many.
+    pub async fn purge_dead(&self) -> Result<u64, SpoolError> {
+        self.call(|reply| Op::PurgeDead { reply }).await
+    }
+
+    /// Resolves when a message may have become due. Create it *before* looking for work, so a
+    /// wake-up between the look and the wait is not lost.
+    pub fn work_signal(&self) -> Arc<Notify> {
+        self.work.clone()
+    }
+
+    /// Due time of the earliest queued message, leased or not.
+    pub fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+        let first = queue.first().map_err(SpoolError::storage)?;
+        Ok(first.map(|(k, _)| k.value().0))
+    }
+
+    pub fn get(&self, id: QueueId) -> Result<Option<SubmissionRecord>, SpoolError> {
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let table = txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
+        let value = table.get(id.0).map_err(SpoolError::storage)?;
+        value
+            .map(|v| SubmissionRecord::decode(v.value()))
+            .transpose()
+    }
+
+    /// The stored MIME of a submission (blocking read on a worker thread).
+    pub async fn load_mime(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(SpoolError::storage)?;
+            let table = txn.open_table(BLOBS).map_err(SpoolError::storage)?;
+            let value = table.get(id.0).map_err(SpoolError::storage)?;
+            value
+                .map(|v| v.value().to_vec())
+                .ok_or(SpoolError::NotFound(id))
+        })
+        .await
+        .map_err(SpoolError::storage)?
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! Submission: the one place every front door (SMTP now; JMAP and sendmail later) hands a
+//! message to. It checks that the account owns the envelope sender and the header `From`,
+//! adds the `Received` trace header, reads the message class, and stores the message
+//! durably. It knows nothing of SMTP replies; [`SubmitError`] says what went wrong.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mail_parser::MessageParser;
+
+use crate::accounts::{Account, Identity};
+use crate::clock::{rfc5322_date, Clock};
+use crate::message::header_values;
+use crate::spool::{NewSubmission, QueueId, Spool, SpoolError};
+
+/// Header by which SMTP clients choose a message class; removed before sending.
+pub const CLASS_HEADER: &str = "X-Outbox-Class";
+/// Message classes, which scope the suppression list.
+pub const MESSAGE_CLASSES: [&str; 3] = ["transactional", "mailing_list", "bulk"];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The envelope sender, or an address in From/Sender, is not the account's.
+    #[error("address {0} is not owned by the account")]
+    NotOwner(String),
+    /// The message itself is unacceptable; the text is safe to show the client.
+    #[error("{0}")]
+    BadMessage(&'static str),
+    #[error("spool full")]
+    SpoolFull,
+    #[error("storage failure")]
+    Storage,
+}
+
+/// Where a message came from, for the `Received` header (RFC 5321 §4.4).
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub helo: String,
+    pub client_ip: IpAddr,
+    /// RFC 3848 protocol name, e.g. `ESMTPSA`.
+    pub protocol: &'static str,
+    /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
+    pub tls: Option<String>,
+}
+
+pub struct SubmitRequest {
+    pub account: Arc<Account>,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub mime: Vec<u8>,
+    pub trace: Trace,
+}
+
+pub struct Submitter {
+    spool: Arc<Spool>,
+    hostname: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl Submitter {
+    pub fn new(spool: Arc<Spool>, hostname: String, clock: Arc<dyn Clock>) -> Self {
+        Submitter {
+            spool,
+            hostname,
+            clock,
+        }
+    }
+
+    /// Whether a message of `size` octets would currently fit in the spool.
+    pub fn has_room(&self, size: u64) -> bool {
+        self.spool.has_room(size)
+    }
+
+    /// Checks, traces and durably stores a message; returns once it is fsync'd.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<QueueId, SubmitError> {
+        let identity = sender_identity(&req.account, &req.mail_from)?;
+        check_header_senders(&req.account, &req.mime)?;
+        let message_class = message_class(&req.mime)?;
+        let id = self.spool.allocate_id();
+        let mut mime = self.received_header(&req, id).into_bytes();
+        mime.extend_from_slice(&req.mime);
+        let new = NewSubmission {
+            login: req.account.login.clone(),
+            tenant_id: req.account.tenant_id.clone(),
+            account_id: req.account.account_id.clone(),
+            user_id: req.account.user_id.clone(),
+            identity_id: identity.id.clone(),
+            mail_from: req.mail_from,
+            recipients: req.recipients,
+            message_class,
+            mime,
+        };
+        match self.spool.enqueue(id, new).await {
+            Ok(()) => Ok(id),
+            Err(SpoolError::Full(what)) => {
+                tracing::warn!(%id, what, "spool full, message refused");
+                Err(SubmitError::SpoolFull)
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "storing message failed");
+                Err(SubmitError::Storage)
+            }
+        }
+    }
+
+    fn received_header(&self, req: &SubmitRequest, id: QueueId) -> String {
+        let t = &req.trace;
+        let tls = t
+            .tls
+            .as_ref()
+            .map(|tls| format!("\r\n\t(using {tls})"))
+            .unwrap_or_default();
+        // Name one recipient only when there is one: more would leak Bcc recipients.
+        let rcpt = match req.recipients.as_slice() {
+            [only] => format!("\r\n\tfor <{only}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{ip}])\r\n\tby {host} (Outbox) with {proto} id {id}{tls}{rcpt};\r\n\t{date}\r\n",
+            helo = sanitize(&t.helo),
+            ip = t.client_ip,
+            host = self.hostname,
+            proto = t.protocol,
+            date = rfc5322_date(self.clock.now_ms()),
+        )
+    }
+}
+
+/// The identity under which the account sends as `mail_from`.
+pub fn sender_identity<'a>(
+    account: &'a Account,
+    mail_from: &str,
+) -> Result<&'a Identity, SubmitError> {
+    account
+        .identity_for(mail_from)
+        .ok_or_else(|| SubmitError::NotOwner(mail_from.to_string()))
+}
+
+/// RFC 5322 §3.6: exactly one From; every author (and the Sender, if any) must be the account's.
+fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitError> {
+    match header_values(mime, "From").len() {
+        0 => return Err(SubmitError::BadMessage("Message has no From header")),
+        1 => {}
+        _ => {
+            return Err(SubmitError::BadMessage(
+                "Message has more than one From header",
+            ))
+        }
+    }
+    let parsed = MessageParser::default()
+        .parse_headers(mime)
+        .ok_or(SubmitError::BadMessage("Message headers cannot be parsed"))?;
+    let mut authors = 0;
+    for field in [parsed.from(), parsed.sender()].into_iter().flatten() {
+        for addr in field.iter() {
+            let address = addr.address().unwrap_or_default();
+            if address.is_empty() || account.identity_for(address).is_none() {
+                return Err(SubmitError::NotOwner(address.to_string()));
+            }
+            authors += 1;
+        }
+    }
+    if authors == 0 {
+        return Err(SubmitError::BadMessage("From header has no address"));
+    }
+    Ok(())
+}
+
+fn message_class(mime: &[u8]) -> Result<String, SubmitError> {
+    match header_values(mime, CLASS_HEADER).first() {
+        None => Ok(MESSAGE_CLASSES[0].to_string()),
+        Some(v) => {
+            let v = v.to_ascii_lowercase();
+            MESSAGE_CLASSES
+                .contains(&v.as_str())
+                .then_some(v)
+                .ok_or(SubmitError::BadMessage(
+                    "X-Outbox-Class must be transactional, mailing_list or bulk",
+                ))
+        }
+    }
+}
+
+/// Keeps client-chosen text from breaking the header's syntax.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';' | '\\'))
+        .take(255)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::{hash_password, Directory};
+    use crate::config::{AccountConfig, IdentityConfig};
+
+    fn alice() -> Arc<Account> {
+        Directory::from_config(&[AccountConfig {
+            login: "alice".into(),
+            password_hash: Some(hash_password("x").unwrap()),
+            password_hash_file: None,
+            tenant_id: "t".into(),
+            account_id: None,
+            user_id: None,
+            identities: vec![IdentityConfig {
+                id: "a".into(),
+                email: Some("alice@example.com".into()),
+                domain: None,
+                name: String::new(),
+                text_signature: None,
+                html_signature: None,
+            }],
+        }])
+        .unwrap()
+        .get("alice")
+        .unwrap()
+    }
+
+    #[test]
+    fn header_sender_table() {
+        let a = alice();
+        let cases: [(&str, Result<(), SubmitError>); 7] = [
+            ("From: Alice <alice@example.com>\r\n\r\nx", Ok(())),
+            (
+                "From: ALICE@example.com\r\nSender: alice@example.com\r\n\r\nx",
+                Ok(()),
+            ),
+            (
+                "From: mallory@example.com\r\n\r\nx",
+                Err(SubmitError::NotOwner("mallory@example.com".into())),
+            ),
+            (
+                "From: alice@example.com, mallory@example.com\r\n\r\nx",
+                Err(SubmitError::NotOwner("mallory@example.com".into())),
+            ),
+            (
+                "From: alice@example.com\r\nSender: bob@example.com\r\n\r\nx",
+                Err(SubmitError::NotOwner("bob@example.com".into())),
+            ),
+            (
+                "Subject: none\r\n\r\nx",
+                Err(SubmitError::BadMessage("Message has no From header")),
+            ),
+            (
+                "From: alice@example.com\r\nFrom: alice@example.com\r\n\r\nx",
+                Err(SubmitError::BadMessage(
+                    "Message has more than one From header",
+                )),
+            ),
+        ];
+        for (mime, want) in cases {
+            assert_eq!(check_header_senders(&a, mime.as_bytes()), want, "{mime}");
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(message_class(b"From: a\r\n\r\n").unwrap(), "transactional");
+        assert_eq!(
+            message_class(b"X-Outbox-Class: Bulk\r\n\r\n").unwrap(),
+            "bulk"
+        );
+        assert!(message_class(b"X-Outbox-Class: spam\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! Transports: where senders hand messages. Each returns one typed [`Delivery`]; temporary
+//! versus permanent is decided here, at the boundary, and nowhere else (STYLE habit 4).
+//! `dir` exists now; `ses`, `sqs` and `smtp` come next behind the same trait.
+
+pub mod dir;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::spool::SubmissionRecord;
+
+/// A message ready to go: envelope resolved, headers that must not leave already removed.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub record: SubmissionRecord,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub mime: Vec<u8>,
+}
+
+/// What became of one hand-off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Accepted; `provider_id` is the transport's id for it.
+    Sent { provider_id: String },
+    /// Try again later (`after`, or the spool's backoff).
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Will never succeed; the submission fails with this reason.
+    Reject { reason: String },
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Delivery> + Send + 'a>>;
+
+pub trait Transport: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Shared ownership lets a transport move the message to a blocking thread uncopied.
+    fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_>;
+}
