@@ -199,8 +199,8 @@ mod tests {
             let (got_used, got) = read(input);
             assert_eq!(got_used, used, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(
-                got.as_deref(),
-                want.map(|b| b),
+                got.as_deref().map_err(|e| *e),
+                want,
                 "{:?}",
                 String::from_utf8_lossy(input)
             );

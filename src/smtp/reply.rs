@@ -127,7 +127,7 @@ pub fn auth_ok() -> Reply {
     Reply::new(235, 7, 0, "Authentication successful")
 }
 pub fn auth_cancelled() -> Reply {
-    Reply::new(501, 5, 0, "Authentication cancelled")
+    Reply::new(501, 7, 0, "Authentication cancelled")
 }
 pub fn not_owner() -> Reply {
     Reply::new(

@@ -1,1 +1,440 @@
+//! The session state machine, driven without a network: each case is a dialog of client lines
+//! and the reply each must get.
 
+use std::sync::OnceLock;
+
+use super::*;
+use crate::accounts::{hash_password, Directory};
+use crate::config::{AccountConfig, IdentityConfig};
+
+fn directory() -> &'static Directory {
+    static DIR: OnceLock<Directory> = OnceLock::new();
+    DIR.get_or_init(|| {
+        Directory::from_config(&[AccountConfig {
+            login: "alice".into(),
+            password_hash: Some(hash_password("pw").unwrap()),
+            password_hash_file: None,
+            tenant_id: "t".into(),
+            account_id: None,
+            user_id: None,
+            identities: vec![IdentityConfig {
+                id: "a".into(),
+                email: Some("alice@example.com".into()),
+                domain: None,
+                name: String::new(),
+                text_signature: None,
+                html_signature: None,
+            }],
+        }])
+        .unwrap()
+    })
+}
+
+fn session(port: PortKind) -> Session {
+    session_with_room(port, true)
+}
+
+fn session_with_room(port: PortKind, room: bool) -> Session {
+    Session::new(
+        port,
+        "mx.test".into(),
+        SessionLimits {
+            max_message_size: 1000,
+            max_recipients: 3,
+            max_errors: 8,
+            max_auth_failures: 2,
+        },
+        1000,
+        Box::new(move |_| room),
+    )
+}
+
+/// Plays the driver's part: answers Authenticate with the real directory, data with a given
+/// body, Submit with a fixed queue id. Returns the wire text of every reply plus markers for
+/// the other actions.
+fn drive(session: &mut Session, actions: Vec<Action>, body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut queue: std::collections::VecDeque<Action> = actions.into();
+    while let Some(action) = queue.pop_front() {
+        match action {
+            Action::Reply(r) => out.push(r.to_wire().trim_end().to_string()),
+            Action::Close => out.push("<close>".into()),
+            Action::StartTls => {
+                out.push("<tls>".into());
+                session.tls_started();
+            }
+            Action::ReadData => {
+                let mut reader = crate::smtp::data::DotReader::new(1000, 1000);
+                reader.feed(body).expect("test body ends with CRLF.CRLF");
+                queue.extend(session.data_done(reader.finish()));
+            }
+            Action::ReadBdat { size, keep } => {
+                out.push(format!("<bdat {size} {keep}>"));
+                let chunk = if keep { &body[..size] } else { &b""[..] };
+                queue.extend(session.bdat_chunk(chunk));
+            }
+            Action::Authenticate { login, password } => {
+                let outcome = match directory().verify(&login, &password) {
+                    Some(a) => AuthOutcome::Success(a),
+                    None => AuthOutcome::Failure,
+                };
+                queue.extend(session.auth_done(outcome));
+            }
+            Action::Submit {
+                mail_from,
+                recipients,
+                mime,
+            } => {
+                out.push(format!(
+                    "<submit {mail_from} {} {}>",
+                    recipients.join(","),
+                    mime.len()
+                ));
+                queue.extend(session.submitted(Ok(QueueId(0xABC))));
+            }
+        }
+    }
+    out
+}
+
+/// Sends each line; checks the replies start with the expected text, in order.
+fn dialog(port: PortKind, steps: &[(&str, &[&str])], body: &[u8]) {
+    dialog_on(session(port), steps, body)
+}
+
+fn dialog_on(mut s: Session, steps: &[(&str, &[&str])], body: &[u8]) {
+    let greeting = {
+        let a = s.greeting();
+        drive(&mut s, a, body)
+    };
+    assert_eq!(greeting, ["220 mx.test ESMTP Outbox"]);
+    for (line, want) in steps {
+        let input = format!("{line}\r\n");
+        let got = {
+            let a = s.line(input.as_bytes());
+            drive(&mut s, a, body)
+        };
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{line:?}: got {got:?}, want {want:?}"
+        );
+        for (g, w) in got.iter().zip(want.iter()) {
+            assert!(g.starts_with(w), "{line:?}: got {g:?}, want {w:?}");
+        }
+    }
+}
+
+const PLAIN_OK: &str = "AUTH PLAIN AGFsaWNlAHB3"; // \0alice\0pw
+const PLAIN_BAD: &str = "AUTH PLAIN AGFsaWNlAHdyb25n"; // \0alice\0wrong
+
+fn authed() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("EHLO c", &["250-mx.test"][..]),
+        ("STARTTLS", &["220 2.0.0", "<tls>"]),
+        ("EHLO c", &["250-mx.test"]),
+        (PLAIN_OK, &["235 2.7.0"]),
+    ]
+}
+
+fn with_auth(
+    rest: &[(&'static str, &'static [&'static str])],
+) -> Vec<(&'static str, &'static [&'static str])> {
+    let mut steps = authed();
+    steps.extend_from_slice(rest);
+    steps
+}
+
+#[test]
+fn ehlo_advertises_by_tls_state() {
+    let mut s = session(PortKind::Submission);
+    let before = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "STARTTLS",
+    ] {
+        assert!(before.contains(ext), "{ext} missing before TLS: {before}");
+    }
+    assert!(
+        !before.contains("AUTH"),
+        "AUTH offered before TLS: {before}"
+    );
+    {
+        let a = s.line(b"STARTTLS\r\n");
+        drive(&mut s, a, b"")
+    };
+    let after = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    assert!(
+        after.contains("AUTH PLAIN LOGIN") && !after.contains("STARTTLS"),
+        "{after}"
+    );
+
+    let mut s = session(PortKind::Submissions);
+    let implicit = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    assert!(
+        implicit.contains("AUTH PLAIN LOGIN") && !implicit.contains("STARTTLS"),
+        "{implicit}"
+    );
+}
+
+#[test]
+fn refusals_before_tls_and_auth() {
+    dialog(
+        PortKind::Submission,
+        &[
+            ("MAIL FROM:<alice@example.com>", &["503 5.5.1"]),
+            ("EHLO c", &["250-mx.test"]),
+            (PLAIN_OK, &["530 5.7.0"]),
+            ("MAIL FROM:<alice@example.com>", &["530 5.7.0"]),
+            ("STARTTLS", &["220 2.0.0", "<tls>"]),
+            ("STARTTLS", &["503 5.5.1"]),
+            ("MAIL FROM:<alice@example.com>", &["503 5.5.1"]),
+            ("EHLO c", &["250-mx.test"]),
+            ("MAIL FROM:<alice@example.com>", &["530 5.7.0"]),
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn auth_mechanisms() {
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            ("AUTH PLAIN", &["334"]),
+            ("AGFsaWNlAHB3", &["235 2.7.0"]),
+            (PLAIN_OK, &["503 5.5.1"]),
+        ],
+        b"",
+    );
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            ("AUTH LOGIN", &["334 VXNlcm5hbWU6"]),
+            ("YWxpY2U=", &["334 UGFzc3dvcmQ6"]),
+            ("cHc=", &["235 2.7.0"]),
+        ],
+        b"",
+    );
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            ("AUTH LOGIN YWxpY2U=", &["334 UGFzc3dvcmQ6"]),
+            ("cHc=", &["235 2.7.0"]),
+        ],
+        b"",
+    );
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            ("AUTH PLAIN", &["334"]),
+            ("*", &["501 5.7.0"]),
+            ("AUTH CRAM-MD5", &["504 5.5.4"]),
+            ("AUTH PLAIN !!!", &["501 5.5.2"]),
+            // authzid differing from authcid: refused like a bad password.
+            ("AUTH PLAIN Ym9iAGFsaWNlAHB3", &["535 5.7.8"]),
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn auth_failure_budget_closes() {
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            (PLAIN_BAD, &["535 5.7.8"]),
+            (PLAIN_BAD, &["421 4.7.0", "<close>"]),
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn transaction_policy() {
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("RCPT TO:<x@example.net>", &["503 5.5.1"]),
+            ("MAIL FROM:<mallory@example.com>", &["550 5.7.1"]),
+            ("MAIL FROM:<alice@example.com> SIZE=1001", &["552 5.3.4"]),
+            (
+                "MAIL FROM:<alice@example.com> BODY=BINARYMIME",
+                &["555 5.5.4"],
+            ),
+            ("DATA", &["503 5.5.1"]),
+        ]),
+        b"",
+    );
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com> SIZE=100", &["250 2.1.0"]),
+            ("MAIL FROM:<alice@example.com>", &["503 5.5.1"]),
+            ("DATA", &["503 5.5.1"]),
+            ("RCPT TO:<a@example.net>", &["250 2.1.5"]),
+            ("RCPT TO:<b@example.net>", &["250 2.1.5"]),
+            ("RCPT TO:<A@example.net>", &["250 2.1.5"]),
+            ("RCPT TO:<c@example.net>", &["250 2.1.5"]),
+            ("RCPT TO:<d@example.net>", &["452 4.5.3"]),
+            (
+                "DATA",
+                &[
+                    "354",
+                    "<submit alice@example.com a@example.net,b@example.net,c@example.net 31>",
+                    "250 2.0.0 Ok: queued as 0000000000000ABC",
+                ],
+            ),
+        ]),
+        b"From: alice@example.com\r\n\r\nhi\r\n.\r\n",
+    );
+}
+
+#[test]
+fn bodies_refused_and_transaction_reset() {
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com>", &["250"]),
+            ("RCPT TO:<a@example.net>", &["250"]),
+            ("DATA", &["354", "550 5.6.0"]),
+            ("RCPT TO:<a@example.net>", &["503 5.5.1"]),
+        ]),
+        b"From: alice@example.com\r\n\r\nbare\nLF\r\n.\r\n",
+    );
+}
+
+#[test]
+fn bdat_chunks() {
+    let body = b"From: alice@example.com\r\n\r\nhi\r\n";
+    let mut steps = with_auth(&[
+        ("MAIL FROM:<alice@example.com>", &["250"]),
+        ("RCPT TO:<a@example.net>", &["250"]),
+    ]);
+    steps.push((
+        "BDAT 31 LAST",
+        &[
+            "<bdat 31 true>",
+            "<submit alice@example.com a@example.net 31>",
+            "250 2.0.0",
+        ],
+    ));
+    dialog(PortKind::Submission, &steps, body);
+    // Without a transaction the chunk is still read (to stay in step), then refused.
+    dialog(
+        PortKind::Submissions,
+        &[
+            ("EHLO c", &["250-"]),
+            ("BDAT 5 LAST", &["<bdat 5 false>", "503 5.5.1"]),
+        ],
+        b"hello",
+    );
+    // Too big: the chunk is drained, not kept, and refused.
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com>", &["250"]),
+            ("RCPT TO:<a@example.net>", &["250"]),
+            ("BDAT 2000 LAST", &["<bdat 2000 false>", "552 5.3.4"]),
+            ("RCPT TO:<a@example.net>", &["503 5.5.1"]),
+        ]),
+        b"",
+    );
+    // A bare LF inside BDAT data is refused at the last chunk.
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com>", &["250"]),
+            ("RCPT TO:<a@example.net>", &["250"]),
+            ("BDAT 4", &["<bdat 4 true>", "250 2.0.0 4 octets"]),
+            ("BDAT 4 LAST", &["<bdat 4 true>", "550 5.6.0"]),
+        ]),
+        b"a\nb\r",
+    );
+}
+
+#[test]
+fn misc_verbs_and_errors() {
+    dialog(
+        PortKind::Submission,
+        &[
+            ("NOOP", &["250 2.0.0"]),
+            ("VRFY alice", &["252"]),
+            ("HELP", &["214"]),
+            ("EXPN list", &["502 5.5.1"]),
+            ("FOO", &["500 5.5.1"]),
+            ("RSET", &["250 2.0.0"]),
+            ("QUIT", &["221 2.0.0", "<close>"]),
+        ],
+        b"",
+    );
+    // The error budget (8): the eighth error closes the connection.
+    let mut steps: Vec<(&str, &[&str])> = vec![("FOO", &["500"]); 7];
+    steps.push(("FOO", &["421 4.7.0", "<close>"]));
+    dialog(PortKind::Submission, &steps, b"");
+    dialog(
+        PortKind::Submission,
+        &[("GET / HTTP/1.1", &["<close>"])],
+        b"",
+    );
+    let mut s = session(PortKind::Submission);
+    let got = {
+        let a = s.line(b"NOOP\n");
+        drive(&mut s, a, b"")
+    };
+    assert_eq!(got, ["500 5.5.2 Command lines must end with CRLF"]);
+}
+
+#[test]
+fn spool_full_at_mail() {
+    let full = session_with_room(PortKind::Submission, false);
+    dialog_on(
+        full,
+        &with_auth(&[("MAIL FROM:<alice@example.com>", &["452 4.3.1"])]),
+        b"",
+    );
+}
+
+#[test]
+fn submission_errors_map_to_replies() {
+    let cases: [(Result<QueueId, SubmitError>, &str); 5] = [
+        (Ok(QueueId(1)), "250 2.0.0 Ok: queued as 0000000000000001"),
+        (Err(SubmitError::NotOwner("x".into())), "550 5.7.1"),
+        (
+            Err(SubmitError::BadMessage("Message has no From header")),
+            "550 5.6.0 Message has no From header",
+        ),
+        (Err(SubmitError::SpoolFull), "452 4.3.1"),
+        (Err(SubmitError::Storage), "451 4.3.0"),
+    ];
+    for (result, want) in cases {
+        let mut s = session(PortKind::Submissions);
+        let got = {
+            let a = s.submitted(result);
+            drive(&mut s, a, b"")
+        };
+        assert!(got[0].starts_with(want), "{got:?} vs {want}");
+    }
+}
