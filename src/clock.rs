@@ -89,3 +89,25 @@ mod tests {
         );
     }
 }
+
+/// Wall-clock time that follows tokio's clock, so tests under paused time move it with
+/// `tokio::time::advance` (or auto-advance while everything sleeps).
+pub struct TokioClock {
+    base_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new(base_ms: u64) -> Arc<Self> {
+        Arc::new(TokioClock {
+            base_ms,
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}

@@ -121,3 +121,150 @@ pub async fn run_janitor(spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::spool::{NewSubmission, SpoolOptions, State};
+
+    /// A transport that plays back scripted outcomes and reports each attempt. (No real peer
+    /// can be told to fail on cue; the real transports have their own tests.)
+    struct Scripted {
+        outcomes: Mutex<Vec<Delivery>>,
+        seen: mpsc::UnboundedSender<Arc<OutboundMessage>>,
+    }
+
+    impl Transport for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn send(&self, message: Arc<OutboundMessage>) -> crate::transport::SendFuture<'_> {
+            let outcome = self.outcomes.lock().unwrap().remove(0);
+            let _ = self.seen.send(message);
+            Box::pin(async move { outcome })
+        }
+    }
+
+    fn retry() -> Delivery {
+        Delivery::Retry {
+            reason: "throttled".into(),
+            after: None,
+        }
+    }
+
+    async fn run(
+        outcomes: Vec<Delivery>,
+        max_attempts: u32,
+    ) -> (
+        Vec<Arc<OutboundMessage>>,
+        crate::spool::SubmissionRecord,
+        u64,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TokioClock::new(1_800_000_000_000);
+        let options = SpoolOptions {
+            fsync: false,
+            max_messages: 10,
+            max_bytes: 1 << 20,
+            min_free_disk_bytes: 0,
+            visibility_timeout_ms: 300_000,
+            max_attempts,
+            retry_base_ms: 30_000,
+            retry_max_ms: 3_600_000,
+            dead_letter_retention_ms: 86_400_000,
+            jitter_seed: 1,
+        };
+        let spool = Spool::open(dir.path(), options, clock.clone()).unwrap();
+        let expected = outcomes.len();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        let transport = Arc::new(Scripted {
+            outcomes: Mutex::new(outcomes),
+            seen: seen_tx,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let worker = tokio::spawn(run_worker(spool.clone(), transport, stop_rx));
+
+        let id = spool.allocate_id();
+        let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";
+        spool
+            .enqueue(
+                id,
+                NewSubmission {
+                    login: "a".into(),
+                    tenant_id: "t".into(),
+                    account_id: "a".into(),
+                    user_id: "a".into(),
+                    identity_id: "i".into(),
+                    mail_from: "a@example.com".into(),
+                    recipients: vec!["to@example.net".into(), "hidden@example.net".into()],
+                    message_class: "bulk".into(),
+                    mime: mime.to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        let mut attempts = Vec::new();
+        for _ in 0..expected {
+            attempts.push(seen_rx.recv().await.expect("an attempt"));
+        }
+        let elapsed = started.elapsed().as_millis() as u64;
+        // The worker finishes recording the last outcome before it sees the stop.
+        stop_tx.send(true).unwrap();
+        worker.await.unwrap();
+        let record = spool.get(id).unwrap().unwrap();
+        (attempts, record, elapsed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_backoff_then_sends_without_bcc() {
+        let sent = Delivery::Sent {
+            provider_id: "p-1".into(),
+        };
+        let (attempts, record, elapsed) = run(vec![retry(), retry(), sent], 5).await;
+        assert_eq!(record.state, State::Sent);
+        assert_eq!(record.provider_id.as_deref(), Some("p-1"));
+        assert_eq!(record.receive_count, 3);
+        // Backoff 30 s then 60 s, each ±20%.
+        assert!(
+            (72_000..=108_000).contains(&elapsed),
+            "elapsed {elapsed} ms"
+        );
+        let last = attempts.last().unwrap();
+        assert_eq!(last.recipients, ["to@example.net", "hidden@example.net"]);
+        let text = String::from_utf8(last.mime.clone()).unwrap();
+        assert!(!text.to_lowercase().contains("bcc:"), "{text}");
+        assert!(!text.contains("X-Outbox-Class"), "{text}");
+        assert!(text.contains("Subject: s\r\n\r\nbody\r\n"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failure_keeps_the_reason() {
+        let (_, record, _) = run(
+            vec![Delivery::Reject {
+                reason: "MessageRejected: bad".into(),
+            }],
+            5,
+        )
+        .await;
+        assert_eq!(record.state, State::Failed);
+        assert_eq!(record.last_error.as_deref(), Some("MessageRejected: bad"));
+        assert_eq!(
+            record.receive_count, 1,
+            "no retry after a permanent failure"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifth_failure_dead_letters() {
+        let (attempts, record, _) = run(vec![retry(), retry(), retry(), retry(), retry()], 5).await;
+        assert_eq!(attempts.len(), 5);
+        assert_eq!(record.state, State::Dead);
+        assert_eq!(record.last_error.as_deref(), Some("throttled"));
+    }
+}

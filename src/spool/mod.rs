@@ -132,6 +132,19 @@ pub struct Spool {
     clock: Arc<dyn Clock>,
     /// Signalled when a message may have become due (enqueue, retry, redrive).
     work: Arc<Notify>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Spool {
+    /// Closes the writer's channel and waits for it to finish, so the database is closed (and
+    /// can be reopened) when the spool is gone.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.ops, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Spool {
@@ -146,11 +159,10 @@ impl Spool {
         let (max_id, usage) = writer::init(&db)?;
         let usage = Arc::new(usage);
         let work = Arc::new(Notify::new());
-        let ops = writer::start(
+        let (ops, writer) = writer::start(
             db.clone(),
             dir.to_path_buf(),
             options.clone(),
-            clock.clone(),
             usage.clone(),
             work.clone(),
         )?;
@@ -164,6 +176,7 @@ impl Spool {
             options,
             clock,
             work,
+            writer: Some(writer),
         }))
     }
 
@@ -239,7 +252,8 @@ impl Spool {
 
     /// Takes the earliest due message, hiding it for the visibility timeout.
     pub async fn lease(&self) -> Result<Option<Lease>, SpoolError> {
-        self.call(|reply| Op::Lease { reply }).await
+        let now = self.clock.now_ms();
+        self.call(|reply| Op::Lease { now, reply }).await
     }
 
     /// The transport accepted the message.
@@ -269,7 +283,9 @@ impl Spool {
 
     async fn change(&self, lease: &Lease, change: Change) -> Result<RetryOutcome, SpoolError> {
         let (id, visible_at) = (lease.record.id, lease.visible_at);
+        let now = self.clock.now_ms();
         self.call(|reply| Op::Change {
+            now,
             id,
             lease: Some(visible_at),
             change,
@@ -280,7 +296,9 @@ impl Spool {
 
     /// Moves a dead letter back into the queue with a fresh attempt budget.
     pub async fn redrive(&self, id: QueueId) -> Result<(), SpoolError> {
+        let now = self.clock.now_ms();
         self.call(|reply| Op::Change {
+            now,
             id,
             lease: None,
             change: Change::Redrive,
@@ -292,7 +310,8 @@ impl Spool {
 
     /// Deletes dead letters older than the retention period; returns how many.
     pub async fn purge_dead(&self) -> Result<u64, SpoolError> {
-        self.call(|reply| Op::PurgeDead { reply }).await
+        let now = self.clock.now_ms();
+        self.call(|reply| Op::PurgeDead { now, reply }).await
     }
 
     /// Resolves when a message may have become due. Create it *before* looking for work, so a

@@ -19,7 +19,6 @@ use super::{
     Lease, QueueId, RetryOutcome, SpoolError, SpoolOptions, State, SubmissionRecord, Usage, BLOBS,
     DEAD, QUEUE, SUBMISSIONS,
 };
-use crate::clock::Clock;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -33,9 +32,11 @@ pub(super) enum Op {
         reply: Reply<()>,
     },
     Lease {
+        now: u64,
         reply: Reply<Option<Lease>>,
     },
     Change {
+        now: u64,
         id: QueueId,
         /// The lease's `visible_at`, for changes made under a lease.
         lease: Option<u64>,
@@ -43,6 +44,7 @@ pub(super) enum Op {
         reply: Reply<RetryOutcome>,
     },
     PurgeDead {
+        now: u64,
         reply: Reply<u64>,
     },
 }
@@ -123,32 +125,29 @@ pub(super) fn start(
     db: Arc<Database>,
     dir: PathBuf,
     options: SpoolOptions,
-    clock: Arc<dyn Clock>,
     usage: Arc<Usage>,
     work: Arc<Notify>,
-) -> Result<mpsc::UnboundedSender<Op>, SpoolError> {
+) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>), SpoolError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = Writer {
         db,
         dir,
         rng: StdRng::seed_from_u64(options.jitter_seed),
         options,
-        clock,
         usage,
         work,
     };
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("spool-writer".into())
         .spawn(move || writer.run(rx))
         .map_err(SpoolError::storage)?;
-    Ok(tx)
+    Ok((tx, handle))
 }
 
 struct Writer {
     db: Arc<Database>,
     dir: PathBuf,
     options: SpoolOptions,
-    clock: Arc<dyn Clock>,
     usage: Arc<Usage>,
     work: Arc<Notify>,
     rng: StdRng,
@@ -223,17 +222,18 @@ impl Writer {
                 *wake |= r.is_ok();
                 Done::Unit(reply, r)
             }
-            Op::Lease { reply } => Done::Lease(reply, self.lease(txn)),
+            Op::Lease { now, reply } => Done::Lease(reply, self.lease(txn, now)),
             Op::Change {
+                now,
                 id,
                 lease,
                 change,
                 reply,
             } => {
                 *wake |= matches!(change, Change::Retry { .. } | Change::Redrive);
-                Done::Change(reply, self.change(txn, id, lease, change))
+                Done::Change(reply, self.change(txn, now, id, lease, change))
             }
-            Op::PurgeDead { reply } => Done::Count(reply, self.purge_dead(txn)),
+            Op::PurgeDead { now, reply } => Done::Count(reply, self.purge_dead(txn, now)),
         }
     }
 
@@ -298,8 +298,7 @@ impl Writer {
         Ok(())
     }
 
-    fn lease(&self, txn: &WriteTransaction) -> Result<Option<Lease>, SpoolError> {
-        let now = self.clock.now_ms();
+    fn lease(&self, txn: &WriteTransaction, now: u64) -> Result<Option<Lease>, SpoolError> {
         let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         let first = queue
             .first()
@@ -376,11 +375,11 @@ impl Writer {
     fn change(
         &mut self,
         txn: &WriteTransaction,
+        now: u64,
         id: QueueId,
         lease: Option<u64>,
         change: Change,
     ) -> Result<RetryOutcome, SpoolError> {
-        let now = self.clock.now_ms();
         let mut record = self.load(txn, id.0)?.ok_or(SpoolError::NotFound(id))?;
         let stale = lease.is_some() && (record.state != State::Queued || record.due_ms != lease);
         let outcome = match change {
@@ -446,11 +445,8 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn purge_dead(&self, txn: &WriteTransaction) -> Result<u64, SpoolError> {
-        let cutoff = self
-            .clock
-            .now_ms()
-            .saturating_sub(self.options.dead_letter_retention_ms);
+    fn purge_dead(&self, txn: &WriteTransaction, now: u64) -> Result<u64, SpoolError> {
+        let cutoff = now.saturating_sub(self.options.dead_letter_retention_ms);
         let mut expired = Vec::new();
         {
             let dead = txn.open_table(DEAD).map_err(SpoolError::storage)?;
