@@ -60,6 +60,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
             Duration::from_secs(smtp.auth_failure_window_secs),
             Duration::from_secs(smtp.auth_cooldown_secs),
         )),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
         tls: TlsAcceptor::from(tls_config),
     });
     let limiter = ConnectionLimiter::new(smtp.max_connections, smtp.max_connections_per_ip);

@@ -32,6 +32,10 @@ pub struct ConnContext {
     pub directory: Arc<Directory>,
     pub submitter: Arc<Submitter>,
     pub auth_throttle: Arc<AuthThrottle>,
+    /// Password checks running at once. Each argon2 verification takes ~19 MiB and a core
+    /// for tens of milliseconds, so without a cap a burst of logins (valid or not) could
+    /// exhaust memory; with one, they queue.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
     pub tls: TlsAcceptor,
 }
 
@@ -360,10 +364,14 @@ impl Conn {
         } else {
             let directory = self.ctx.directory.clone();
             let user = login.clone();
-            let verified = tokio::task::spawn_blocking(move || directory.verify(&user, &password))
-                .await
-                .ok()
-                .flatten();
+            let slot = self.ctx.password_checks.clone().acquire_owned().await;
+            let verified = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                directory.verify(&user, &password)
+            })
+            .await
+            .ok()
+            .flatten();
             match verified {
                 Some(account) => {
                     tracing::info!(peer = %self.peer, login = %account.login, "authenticated");
