@@ -128,6 +128,53 @@ impl Directory {
     }
 }
 
+/// Runs password checks on a fixed set of threads. argon2 needs ~19 MiB per check; on
+/// `spawn_blocking`'s many threads, glibc keeps a freed block in each thread's arena, and a
+/// burst of logins (valid or not) grew the server by hundreds of MiB. A few dedicated threads
+/// bound both the memory and the CPU spent on logins; further checks queue.
+pub struct PasswordChecker {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<CheckJob>>,
+}
+
+struct CheckJob {
+    login: String,
+    password: String,
+    reply: tokio::sync::oneshot::Sender<Option<Arc<Account>>>,
+}
+
+impl PasswordChecker {
+    pub fn new(directory: Arc<Directory>, threads: usize) -> PasswordChecker {
+        let (tx, rx) = std::sync::mpsc::channel::<CheckJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let (rx, directory) = (rx.clone(), directory.clone());
+            std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap().recv();
+                    let Ok(job) = job else { return };
+                    let _ = job.reply.send(directory.verify(&job.login, &job.password));
+                })
+                .expect("spawning a password-check thread");
+        }
+        PasswordChecker {
+            jobs: std::sync::Mutex::new(tx),
+        }
+    }
+
+    /// The account, if the password is right.
+    pub async fn check(&self, login: String, password: String) -> Option<Arc<Account>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = CheckJob {
+            login,
+            password,
+            reply,
+        };
+        self.jobs.lock().unwrap().send(job).ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
 /// An argon2id PHC string for `password`, with a random salt and the default parameters.
 pub fn hash_password(password: &str) -> Result<String> {
     Argon2::default()
@@ -172,6 +219,21 @@ mod tests {
         assert!(dir.verify("alice", "wrong").is_none());
         assert!(dir.verify("mallory", "s3cret").is_none());
         assert!(dir.verify("", "").is_none());
+    }
+
+    #[tokio::test]
+    async fn checker_threads_verify() {
+        let checker = PasswordChecker::new(Arc::new(directory()), 2);
+        let checks = ["s3cret", "wrong", "s3cret"].map(|p| checker.check("alice".into(), p.into()));
+        let [a, b, c] = checks;
+        let (a, b, c) = tokio::join!(a, b, c);
+        assert_eq!(a.unwrap().login, "Alice");
+        assert!(b.is_none());
+        assert!(c.is_some());
+        assert!(checker
+            .check("nobody".into(), "s3cret".into())
+            .await
+            .is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::accounts::Directory;
+use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TransportConfig};
 use crate::sender;
@@ -53,15 +53,15 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
     let ctx = Arc::new(ConnContext {
         hostname: config.hostname.clone(),
         smtp: smtp.clone(),
-        directory,
+        passwords: Arc::new(PasswordChecker::new(
+            directory,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
         submitter,
         auth_throttle: Arc::new(AuthThrottle::new(
             smtp.auth_failures_per_ip,
             Duration::from_secs(smtp.auth_failure_window_secs),
             Duration::from_secs(smtp.auth_cooldown_secs),
-        )),
-        password_checks: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         tls: TlsAcceptor::from(tls_config),
     });

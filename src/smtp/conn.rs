@@ -21,7 +21,7 @@ use super::data::DotReader;
 use super::guard::AuthThrottle;
 use super::reply;
 use super::session::{Action, AuthOutcome, PortKind, Session, SessionLimits};
-use crate::accounts::Directory;
+use crate::accounts::PasswordChecker;
 use crate::config::SmtpConfig;
 use crate::submission::{SubmitRequest, Submitter, Trace};
 
@@ -29,13 +29,9 @@ use crate::submission::{SubmitRequest, Submitter, Trace};
 pub struct ConnContext {
     pub hostname: String,
     pub smtp: SmtpConfig,
-    pub directory: Arc<Directory>,
     pub submitter: Arc<Submitter>,
     pub auth_throttle: Arc<AuthThrottle>,
-    /// Password checks running at once. Each argon2 verification takes ~19 MiB and a core
-    /// for tens of milliseconds, so without a cap a burst of logins (valid or not) could
-    /// exhaust memory; with one, they queue.
-    pub password_checks: Arc<tokio::sync::Semaphore>,
+    pub passwords: Arc<PasswordChecker>,
     pub tls: TlsAcceptor,
 }
 
@@ -362,17 +358,7 @@ impl Conn {
         let outcome = if self.ctx.auth_throttle.is_blocked(ip) {
             AuthOutcome::CoolingDown
         } else {
-            let directory = self.ctx.directory.clone();
-            let user = login.clone();
-            let slot = self.ctx.password_checks.clone().acquire_owned().await;
-            let verified = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                directory.verify(&user, &password)
-            })
-            .await
-            .ok()
-            .flatten();
-            match verified {
+            match self.ctx.passwords.check(login.clone(), password).await {
                 Some(account) => {
                     tracing::info!(peer = %self.peer, login = %account.login, "authenticated");
                     AuthOutcome::Success(account)
