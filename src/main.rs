@@ -76,7 +76,20 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Large allocations (argon2's ~19 MiB per password check) must go back to the system when
+/// freed. glibc raises its mmap threshold after the first such free and then serves them from
+/// per-thread arenas that stay resident: measured, ten logins left ~200 MiB behind. A fixed
+/// threshold keeps every large block on mmap/munmap.
+fn pin_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn serve(path: PathBuf) -> Result<()> {
+    pin_mmap_threshold();
     let config = Config::load(&path)?;
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
