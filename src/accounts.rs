@@ -29,6 +29,7 @@ pub struct Identity {
     pub name: String,
     pub text_signature: Option<String>,
     pub html_signature: Option<String>,
+    pub configuration_set: Option<String>,
 }
 
 #[derive(Debug)]
@@ -42,6 +43,10 @@ pub struct Account {
 }
 
 impl Account {
+    pub fn identity(&self, id: &str) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.id == id)
+    }
+
     /// The identity under which this account may use `address`, if any. An exact address wins
     /// over a domain identity. The null sender `<>` belongs to nobody.
     pub fn identity_for(&self, address: &str) -> Option<&Identity> {
@@ -88,6 +93,7 @@ impl Directory {
                     name: i.name.clone(),
                     text_signature: i.text_signature.clone(),
                     html_signature: i.html_signature.clone(),
+                    configuration_set: i.configuration_set.clone(),
                 })
                 .collect();
             let account = Account {
@@ -196,6 +202,7 @@ mod tests {
             name: String::new(),
             text_signature: None,
             html_signature: None,
+            configuration_set: None,
         };
         Directory::from_config(&[AccountConfig {
             login: "Alice".into(),

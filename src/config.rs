@@ -176,6 +176,9 @@ impl Default for SpoolConfig {
 pub struct SenderConfig {
     /// Concurrent sender tasks.
     pub workers: usize,
+    /// Octets of MIME being sent at once across all workers, so a burst of 40 MB messages
+    /// cannot exhaust memory. A larger message still goes, alone.
+    pub max_in_flight_bytes: u64,
     pub transport: TransportConfig,
 }
 
@@ -183,6 +186,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         Self {
             workers: 4,
+            max_in_flight_bytes: 256 * 1024 * 1024,
             transport: TransportConfig::Dir {
                 path: "../outbox-mail".into(),
             },
@@ -196,6 +200,34 @@ impl Default for SenderConfig {
 pub enum TransportConfig {
     /// Write each message as `<queue id>.eml` (and its envelope as `<queue id>.json`) into `path`.
     Dir { path: PathBuf },
+    /// Amazon SES v2 `SendEmail` with raw content. Credentials, region and endpoint come from
+    /// the standard AWS chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, instance roles).
+    Ses(SesConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SesConfig {
+    /// Overrides the region from the AWS chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Configuration set for every message unless the identity names its own.
+    #[serde(default)]
+    pub configuration_set: Option<String>,
+    /// `FromEmailAddressIdentityArn`, for sending authorization across accounts.
+    #[serde(default)]
+    pub from_identity_arn: Option<String>,
+    /// Messages per second across all senders. 0: read `MaxSendRate` with `GetAccount` at
+    /// start (SES's per-account sending quota).
+    #[serde(default)]
+    pub max_send_rate: f64,
+    /// Seconds before an SES call is abandoned and retried.
+    #[serde(default = "default_ses_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_ses_timeout() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +291,9 @@ pub struct IdentityConfig {
     pub text_signature: Option<String>,
     #[serde(default)]
     pub html_signature: Option<String>,
+    /// SES configuration set for this identity's mail (overrides the transport's).
+    #[serde(default)]
+    pub configuration_set: Option<String>,
 }
 
 impl Config {
@@ -296,6 +331,7 @@ impl Config {
         abs(&mut self.tls.ca);
         match &mut self.sender.transport {
             TransportConfig::Dir { path } => abs(path),
+            TransportConfig::Ses(_) => {}
         }
         for account in &mut self.accounts {
             if let Some(file) = &mut account.password_hash_file {

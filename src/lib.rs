@@ -10,6 +10,7 @@
 //! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
+//! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`tls`]: rustls configuration and development certificates.
 //! - [`clock`]: injected wall-clock time.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod message;
 pub mod sender;
 pub mod server;
+pub mod signature;
 pub mod smtp;
 pub mod spool;
 pub mod submission;

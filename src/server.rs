@@ -15,7 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TransportConfig};
-use crate::sender;
+use crate::sender::flow::{InFlight, Pace};
+use crate::sender::{self, Sender};
 use crate::smtp::conn::ConnContext;
 use crate::smtp::guard::{AuthThrottle, ConnectionLimiter};
 use crate::smtp::listener::accept_loop;
@@ -24,6 +25,7 @@ use crate::spool::{Spool, SpoolOptions};
 use crate::submission::Submitter;
 use crate::tls;
 use crate::transport::dir::DirTransport;
+use crate::transport::ses::SesTransport;
 use crate::transport::Transport;
 
 /// How long shutdown waits for open SMTP sessions to finish their transaction.
@@ -45,9 +47,24 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
         config.hostname.clone(),
         clock.clone(),
     ));
-    let transport: Arc<dyn Transport> = match &config.sender.transport {
-        TransportConfig::Dir { path } => Arc::new(DirTransport::new(path.clone())),
+    let (transport, send_rate): (Arc<dyn Transport>, f64) = match &config.sender.transport {
+        TransportConfig::Dir { path } => (Arc::new(DirTransport::new(path.clone())), 0.0),
+        TransportConfig::Ses(ses) => {
+            let ses = SesTransport::new(ses.clone()).await;
+            let rate = ses.send_rate().await;
+            tracing::info!(rate, "pacing SES sends");
+            (Arc::new(ses), rate)
+        }
     };
+    let mut sender = Sender::new(
+        spool.clone(),
+        transport,
+        directory.clone(),
+        config.hostname.clone(),
+    );
+    sender.pace = Pace::new(send_rate);
+    sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
+    let sender = Arc::new(sender);
 
     let smtp = &config.smtp;
     let ctx = Arc::new(ConnContext {
@@ -96,8 +113,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
     let mut workers = Vec::new();
     for _ in 0..config.sender.workers {
         workers.push(tokio::spawn(sender::run_worker(
-            spool.clone(),
-            transport.clone(),
+            sender.clone(),
             stop_rx.clone(),
         )));
     }

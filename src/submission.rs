@@ -210,6 +210,7 @@ mod tests {
                 name: String::new(),
                 text_signature: None,
                 html_signature: None,
+                configuration_set: None,
             }],
         }])
         .unwrap()

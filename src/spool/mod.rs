@@ -281,6 +281,14 @@ impl Spool {
         self.change(lease, Change::Retry { reason, delay_ms }).await
     }
 
+    /// The transport could not even try (it is unreachable or paused): the message goes back
+    /// due now, and the lease does not count as an attempt.
+    pub async fn release(&self, lease: &Lease, reason: String) -> Result<(), SpoolError> {
+        self.change(lease, Change::Release { reason })
+            .await
+            .map(|_| ())
+    }
+
     async fn change(&self, lease: &Lease, change: Change) -> Result<RetryOutcome, SpoolError> {
         let (id, visible_at) = (lease.record.id, lease.visible_at);
         let now = self.clock.now_ms();

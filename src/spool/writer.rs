@@ -60,6 +60,10 @@ pub(super) enum Change {
         reason: String,
         delay_ms: Option<u64>,
     },
+    /// Back into the queue at once without spending the attempt (the transport could not try).
+    Release {
+        reason: String,
+    },
     Redrive,
 }
 
@@ -230,7 +234,10 @@ impl Writer {
                 change,
                 reply,
             } => {
-                *wake |= matches!(change, Change::Retry { .. } | Change::Redrive);
+                *wake |= matches!(
+                    change,
+                    Change::Retry { .. } | Change::Release { .. } | Change::Redrive
+                );
                 Done::Change(reply, self.change(txn, now, id, lease, change))
             }
             Op::PurgeDead { now, reply } => Done::Count(reply, self.purge_dead(txn, now)),
@@ -425,6 +432,18 @@ impl Writer {
                         .push(super::Transition::new(now, State::Queued, Some(reason)));
                     RetryOutcome::Requeued { due_ms: due }
                 }
+            }
+            Change::Release { reason } => {
+                if stale {
+                    return Ok(RetryOutcome::Stale);
+                }
+                self.dequeue(txn, &mut record, true)?;
+                let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+                queue.insert((now, id.0), ()).map_err(SpoolError::storage)?;
+                record.due_ms = Some(now);
+                record.receive_count = record.receive_count.saturating_sub(1);
+                record.last_error = Some(reason);
+                RetryOutcome::Requeued { due_ms: now }
             }
             Change::Redrive => {
                 if record.state != State::Dead {

@@ -3,6 +3,7 @@
 //! `dir` exists now; `ses`, `sqs` and `smtp` come next behind the same trait.
 
 pub mod dir;
+pub mod ses;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,10 @@ pub struct OutboundMessage {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub mime: Vec<u8>,
+    /// Provider tags (SES `EmailTags`), already in the provider's alphabet.
+    pub tags: Vec<(String, String)>,
+    /// The identity's SES configuration set, if it names one.
+    pub configuration_set: Option<String>,
 }
 
 /// What became of one hand-off.
@@ -32,6 +37,9 @@ pub enum Delivery {
     },
     /// Will never succeed; the submission fails with this reason.
     Reject { reason: String },
+    /// Nothing can be sent right now (provider unreachable, sending paused): the message goes
+    /// back without spending an attempt and sending pauses until a probe succeeds.
+    Unavailable { reason: String },
 }
 
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Delivery> + Send + 'a>>;

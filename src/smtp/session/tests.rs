@@ -24,6 +24,7 @@ fn directory() -> &'static Directory {
                 name: String::new(),
                 text_signature: None,
                 html_signature: None,
+                configuration_set: None,
             }],
         }])
         .unwrap()

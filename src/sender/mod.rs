@@ -1,29 +1,67 @@
 //! Sender workers: lease a due message, prepare it, hand it to the transport, record the
-//! outcome. Delivery knows nothing of sessions: it reads only the spool.
+//! outcome. Delivery knows nothing of sessions: it reads the spool and the account directory.
+//!
+//! - [`prepare`]: the outgoing MIME (Bcc stripped, Date/Message-ID, signature) and tags.
+//! - [`flow`]: provider pace, bytes in flight, and the circuit breaker.
+
+pub mod flow;
+pub mod prepare;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::message::strip_headers;
+use crate::accounts::Directory;
 use crate::spool::{Lease, RetryOutcome, Spool};
-use crate::submission::CLASS_HEADER;
 use crate::transport::{Delivery, OutboundMessage, Transport};
+use flow::{Breaker, InFlight, Pace};
 
 /// Longest nap when nothing is due, so a clock jump is noticed eventually.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// Everything the workers share.
+pub struct Sender {
+    pub spool: Arc<Spool>,
+    pub transport: Arc<dyn Transport>,
+    pub directory: Arc<Directory>,
+    pub hostname: String,
+    pub pace: Pace,
+    pub in_flight: InFlight,
+    pub breaker: Breaker,
+}
+
+impl Sender {
+    /// Defaults for flow control: no pacing, 256 MiB in flight, pauses of 5 s up to 5 min.
+    pub fn new(
+        spool: Arc<Spool>,
+        transport: Arc<dyn Transport>,
+        directory: Arc<Directory>,
+        hostname: String,
+    ) -> Sender {
+        Sender {
+            spool,
+            transport,
+            directory,
+            hostname,
+            pace: Pace::new(0.0),
+            in_flight: InFlight::new(256 * 1024 * 1024),
+            breaker: Breaker::new(Duration::from_secs(5), Duration::from_secs(300)),
+        }
+    }
+}
+
 /// Runs one worker until `shutdown` turns true; a send in progress is finished first.
-pub async fn run_worker(
-    spool: Arc<Spool>,
-    transport: Arc<dyn Transport>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>) {
+    let spool = &sender.spool;
     let signal = spool.work_signal();
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        tokio::select! {
+            _ = sender.breaker.admit() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
         // Register for wake-ups before looking, so an enqueue in between is not missed.
         let notified = signal.notified();
@@ -31,11 +69,14 @@ pub async fn run_worker(
         notified.as_mut().enable();
         match spool.lease().await {
             Ok(Some(lease)) => {
-                deliver(&spool, transport.as_ref(), lease).await;
+                deliver(&sender, lease).await;
                 continue;
             }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "leasing from the spool failed"),
+            Ok(None) => sender.breaker.probe_unused(),
+            Err(e) => {
+                sender.breaker.probe_unused();
+                tracing::error!(error = %e, "leasing from the spool failed");
+            }
         }
         let nap = match spool.next_due() {
             Ok(Some(due)) => {
@@ -52,42 +93,77 @@ pub async fn run_worker(
     }
 }
 
-/// The message as it leaves: `Bcc` and our class header removed (RFC 5322 §3.6.3: Bcc
-/// recipients are in the envelope, never in the header that others see).
-pub fn prepare(mime: &[u8]) -> Vec<u8> {
-    strip_headers(mime, &["Bcc", CLASS_HEADER])
+/// Builds the outgoing message, or says why it can never be sent.
+async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Delivery> {
+    let record = &lease.record;
+    // Check the identity again at send time: the account or identity may have gone since.
+    let account = sender.directory.get(&record.login);
+    let identity = account
+        .as_ref()
+        .and_then(|a| a.identity(&record.identity_id));
+    let Some(identity) = identity.filter(|_| {
+        account
+            .as_ref()
+            .is_some_and(|a| a.identity_for(&record.mail_from).is_some())
+    }) else {
+        return Err(Delivery::Reject {
+            reason: format!(
+                "identity {} of account {} is no longer configured",
+                record.identity_id, record.login
+            ),
+        });
+    };
+    let stored = sender
+        .spool
+        .load_mime(record.id)
+        .await
+        .map_err(|e| Delivery::Retry {
+            reason: format!("loading message: {e}"),
+            after: None,
+        })?;
+    Ok(OutboundMessage {
+        mail_from: record.mail_from.clone(),
+        recipients: record.recipients.clone(),
+        mime: prepare::outgoing_mime(record, &stored, identity, &sender.hostname),
+        tags: prepare::tags(record),
+        configuration_set: identity.configuration_set.clone(),
+        record: record.clone(),
+    })
 }
 
-async fn deliver(spool: &Spool, transport: &dyn Transport, lease: Lease) {
+async fn deliver(sender: &Sender, lease: Lease) {
     let id = lease.record.id;
-    let mime = match spool.load_mime(id).await {
-        Ok(mime) => mime,
-        Err(e) => {
-            tracing::error!(%id, error = %e, "loading message failed");
-            let _ = spool
-                .retry(&lease, format!("loading message: {e}"), None)
-                .await;
-            return;
+    let attempt = lease.record.receive_count;
+    let transport = sender.transport.name();
+    let delivery = {
+        let _bytes = sender.in_flight.acquire(lease.record.size).await;
+        match outbound(sender, &lease).await {
+            Ok(message) => {
+                sender.pace.wait().await;
+                sender.transport.send(Arc::new(message)).await
+            }
+            Err(refusal) => refusal,
         }
     };
-    let message = Arc::new(OutboundMessage {
-        mail_from: lease.record.mail_from.clone(),
-        recipients: lease.record.recipients.clone(),
-        mime: prepare(&mime),
-        record: lease.record.clone(),
-    });
-    drop(mime);
-    let attempt = lease.record.receive_count;
-    let result = match transport.send(message).await {
+    let spool = &sender.spool;
+    let result = match delivery {
         Delivery::Sent { provider_id } => {
-            tracing::info!(%id, transport = transport.name(), %provider_id, attempt, "message sent");
+            sender.breaker.reachable();
+            tracing::info!(%id, transport, %provider_id, attempt, "message sent");
             spool.complete(&lease, provider_id).await
         }
         Delivery::Reject { reason } => {
-            tracing::warn!(%id, transport = transport.name(), %reason, "message failed permanently");
+            sender.breaker.reachable();
+            tracing::warn!(%id, transport, %reason, "message failed permanently");
             spool.fail(&lease, reason).await
         }
+        Delivery::Unavailable { reason } => {
+            let pause = sender.breaker.unavailable();
+            tracing::warn!(%id, transport, %reason, pause_secs = pause.as_secs(), "provider unavailable; sending paused");
+            spool.release(&lease, reason).await
+        }
         Delivery::Retry { reason, after } => {
+            sender.breaker.reachable();
             let delay = after.map(|d| d.as_millis() as u64);
             match spool.retry(&lease, reason.clone(), delay).await {
                 Ok(RetryOutcome::DeadLettered) => {
@@ -150,6 +226,30 @@ mod tests {
         }
     }
 
+    fn directory() -> Arc<Directory> {
+        use crate::config::{AccountConfig, IdentityConfig};
+        Arc::new(
+            Directory::from_config(&[AccountConfig {
+                login: "a".into(),
+                password_hash: Some(crate::accounts::hash_password("x").unwrap()),
+                password_hash_file: None,
+                tenant_id: "t".into(),
+                account_id: None,
+                user_id: None,
+                identities: vec![IdentityConfig {
+                    id: "i".into(),
+                    email: Some("a@example.com".into()),
+                    domain: None,
+                    name: String::new(),
+                    text_signature: None,
+                    html_signature: None,
+                    configuration_set: None,
+                }],
+            }])
+            .unwrap(),
+        )
+    }
+
     fn retry() -> Delivery {
         Delivery::Retry {
             reason: "throttled".into(),
@@ -188,7 +288,13 @@ mod tests {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = tokio::time::Instant::now();
-        let worker = tokio::spawn(run_worker(spool.clone(), transport, stop_rx));
+        let sender = Arc::new(Sender::new(
+            spool.clone(),
+            transport,
+            directory(),
+            "mx.test".into(),
+        ));
+        let worker = tokio::spawn(run_worker(sender, stop_rx));
 
         let id = spool.allocate_id();
         let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";

@@ -1,0 +1,163 @@
+//! Turning a stored submission into the message that leaves: envelope from the record, `Bcc`
+//! and our class header removed, `Date` and `Message-ID` added when the client left them out
+//! (RFC 6409 §8.2, §8.3), the identity's signature added, and the provider tags computed.
+//! The stored copy is never changed.
+
+use crate::accounts::Identity;
+use crate::clock::rfc5322_date;
+use crate::message::{header_values, strip_headers};
+use crate::signature::{inject_signature, Signature};
+use crate::spool::SubmissionRecord;
+use crate::submission::CLASS_HEADER;
+
+/// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
+const TAG_MAX: usize = 256;
+
+/// The outgoing MIME for `record`, whose stored MIME is `stored`.
+pub fn outgoing_mime(
+    record: &SubmissionRecord,
+    stored: &[u8],
+    identity: &Identity,
+    hostname: &str,
+) -> Vec<u8> {
+    let stripped = strip_headers(stored, &["Bcc", CLASS_HEADER]);
+    let mut added = String::new();
+    if header_values(&stripped, "Date").is_empty() {
+        added.push_str(&format!("Date: {}\r\n", rfc5322_date(record.created_ms)));
+    }
+    if header_values(&stripped, "Message-ID").is_empty() {
+        // Stable across retries, so a retried message is recognisably the same one.
+        added.push_str(&format!("Message-ID: <{}@{}>\r\n", record.id, hostname));
+    }
+    let mut mime = added.into_bytes();
+    mime.extend_from_slice(&stripped);
+    let signature = Signature {
+        text: identity.text_signature.as_deref(),
+        html: identity.html_signature.as_deref(),
+    };
+    if signature.text.is_some() || signature.html.is_some() {
+        mime = inject_signature(&mime, &signature);
+    }
+    mime
+}
+
+/// The seven tags every message carries, so feedback finds its submission.
+pub fn tags(record: &SubmissionRecord) -> Vec<(String, String)> {
+    let domain = record.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+    [
+        ("tenant_id", record.tenant_id.as_str()),
+        ("submission_id", &record.id.to_string()),
+        ("identity_id", &record.identity_id),
+        ("account_id", &record.account_id),
+        ("user_id", &record.user_id),
+        ("domain", domain),
+        ("message_class", &record.message_class),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), tag_value(value)))
+    .collect()
+}
+
+/// Maps any text into SES's tag alphabet (other characters become `_`).
+pub fn tag_value(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(TAG_MAX)
+        .collect();
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::IdentityScope;
+    use crate::spool::{QueueId, State};
+
+    fn record() -> SubmissionRecord {
+        SubmissionRecord {
+            id: QueueId(0x1F),
+            login: "alice".into(),
+            tenant_id: "acme corp".into(),
+            account_id: "a.1".into(),
+            user_id: "alice@example.com".into(),
+            identity_id: "id-1".into(),
+            mail_from: "alice@mail.example.com".into(),
+            recipients: vec!["b@example.net".into()],
+            message_class: "bulk".into(),
+            size: 0,
+            state: State::Queued,
+            created_ms: 0,
+            due_ms: None,
+            receive_count: 1,
+            last_error: None,
+            provider_id: None,
+            history: vec![],
+        }
+    }
+
+    fn identity(text: Option<&str>) -> Identity {
+        Identity {
+            id: "id-1".into(),
+            scope: IdentityScope::Address("alice@mail.example.com".into()),
+            name: String::new(),
+            text_signature: text.map(Into::into),
+            html_signature: None,
+            configuration_set: None,
+        }
+    }
+
+    #[test]
+    fn tags_are_sanitised() {
+        let tags = tags(&record());
+        let get = |n: &str| tags.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        assert_eq!(tags.len(), 7);
+        assert_eq!(get("tenant_id"), "acme_corp");
+        assert_eq!(get("submission_id"), "000000000000001F");
+        assert_eq!(get("user_id"), "alice_example_com");
+        assert_eq!(get("domain"), "mail_example_com");
+        assert_eq!(get("message_class"), "bulk");
+        assert_eq!(tag_value(""), "_");
+        assert_eq!(tag_value(&"x".repeat(300)).len(), 256);
+    }
+
+    #[test]
+    fn adds_missing_date_and_message_id_strips_bcc() {
+        let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\n\r\nhi\r\n";
+        let out = String::from_utf8(outgoing_mime(&record(), stored, &identity(None), "mx.test"))
+            .unwrap();
+        assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <000000000000001F@mx.test>\r\n"), "{out}");
+        assert!(
+            !out.contains("Bcc") && !out.contains("X-Outbox-Class"),
+            "{out}"
+        );
+        let kept =
+            b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\n\r\nhi\r\n";
+        assert_eq!(
+            outgoing_mime(&record(), kept, &identity(None), "mx.test"),
+            kept
+        );
+    }
+
+    #[test]
+    fn signature_added_at_send_time() {
+        let stored = b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\nContent-Type: text/plain\r\n\r\nhi\r\n";
+        let out = String::from_utf8(outgoing_mime(
+            &record(),
+            stored,
+            &identity(Some("-- \nAlice")),
+            "mx.test",
+        ))
+        .unwrap();
+        assert!(out.contains("hi\r\n") && out.contains("Alice"), "{out}");
+    }
+}

@@ -1,0 +1,260 @@
+//! The `ses` transport: Amazon SES v2 `SendEmail` with raw content.
+//!
+//! The envelope recipients go in an explicit `Destination` (SES would otherwise take them from
+//! the headers, and the stripped Bcc recipients would be lost). Tags ride along as `EmailTags`
+//! so feedback events can find their submission. The SDK's own retries are off: the spool owns
+//! retrying, and every SES error is classified once, in [`classify`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sesv2::config::http::HttpResponse;
+use aws_sdk_sesv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sesv2::operation::send_email::SendEmailError;
+use aws_sdk_sesv2::primitives::Blob;
+use aws_sdk_sesv2::types::{Destination, EmailContent, MessageTag, RawMessage};
+use aws_sdk_sesv2::Client;
+
+use super::{Delivery, OutboundMessage, SendFuture, Transport};
+use crate::config::SesConfig;
+
+/// SES v2 accepts at most 50 destinations per `SendEmail`.
+pub const MAX_DESTINATIONS: usize = 50;
+
+/// Fallback pace when `GetAccount` cannot be read: the SES sandbox's 1 message per second.
+const FALLBACK_SEND_RATE: f64 = 1.0;
+
+pub struct SesTransport {
+    client: Client,
+    config: SesConfig,
+}
+
+impl SesTransport {
+    /// Builds the client from the standard AWS chain (region, credentials, `AWS_ENDPOINT_URL`).
+    pub async fn new(config: SesConfig) -> SesTransport {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(config.timeout_secs))
+                    .connect_timeout(Duration::from_secs(10))
+                    .build(),
+            );
+        if let Some(region) = &config.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        SesTransport {
+            client: Client::new(&shared),
+            config,
+        }
+    }
+
+    /// Messages per second to send at: configured, or the account's `MaxSendRate`.
+    pub async fn send_rate(&self) -> f64 {
+        if self.config.max_send_rate > 0.0 {
+            return self.config.max_send_rate;
+        }
+        match self.client.get_account().send().await {
+            Ok(account) => match account.send_quota().map(|q| q.max_send_rate()) {
+                Some(rate) if rate > 0.0 => rate,
+                _ => FALLBACK_SEND_RATE,
+            },
+            Err(e) => {
+                tracing::warn!(error = %DisplayErrorContext(&e), "GetAccount failed; pacing at {FALLBACK_SEND_RATE}/s");
+                FALLBACK_SEND_RATE
+            }
+        }
+    }
+
+    async fn send_email(&self, message: &OutboundMessage) -> Delivery {
+        if message.recipients.len() > MAX_DESTINATIONS {
+            return Delivery::Reject {
+                reason: format!("more than {MAX_DESTINATIONS} recipients for one SES SendEmail"),
+            };
+        }
+        let raw = match RawMessage::builder()
+            .data(Blob::new(message.mime.clone()))
+            .build()
+        {
+            Ok(raw) => raw,
+            Err(e) => {
+                return Delivery::Reject {
+                    reason: format!("building the request: {e}"),
+                }
+            }
+        };
+        let tags: Result<Vec<MessageTag>, _> = message
+            .tags
+            .iter()
+            .map(|(name, value)| MessageTag::builder().name(name).value(value).build())
+            .collect();
+        let tags = match tags {
+            Ok(tags) => tags,
+            Err(e) => {
+                return Delivery::Reject {
+                    reason: format!("building the tags: {e}"),
+                }
+            }
+        };
+        let configuration_set = message
+            .configuration_set
+            .clone()
+            .or_else(|| self.config.configuration_set.clone());
+        let result = self
+            .client
+            .send_email()
+            .from_email_address(&message.mail_from)
+            .destination(
+                Destination::builder()
+                    .set_to_addresses(Some(message.recipients.clone()))
+                    .build(),
+            )
+            .content(EmailContent::builder().raw(raw).build())
+            .set_email_tags(Some(tags))
+            .set_configuration_set_name(configuration_set)
+            .set_from_email_address_identity_arn(self.config.from_identity_arn.clone())
+            .send()
+            .await;
+        match result {
+            Ok(out) => Delivery::Sent {
+                provider_id: out.message_id().unwrap_or_default().to_string(),
+            },
+            Err(err) => delivery_for(&err),
+        }
+    }
+}
+
+impl Transport for SesTransport {
+    fn name(&self) -> &'static str {
+        "ses"
+    }
+
+    fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_> {
+        Box::pin(async move { self.send_email(&message).await })
+    }
+}
+
+/// How an SES failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Temporary: back into the queue with backoff.
+    Retry,
+    /// Permanent: the submission fails with the reason.
+    Reject,
+    /// Nothing can be sent now (sending paused, SES unreachable, credentials refused): park
+    /// the queue without spending attempts until a probe succeeds.
+    Pause,
+}
+
+/// The one table of SES errors: by error code, then by HTTP status.
+pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
+    match code {
+        Some(
+            "TooManyRequestsException"
+            | "Throttling"
+            | "ThrottlingException"
+            | "LimitExceededException"
+            | "ServiceUnavailable"
+            | "InternalFailure"
+            | "InternalServerError"
+            | "RequestTimeout",
+        ) => Class::Retry,
+        Some(
+            "SendingPausedException"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "ExpiredTokenException"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch",
+        ) => Class::Pause,
+        Some(
+            "MessageRejected"
+            | "AccountSuspendedException"
+            | "BadRequestException"
+            | "MailFromDomainNotVerifiedException"
+            | "NotFoundException"
+            | "InvalidParameterValue",
+        ) => Class::Reject,
+        _ => match status {
+            Some(429) | Some(500..=599) | None => Class::Retry,
+            Some(_) => Class::Reject,
+        },
+    }
+}
+
+fn delivery_for(err: &SdkError<SendEmailError, HttpResponse>) -> Delivery {
+    let (class, reason) = match err {
+        SdkError::ServiceError(service) => {
+            let code = err.code();
+            let status = Some(service.raw().status().as_u16());
+            let reason = format!(
+                "{}: {}",
+                code.unwrap_or("SES error"),
+                err.message().unwrap_or("no message")
+            );
+            (classify(code, status), reason)
+        }
+        // No answer at all: connection refused, DNS, TLS. A timeout may be one slow call.
+        SdkError::DispatchFailure(failure) if !failure.is_timeout() => (
+            Class::Pause,
+            format!("SES unreachable: {}", DisplayErrorContext(err)),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            Class::Reject,
+            format!("invalid request: {}", DisplayErrorContext(err)),
+        ),
+        _ => (
+            Class::Retry,
+            format!("SES call failed: {}", DisplayErrorContext(err)),
+        ),
+    };
+    match class {
+        Class::Retry => Delivery::Retry {
+            reason,
+            after: None,
+        },
+        Class::Reject => Delivery::Reject { reason },
+        Class::Pause => Delivery::Unavailable { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        use Class::*;
+        let table: &[(Option<&str>, Option<u16>, Class)] = &[
+            (Some("TooManyRequestsException"), Some(429), Retry),
+            (Some("Throttling"), Some(400), Retry),
+            (Some("LimitExceededException"), Some(400), Retry),
+            (Some("InternalFailure"), Some(500), Retry),
+            (None, Some(503), Retry),
+            (None, Some(500), Retry),
+            (None, Some(429), Retry),
+            (None, None, Retry),
+            (Some("MessageRejected"), Some(400), Reject),
+            (Some("AccountSuspendedException"), Some(400), Reject),
+            (Some("BadRequestException"), Some(400), Reject),
+            (
+                Some("MailFromDomainNotVerifiedException"),
+                Some(400),
+                Reject,
+            ),
+            (Some("NotFoundException"), Some(404), Reject),
+            (Some("SomethingNew"), Some(400), Reject),
+            (Some("SendingPausedException"), Some(400), Pause),
+            (Some("AccessDeniedException"), Some(403), Pause),
+            (Some("ExpiredTokenException"), Some(400), Pause),
+        ];
+        for (code, status, want) in table {
+            assert_eq!(classify(*code, *status), *want, "{code:?} {status:?}");
+        }
+    }
+}
