@@ -203,6 +203,53 @@ pub enum TransportConfig {
     /// Amazon SES v2 `SendEmail` with raw content. Credentials, region and endpoint come from
     /// the standard AWS chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, instance roles).
     Ses(SesConfig),
+    /// An SMTP smarthost (SES's SMTP interface, a corporate relay), via `mail-send`.
+    Smtp(SmarthostConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS is required (the connection fails without it).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// No TLS: only for a relay on loopback or a trusted private link.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostConfig {
+    pub host: String,
+    #[serde(default = "default_smarthost_port")]
+    pub port: u16,
+    #[serde(default = "default_smarthost_tls")]
+    pub tls: SmarthostTls,
+    /// AUTH user; with it, the password comes from `password_file` or the environment
+    /// variable named by `password_env` (never from this file).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A PEM CA to trust instead of the system's roots (private relays, tests).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent in EHLO.
+    #[serde(default)]
+    pub helo_name: Option<String>,
+    #[serde(default = "default_ses_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_smarthost_port() -> u16 {
+    587
+}
+
+fn default_smarthost_tls() -> SmarthostTls {
+    SmarthostTls::Starttls
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +379,14 @@ impl Config {
         match &mut self.sender.transport {
             TransportConfig::Dir { path } => abs(path),
             TransportConfig::Ses(_) => {}
+            TransportConfig::Smtp(smtp) => {
+                if let Some(p) = &mut smtp.password_file {
+                    abs(p);
+                }
+                if let Some(p) = &mut smtp.ca_file {
+                    abs(p);
+                }
+            }
         }
         for account in &mut self.accounts {
             if let Some(file) = &mut account.password_hash_file {
@@ -357,6 +412,19 @@ impl Config {
         }
         if self.spool.max_attempts == 0 {
             bail!("spool: max_attempts must be at least 1");
+        }
+        if matches!(self.sender.transport, TransportConfig::Ses(_))
+            && smtp.max_recipients > crate::transport::ses::MAX_DESTINATIONS
+        {
+            bail!("smtp.max_recipients: SES accepts at most 50 destinations per message");
+        }
+        if let TransportConfig::Smtp(relay) = &self.sender.transport {
+            if relay.username.is_some()
+                && relay.password_file.is_none()
+                && relay.password_env.is_none()
+            {
+                bail!("sender.transport: username needs password_file or password_env");
+            }
         }
         if self.sender.workers == 0 {
             bail!("sender: workers must be at least 1");

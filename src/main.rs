@@ -66,8 +66,10 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
@@ -90,6 +92,8 @@ fn pin_mmap_threshold() {
 
 fn serve(path: PathBuf) -> Result<()> {
     pin_mmap_threshold();
+    // One TLS stack for everything, including libraries that use the process default.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Config::load(&path)?;
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

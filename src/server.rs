@@ -26,6 +26,7 @@ use crate::submission::Submitter;
 use crate::tls;
 use crate::transport::dir::DirTransport;
 use crate::transport::ses::SesTransport;
+use crate::transport::smtp::SmtpTransport;
 use crate::transport::Transport;
 
 /// How long shutdown waits for open SMTP sessions to finish their transaction.
@@ -55,6 +56,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
             tracing::info!(rate, "pacing SES sends");
             (Arc::new(ses), rate)
         }
+        TransportConfig::Smtp(relay) => (Arc::new(SmtpTransport::new(relay.clone())?), 0.0),
     };
     let mut sender = Sender::new(
         spool.clone(),

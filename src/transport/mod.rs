@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod ses;
+pub mod smtp;
 
 use std::future::Future;
 use std::pin::Pin;
