@@ -205,6 +205,30 @@ pub enum TransportConfig {
     Ses(SesConfig),
     /// An SMTP smarthost (SES's SMTP interface, a corporate relay), via `mail-send`.
     Smtp(SmarthostConfig),
+    /// For a downstream sender (e.g. a Lambda): the MIME goes to S3, the submission record
+    /// (with the object's location, not the MIME) to an SQS queue.
+    Sqs(SqsConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqsConfig {
+    pub queue_url: String,
+    pub bucket: String,
+    /// Object key prefix; the key is `<prefix><queue id>.eml`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Path-style S3 addressing (S3-compatible stores, moto).
+    #[serde(default)]
+    pub s3_force_path_style: bool,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default = "default_ses_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_key_prefix() -> String {
+    "outbox/".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -378,7 +402,7 @@ impl Config {
         abs(&mut self.tls.ca);
         match &mut self.sender.transport {
             TransportConfig::Dir { path } => abs(path),
-            TransportConfig::Ses(_) => {}
+            TransportConfig::Ses(_) | TransportConfig::Sqs(_) => {}
             TransportConfig::Smtp(smtp) => {
                 if let Some(p) = &mut smtp.password_file {
                     abs(p);

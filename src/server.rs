@@ -27,6 +27,7 @@ use crate::tls;
 use crate::transport::dir::DirTransport;
 use crate::transport::ses::SesTransport;
 use crate::transport::smtp::SmtpTransport;
+use crate::transport::sqs::SqsTransport;
 use crate::transport::Transport;
 
 /// How long shutdown waits for open SMTP sessions to finish their transaction.
@@ -57,6 +58,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
             (Arc::new(ses), rate)
         }
         TransportConfig::Smtp(relay) => (Arc::new(SmtpTransport::new(relay.clone())?), 0.0),
+        TransportConfig::Sqs(sqs) => (Arc::new(SqsTransport::new(sqs.clone()).await), 0.0),
     };
     let mut sender = Sender::new(
         spool.clone(),

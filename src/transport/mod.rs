@@ -1,10 +1,13 @@
 //! Transports: where senders hand messages. Each returns one typed [`Delivery`]; temporary
 //! versus permanent is decided here, at the boundary, and nowhere else (STYLE habit 4).
-//! `dir` exists now; `ses`, `sqs` and `smtp` come next behind the same trait.
+//! `ses` (SES v2), `sqs` (S3 + SQS for a downstream sender), `smtp` (a smarthost) and `dir`
+//! (files, the development default).
 
+pub mod aws;
 pub mod dir;
 pub mod ses;
 pub mod smtp;
+pub mod sqs;
 
 use std::future::Future;
 use std::pin::Pin;

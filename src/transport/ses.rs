@@ -6,18 +6,13 @@
 //! retrying, and every SES error is classified once, in [`classify`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sesv2::config::http::HttpResponse;
-use aws_sdk_sesv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sesv2::operation::send_email::SendEmailError;
+use aws_sdk_sesv2::error::DisplayErrorContext;
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{Destination, EmailContent, MessageTag, RawMessage};
 use aws_sdk_sesv2::Client;
 
+use super::aws::{aws_config, delivery_for, Class};
 use super::{Delivery, OutboundMessage, SendFuture, Transport};
 use crate::config::SesConfig;
 
@@ -35,18 +30,7 @@ pub struct SesTransport {
 impl SesTransport {
     /// Builds the client from the standard AWS chain (region, credentials, `AWS_ENDPOINT_URL`).
     pub async fn new(config: SesConfig) -> SesTransport {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(Duration::from_secs(config.timeout_secs))
-                    .connect_timeout(Duration::from_secs(10))
-                    .build(),
-            );
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
+        let shared = aws_config(config.region.as_deref(), config.timeout_secs).await;
         SesTransport {
             client: Client::new(&shared),
             config,
@@ -123,7 +107,7 @@ impl SesTransport {
             Ok(out) => Delivery::Sent {
                 provider_id: out.message_id().unwrap_or_default().to_string(),
             },
-            Err(err) => delivery_for(&err),
+            Err(err) => delivery_for(&err, classify),
         }
     }
 }
@@ -136,18 +120,6 @@ impl Transport for SesTransport {
     fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_> {
         Box::pin(async move { self.send_email(&message).await })
     }
-}
-
-/// How an SES failure is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// Temporary: back into the queue with backoff.
-    Retry,
-    /// Permanent: the submission fails with the reason.
-    Reject,
-    /// Nothing can be sent now (sending paused, SES unreachable, credentials refused): park
-    /// the queue without spending attempts until a probe succeeds.
-    Pause,
 }
 
 /// The one table of SES errors: by error code, then by HTTP status.
@@ -184,42 +156,6 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
             Some(429) | Some(500..=599) | None => Class::Retry,
             Some(_) => Class::Reject,
         },
-    }
-}
-
-fn delivery_for(err: &SdkError<SendEmailError, HttpResponse>) -> Delivery {
-    let (class, reason) = match err {
-        SdkError::ServiceError(service) => {
-            let code = err.code();
-            let status = Some(service.raw().status().as_u16());
-            let reason = format!(
-                "{}: {}",
-                code.unwrap_or("SES error"),
-                err.message().unwrap_or("no message")
-            );
-            (classify(code, status), reason)
-        }
-        // No answer at all: connection refused, DNS, TLS. A timeout may be one slow call.
-        SdkError::DispatchFailure(failure) if !failure.is_timeout() => (
-            Class::Pause,
-            format!("SES unreachable: {}", DisplayErrorContext(err)),
-        ),
-        SdkError::ConstructionFailure(_) => (
-            Class::Reject,
-            format!("invalid request: {}", DisplayErrorContext(err)),
-        ),
-        _ => (
-            Class::Retry,
-            format!("SES call failed: {}", DisplayErrorContext(err)),
-        ),
-    };
-    match class {
-        Class::Retry => Delivery::Retry {
-            reason,
-            after: None,
-        },
-        Class::Reject => Delivery::Reject { reason },
-        Class::Pause => Delivery::Unavailable { reason },
     }
 }
 

@@ -1,0 +1,84 @@
+//! What the AWS-backed transports share: turning an SDK error into a [`Delivery`] through a
+//! service's own table of error codes.
+
+use aws_sdk_sesv2::config::http::HttpResponse;
+use aws_sdk_sesv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use super::Delivery;
+
+/// Loads the shared AWS configuration the way every AWS transport does: the standard chain,
+/// SDK retries off (the spool retries), bounded call time.
+pub async fn aws_config(region: Option<&str>, timeout_secs: u64) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(timeout_secs))
+                .connect_timeout(Duration::from_secs(10))
+                .build(),
+        );
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_string()));
+    }
+    loader.load().await
+}
+
+/// How a failed AWS call is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Temporary: back into the queue with backoff.
+    Retry,
+    /// Permanent: the submission fails with the reason.
+    Reject,
+    /// Nothing can be sent now (sending paused, endpoint unreachable, credentials refused): park
+    /// the queue without spending attempts until a probe succeeds.
+    Pause,
+}
+
+pub fn delivery_for<E>(
+    err: &SdkError<E, HttpResponse>,
+    classify: fn(Option<&str>, Option<u16>) -> Class,
+) -> Delivery
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (class, reason) = match err {
+        SdkError::ServiceError(service) => {
+            let code = err.code();
+            let status = Some(service.raw().status().as_u16());
+            let reason = format!(
+                "{}: {}",
+                code.unwrap_or("AWS error"),
+                err.message().unwrap_or("no message")
+            );
+            (classify(code, status), reason)
+        }
+        // No answer at all: connection refused, DNS, TLS. A timeout may be one slow call.
+        SdkError::DispatchFailure(failure) if !failure.is_timeout() => (
+            Class::Pause,
+            format!("AWS endpoint unreachable: {}", DisplayErrorContext(err)),
+        ),
+        SdkError::ConstructionFailure(_) => (
+            Class::Reject,
+            format!("invalid request: {}", DisplayErrorContext(err)),
+        ),
+        _ => (
+            Class::Retry,
+            format!("AWS call failed: {}", DisplayErrorContext(err)),
+        ),
+    };
+    match class {
+        Class::Retry => Delivery::Retry {
+            reason,
+            after: None,
+        },
+        Class::Reject => Delivery::Reject { reason },
+        Class::Pause => Delivery::Unavailable { reason },
+    }
+}
