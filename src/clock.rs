@@ -41,15 +41,10 @@ impl Clock for ManualClock {
     }
 }
 
-/// RFC 5322 §3.3 date-time, in UTC, for trace headers.
-pub fn rfc5322_date(ms: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+/// Civil date and time of day from Unix milliseconds: (year, month, day, seconds of day).
+fn civil(ms: u64) -> (i64, i64, i64, u64) {
     let secs = ms / 1000;
     let days = secs / 86_400;
-    let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), proleptic Gregorian.
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -60,6 +55,28 @@ pub fn rfc5322_date(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs % 86_400)
+}
+
+/// RFC 3339 UTC timestamp, e.g. `2026-11-26T09:54:05Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let (year, month, day, rem) = civil(ms);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// RFC 5322 §3.3 date-time, in UTC, for trace headers.
+pub fn rfc5322_date(ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day, rem) = civil(ms);
+    let days = ms / 1000 / 86_400;
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
         DAYS[(days % 7) as usize],

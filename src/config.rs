@@ -51,6 +51,9 @@ pub struct SmtpConfig {
     pub max_message_size: usize,
     /// Most recipients per message. SES accepts at most 50 destinations per SendEmail.
     pub max_recipients: usize,
+    /// Longest hold a client may ask for with FUTURERELEASE (RFC 4865), in seconds; 0 turns
+    /// the extension off. Our spool has no 15-minute ceiling (SQS's DelaySeconds has).
+    pub max_hold_secs: u64,
     /// Longest text line, CRLF included (RFC 5321 §4.5.3.1.6: 1000 octets).
     pub max_line_length: usize,
     /// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 sets 512 and lets extensions
@@ -90,6 +93,7 @@ impl Default for SmtpConfig {
             submissions_listen: vec!["127.0.0.1:2465".parse().unwrap()],
             max_message_size: 40 * 1024 * 1024,
             max_recipients: 50,
+            max_hold_secs: 30 * 86_400,
             max_line_length: 1000,
             max_command_length: 2048,
             command_timeout_secs: 300,

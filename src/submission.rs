@@ -48,6 +48,8 @@ pub struct SubmitRequest {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub mime: Vec<u8>,
+    /// Hold until this Unix time in ms (JMAP `sendAt`, SMTP FUTURERELEASE); `None`: now.
+    pub release_at: Option<u64>,
     pub trace: Trace,
 }
 
@@ -90,7 +92,8 @@ impl Submitter {
             message_class,
             mime,
         };
-        match self.spool.enqueue(id, new).await {
+        let due = req.release_at.unwrap_or_else(|| self.clock.now_ms());
+        match self.spool.enqueue_at(id, new, due).await {
             Ok(()) => Ok(id),
             Err(SpoolError::Full(what)) => {
                 tracing::warn!(%id, what, "spool full, message refused");

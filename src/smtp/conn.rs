@@ -117,6 +117,7 @@ pub async fn serve(
         port,
         ctx.hostname.clone(),
         SessionLimits {
+            max_hold_secs: ctx.smtp.max_hold_secs,
             max_message_size: ctx.smtp.max_message_size,
             max_recipients: ctx.smtp.max_recipients,
             max_errors: ctx.smtp.max_errors,
@@ -177,7 +178,8 @@ impl Conn {
                         mail_from,
                         recipients,
                         mime,
-                    } => self.submit(mail_from, recipients, mime).await,
+                        release_at,
+                    } => self.submit(mail_from, recipients, mime, release_at).await,
                 };
                 match more {
                     Some(more) => actions.extend(more),
@@ -381,6 +383,7 @@ impl Conn {
         mail_from: String,
         recipients: Vec<String>,
         mime: Vec<u8>,
+        release_at: Option<u64>,
     ) -> Option<Vec<Action>> {
         let Some(account) = self.session.account().cloned() else {
             return Some(vec![Action::Reply(reply::auth_required())]);
@@ -390,6 +393,7 @@ impl Conn {
             mail_from,
             recipients,
             mime,
+            release_at,
             trace: Trace {
                 helo: self.session.helo().to_string(),
                 client_ip: self.peer.ip(),

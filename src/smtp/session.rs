@@ -13,6 +13,7 @@ use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY
 use super::data::{BodyError, LineRules};
 use super::reply::{self, Reply};
 use crate::accounts::Account;
+use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::spool::QueueId;
 use crate::submission::SubmitError;
 
@@ -28,6 +29,8 @@ pub enum PortKind {
 /// The limits one session enforces (see `config::SmtpConfig` for their origins).
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
+    /// Longest FUTURERELEASE hold (RFC 4865), in seconds; 0 disables the extension.
+    pub max_hold_secs: u64,
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub max_errors: u32,
@@ -58,6 +61,8 @@ pub enum Action {
         mail_from: String,
         recipients: Vec<String>,
         mime: Vec<u8>,
+        /// When to release it (RFC 4865 FUTURERELEASE), Unix milliseconds.
+        release_at: Option<u64>,
     },
     Close,
 }
@@ -73,6 +78,7 @@ pub enum AuthOutcome {
 /// A mail transaction (RFC 5321 §3.3), from MAIL to the end of the body.
 struct Transaction {
     mail_from: String,
+    release_at: Option<u64>,
     recipients: Vec<String>,
     /// BDAT chunks so far.
     body: Vec<u8>,
@@ -104,6 +110,7 @@ pub struct Session {
     errors: u32,
     auth_failures: u32,
     room: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Session {
@@ -129,7 +136,14 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             room,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Replaces the wall clock (FUTURERELEASE times are checked against it).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn greeting(&self) -> Vec<Action> {
@@ -221,7 +235,10 @@ impl Session {
             Request::Helo { host } => self.ehlo(host.into_owned(), false),
             Request::StartTls => self.starttls(),
             Request::Auth { mechanism, initial_response } => self.auth(mechanism, &initial_response),
-            Request::Mail { from } => self.mail(from.address.into_owned(), from.size, from.flags),
+            Request::Mail { from } => {
+                let hold = (from.hold_for, from.hold_until);
+                self.mail(from.address.into_owned(), from.size, from.flags, hold)
+            }
             Request::Rcpt { to } => self.rcpt(to.address.into_owned()),
             Request::Data => self.data(),
             Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last),
@@ -266,6 +283,12 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
         ];
+        if self.limits.max_hold_secs > 0 {
+            // RFC 4865 §3: the longest interval and the latest date we accept.
+            let max = self.limits.max_hold_secs;
+            let latest = rfc3339(self.clock.now_ms() + max * 1000);
+            lines.push(format!("FUTURERELEASE {max} {latest}"));
+        }
         if self.tls {
             // RFC 4954 §4: offer AUTH only where it may be used.
             lines.push("AUTH PLAIN LOGIN".into());
@@ -388,17 +411,43 @@ impl Session {
         }
     }
 
-    fn mail(&mut self, from: String, size: usize, flags: u64) -> Vec<Action> {
+    /// RFC 4865: HOLDFOR (seconds) or HOLDUNTIL (a Unix time), at most one, within the limit.
+    fn release_at(&self, (hold_for, hold_until): (u64, u64)) -> Result<Option<u64>, Reply> {
+        let now = self.clock.now_ms();
+        let max = self.limits.max_hold_secs;
+        let release = match (hold_for, hold_until) {
+            (0, 0) => return Ok(None),
+            _ if max == 0 => return Err(Reply::new(555, 5, 4, "FUTURERELEASE is not offered")),
+            (f, u) if f > 0 && u > 0 => {
+                return Err(Reply::new(501, 5, 5, "Give HOLDFOR or HOLDUNTIL, not both"))
+            }
+            (f, 0) => now + f * 1000,
+            // A time already past means: release at once.
+            (0, u) => (u * 1000).max(now),
+            _ => unreachable!(),
+        };
+        if release > now + max * 1000 {
+            return Err(Reply::new(
+                501,
+                5,
+                4,
+                format!("Hold longer than {max} seconds"),
+            ));
+        }
+        Ok(Some(release))
+    }
+
+    fn mail(&mut self, from: String, size: usize, flags: u64, hold: (u64, u64)) -> Vec<Action> {
         if self.helo.is_none() {
             return self.error(reply::bad_sequence("Send EHLO first"));
         }
-        let Some(account) = &self.account else {
+        if self.account.is_none() {
             return self.error(if self.tls {
                 reply::auth_required()
             } else {
                 reply::tls_required()
             });
-        };
+        }
         if self.transaction.is_some() {
             return self.error(reply::bad_sequence("Sender already given"));
         }
@@ -408,6 +457,13 @@ impl Session {
         if size > self.limits.max_message_size {
             return self.error(reply::too_big());
         }
+        let release_at = match self.release_at(hold) {
+            Ok(r) => r,
+            Err(reply) => return self.error(reply),
+        };
+        let Some(account) = &self.account else {
+            unreachable!("checked above")
+        };
         if account.identity_for(&from).is_none() {
             tracing::info!(login = %account.login, mail_from = %from, "MAIL FROM not owned");
             return self.error(reply::not_owner());
@@ -417,6 +473,7 @@ impl Session {
         }
         self.transaction = Some(Transaction {
             mail_from: from,
+            release_at,
             recipients: Vec::new(),
             body: Vec::new(),
             rules: None,
@@ -470,6 +527,7 @@ impl Session {
                 mail_from: tx.mail_from,
                 recipients: tx.recipients,
                 mime,
+                release_at: tx.release_at,
             }],
             Err(e) => self.body_error(e),
         }
@@ -541,6 +599,7 @@ impl Session {
                 mail_from: tx.mail_from,
                 recipients: tx.recipients,
                 mime: tx.body,
+                release_at: tx.release_at,
             }],
             Err(e) => self.body_error(e),
         }

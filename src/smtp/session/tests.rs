@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use super::*;
 use crate::accounts::{hash_password, Directory};
+use crate::clock::ManualClock;
 use crate::config::{AccountConfig, IdentityConfig};
 
 fn directory() -> &'static Directory {
@@ -40,6 +41,7 @@ fn session_with_room(port: PortKind, room: bool) -> Session {
         port,
         "mx.test".into(),
         SessionLimits {
+            max_hold_secs: 3600,
             max_message_size: 1000,
             max_recipients: 3,
             max_errors: 8,
@@ -48,7 +50,10 @@ fn session_with_room(port: PortKind, room: bool) -> Session {
         1000,
         Box::new(move |_| room),
     )
+    .with_clock(ManualClock::new(NOW_MS))
 }
+
+const NOW_MS: u64 = 1_795_686_845_000;
 
 /// Plays the driver's part: answers Authenticate with the real directory, data with a given
 /// body, Submit with a fixed queue id. Returns the wire text of every reply plus markers for
@@ -85,9 +90,13 @@ fn drive(session: &mut Session, actions: Vec<Action>, body: &[u8]) -> Vec<String
                 mail_from,
                 recipients,
                 mime,
+                release_at,
             } => {
+                let hold = release_at
+                    .map(|t| format!(" release={t}"))
+                    .unwrap_or_default();
                 out.push(format!(
-                    "<submit {mail_from} {} {}>",
+                    "<submit {mail_from} {} {}{hold}>",
                     recipients.join(","),
                     mime.len()
                 ));
@@ -438,4 +447,73 @@ fn submission_errors_map_to_replies() {
         };
         assert!(got[0].starts_with(want), "{got:?} vs {want}");
     }
+}
+
+#[test]
+fn future_release() {
+    let mut s = session(PortKind::Submissions);
+    let ehlo = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    assert!(
+        ehlo.contains("250-FUTURERELEASE 3600 2026-11-26T10:54:05Z"),
+        "{ehlo}"
+    );
+    let body = b"From: alice@example.com\r\n\r\nhi\r\n.\r\n";
+    let hold = |mail: &'static str, want: &'static [&'static str]| {
+        let mut steps: Vec<(&str, &[&str])> =
+            vec![("EHLO c", &["250-"]), (PLAIN_OK, &["235"]), (mail, want)];
+        if want[0].starts_with("250") {
+            steps.push(("RCPT TO:<a@example.net>", &["250"]));
+        }
+        steps
+    };
+    let for_60 = hold("MAIL FROM:<alice@example.com> HOLDFOR=60", &["250"]);
+    let mut steps = for_60.clone();
+    steps.push((
+        "DATA",
+        &[
+            "354",
+            "<submit alice@example.com a@example.net 31 release=1795686905000>",
+            "250",
+        ],
+    ));
+    dialog(PortKind::Submissions, &steps, body);
+    // HOLDUNTIL in the past: released at once.
+    let mut steps = hold(
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=2000-01-01T00:00:00Z",
+        &["250"],
+    );
+    steps.push((
+        "DATA",
+        &[
+            "354",
+            "<submit alice@example.com a@example.net 31 release=1795686845000>",
+            "250",
+        ],
+    ));
+    dialog(PortKind::Submissions, &steps, body);
+    dialog(
+        PortKind::Submissions,
+        &hold("MAIL FROM:<alice@example.com> HOLDFOR=3601", &["501 5.5.4"]),
+        body,
+    );
+    dialog(
+        PortKind::Submissions,
+        &hold(
+            "MAIL FROM:<alice@example.com> HOLDUNTIL=2030-01-01T00:00:00Z",
+            &["501 5.5.4"],
+        ),
+        body,
+    );
+    dialog(
+        PortKind::Submissions,
+        &hold(
+            "MAIL FROM:<alice@example.com> HOLDFOR=5 HOLDUNTIL=2026-11-26T10:00:00Z",
+            &["501 5.5.5"],
+        ),
+        body,
+    );
 }
