@@ -32,6 +32,19 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
+    /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+}
+
+/// One DKIM signing key (RFC 6376; ed25519 per RFC 8463).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    /// PEM: PKCS#8 (RSA or Ed25519) or PKCS#1 RSA. The algorithm follows the key.
+    pub private_key_file: PathBuf,
 }
 
 fn default_hostname() -> String {
@@ -415,6 +428,9 @@ impl Config {
                     abs(p);
                 }
             }
+        }
+        for dkim in &mut self.dkim {
+            abs(&mut dkim.private_key_file);
         }
         for account in &mut self.accounts {
             if let Some(file) = &mut account.password_hash_file {

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TransportConfig};
+use crate::sender::dkim::DkimKeys;
 use crate::sender::flow::{InFlight, Pace};
 use crate::sender::{self, Sender};
 use crate::smtp::conn::ConnContext;
@@ -68,6 +69,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
     );
     sender.pace = Pace::new(send_rate);
     sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
+    sender.dkim = DkimKeys::load(&config.dkim)?;
     let sender = Arc::new(sender);
 
     let smtp = &config.smtp;

@@ -3,7 +3,9 @@
 //!
 //! - [`prepare`]: the outgoing MIME (Bcc stripped, Date/Message-ID, signature) and tags.
 //! - [`flow`]: provider pace, bytes in flight, and the circuit breaker.
+//! - [`dkim`]: DKIM signatures for domains we hold keys for.
 
+pub mod dkim;
 pub mod flow;
 pub mod prepare;
 
@@ -29,6 +31,7 @@ pub struct Sender {
     pub pace: Pace,
     pub in_flight: InFlight,
     pub breaker: Breaker,
+    pub dkim: dkim::DkimKeys,
 }
 
 impl Sender {
@@ -47,6 +50,7 @@ impl Sender {
             pace: Pace::new(0.0),
             in_flight: InFlight::new(256 * 1024 * 1024),
             breaker: Breaker::new(Duration::from_secs(5), Duration::from_secs(300)),
+            dkim: dkim::DkimKeys::default(),
         }
     }
 }
@@ -121,10 +125,18 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
             reason: format!("loading message: {e}"),
             after: None,
         })?;
+    let mime = prepare::outgoing_mime(record, &stored, identity, &sender.hostname);
+    let domain = record.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+    let mime = sender
+        .dkim
+        .sign(domain, mime)
+        .map_err(|e| Delivery::Reject {
+            reason: e.to_string(),
+        })?;
     Ok(OutboundMessage {
         mail_from: record.mail_from.clone(),
         recipients: record.recipients.clone(),
-        mime: prepare::outgoing_mime(record, &stored, identity, &sender.hostname),
+        mime,
         tags: prepare::tags(record),
         configuration_set: identity.configuration_set.clone(),
         record: record.clone(),

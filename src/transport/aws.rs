@@ -51,16 +51,17 @@ where
     let (class, reason) = match err {
         SdkError::ServiceError(service) => {
             let code = err.code();
-            let status = Some(service.raw().status().as_u16());
+            let status = service.raw().status().as_u16();
             let reason = format!(
-                "{}: {}",
+                "{} (HTTP {status}): {}",
                 code.unwrap_or("AWS error"),
                 err.message().unwrap_or("no message")
             );
-            (classify(code, status), reason)
+            (classify(code, Some(status)), reason)
         }
-        // No answer at all: connection refused, DNS, TLS. A timeout may be one slow call.
-        SdkError::DispatchFailure(failure) if !failure.is_timeout() => (
+        // No connection at all (refused, DNS): nothing will go until the endpoint is back.
+        // A timeout or a connection dropped mid-call may be one bad call: retry that.
+        SdkError::DispatchFailure(failure) if failure.is_io() => (
             Class::Pause,
             format!("AWS endpoint unreachable: {}", DisplayErrorContext(err)),
         ),

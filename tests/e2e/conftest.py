@@ -206,6 +206,8 @@ class Server:
         self.submissions: list[tuple[str, int]] = []
         self.stdout_lines: list[str] = []
         self.starts = 0
+        # Extra environment for the server process (e.g. AWS_ENDPOINT_URL), on top of ours.
+        self.env: dict[str, str] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(to_toml(config) + "\n")
         tomllib.loads(self.config_path.read_text())  # our writer must produce valid TOML
@@ -240,6 +242,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         ready = self._await_ready()
@@ -468,13 +471,17 @@ class Conn:
 
 @pytest.fixture
 def start_server(outbox_bin, password_hashes, tmp_path, request):
-    """start_server(overrides={"smtp.max_errors": 3}, setup=callable(root)) -> running Server."""
+    """start_server(overrides={"smtp.max_errors": 3}, setup=callable(root), env={...}) -> running
+    Server; env adds variables to the server process's environment."""
     servers: list[Server] = []
     request.node._outbox_servers = servers
 
-    def start(overrides: dict | None = None, setup=None, name: str = "srv") -> Server:
+    def start(
+        overrides: dict | None = None, setup=None, name: str = "srv", env: dict | None = None
+    ) -> Server:
         config = apply_overrides(default_config(password_hashes), overrides or {})
         server = Server(outbox_bin, tmp_path / f"{name}{len(servers)}", config)
+        server.env = dict(env or {})
         if setup:
             setup(server.root)
         servers.append(server)
@@ -539,3 +546,266 @@ def make_message(
         f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n{extra_headers}\r\n{body}"
     )
     return text.encode("utf-8")
+
+
+# --------------------------------------------------------------------------- logs
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_lines(server: Server, pattern: str) -> list[str]:
+    """The server's stderr lines (colour codes removed) that match the regex `pattern`."""
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    rx = re.compile(pattern)
+    return [line for line in _ANSI_RE.sub("", text).splitlines() if rx.search(line)]
+
+
+def wait_for_log(
+    server: Server, pattern: str, count: int = 1, timeout: float = DELIVERY_TIMEOUT
+) -> list[str]:
+    """Polls the server's stderr file until `count` lines match `pattern`; returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = log_lines(server, pattern)
+        if len(lines) >= count:
+            return lines
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(lines)} of {count} log lines matching {pattern!r} within {timeout}s\n"
+                f"{server.log_tail()}"
+            )
+        if not server.alive():
+            raise AssertionError(f"server exited while waiting for {pattern!r}\n{server.log_tail()}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- moto_server (SES)
+
+
+MOTO_READY_TIMEOUT = 60.0
+SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Moto:
+    """One moto_server process (AWS stand-in) and its /moto-api helpers."""
+
+    def __init__(self, root: Path):
+        import shutil
+        import sys
+
+        exe = Path(sys.executable).parent / "moto_server"
+        if not exe.exists():
+            found = shutil.which("moto_server")
+            if not found:
+                pytest.fail("moto_server not found: pip install -r tests/e2e/requirements.txt")
+            exe = Path(found)
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / "moto.log"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(root / "recording.jsonl")}
+        self.proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + MOTO_READY_TIMEOUT
+        while True:
+            try:
+                self.call("POST", "/moto-api/reset", timeout=2)
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"moto_server did not come up\n{self.log_tail()}")
+                time.sleep(0.1)
+        self._sesv2 = None
+
+    def call(self, method: str, path: str, body: bytes | None = None, timeout: float = 10) -> bytes:
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no moto log)"
+        return "----- moto_server log (tail) -----\n" + "\n".join(text.splitlines()[-lines:])
+
+    # --- state
+    def reset(self):
+        """Empties every moto backend and the request recording; recording off."""
+        self.call("POST", "/moto-api/reset")
+        self.call("POST", "/moto-api/recorder/stop-recording")
+        self.call("POST", "/moto-api/recorder/reset-recording")
+
+    @property
+    def sesv2(self):
+        if self._sesv2 is None:
+            import boto3
+
+            self._sesv2 = boto3.client(
+                "sesv2",
+                endpoint_url=self.url,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+        return self._sesv2
+
+    def raw_messages(self) -> list[dict]:
+        """What SES "sent": ses.RawMessage[] with raw_data, destinations, source, id."""
+        data = json.loads(self.call("GET", "/moto-api/data.json"))
+        return data.get("ses", {}).get("RawMessage", [])
+
+    def wait_raw_message(self, needle: str, timeout: float = DELIVERY_TIMEOUT, server=None) -> dict:
+        """Polls until a sent raw message contains `needle`; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.raw_messages() if needle in m.get("raw_data", "")]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                extra = server.log_tail() if server is not None else ""
+                raise AssertionError(f"no SES message containing {needle!r} within {timeout}s\n{extra}")
+            time.sleep(0.1)
+
+    # --- recorder
+    def start_recording(self):
+        self.call("POST", "/moto-api/recorder/start-recording")
+
+    def recording(self) -> list[dict]:
+        """The recorded requests, one dict each, with `body` decoded to bytes."""
+        out = []
+        text = self.call("GET", "/moto-api/recorder/download-recording").decode("utf-8")
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            entry["body"] = (
+                base64.b64decode(body) if entry.get("body_encoded") else body.encode("utf-8")
+            )
+            out.append(entry)
+        return out
+
+    def send_email_requests(self) -> list[dict]:
+        """The JSON bodies of the SES v2 SendEmail requests recorded."""
+        from urllib.parse import urlsplit
+
+        return [
+            json.loads(e["body"])
+            for e in self.recording()
+            if e.get("method") == "POST" and urlsplit(e.get("url", "")).path == SEND_EMAIL_PATH
+        ]
+
+
+@pytest.fixture(scope="session")
+def moto_session(tmp_path_factory):
+    moto = Moto(tmp_path_factory.mktemp("moto"))
+    yield moto
+    moto.stop()
+
+
+@pytest.fixture
+def moto(moto_session) -> Moto:
+    """The session's moto_server, emptied for this test."""
+    if moto_session.proc.poll() is not None:
+        pytest.fail(f"moto_server exited\n{moto_session.log_tail()}")
+    moto_session.reset()
+    return moto_session
+
+
+def ses_env(endpoint: str) -> dict[str, str]:
+    """Environment that points the server's AWS SDK at `endpoint` with dummy credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        # Nothing from the developer's own AWS files or an instance role may leak in.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+SES_ALICE = {
+    "tenant_id": "acme-co",
+    "account_id": "acct.42",
+    "user_id": "alice@example.com",
+    "identity_id": "alice-main",
+    "email": "alice@example.com",
+    "configuration_set": "outbox-transactional",
+    "text_signature": "-- \nAlice Example\nExample Corp",
+    "html_signature": "<p>-- <br>Alice Example, <b>Example Corp</b></p>",
+}
+
+
+def ses_accounts(hashes: dict[str, str]) -> list[dict]:
+    a = SES_ALICE
+    return [
+        {
+            "login": "alice",
+            "password_hash": hashes["alice"],
+            "tenant_id": a["tenant_id"],
+            "account_id": a["account_id"],
+            "user_id": a["user_id"],
+            "identity": [
+                {
+                    "id": a["identity_id"],
+                    "email": a["email"],
+                    "name": "Alice",
+                    "configuration_set": a["configuration_set"],
+                    "text_signature": a["text_signature"],
+                    "html_signature": a["html_signature"],
+                },
+            ],
+        },
+    ]
+
+
+@pytest.fixture
+def start_ses_server(start_server, password_hashes):
+    """start_ses_server(endpoint, overrides=None) -> Server using the `ses` transport against
+    `endpoint` (moto or a proxy in front of it), with 1-2 s retry backoff."""
+
+    def start(endpoint: str, overrides: dict | None = None) -> Server:
+        config = {
+            "sender.transport": {"kind": "ses", "max_send_rate": 50, "timeout_secs": 10},
+            "spool.retry_base_secs": 1,
+            "spool.retry_max_secs": 2,
+            "account": ses_accounts(password_hashes),
+        }
+        config.update(overrides or {})
+        return start_server(config, env=ses_env(endpoint), name="ses")
+
+    return start

@@ -1,0 +1,295 @@
+"""The `ses` transport end to end: the real binary sends through the AWS SDK to moto_server.
+
+What SES "received" is read back from moto (`/moto-api/data.json`), the exact SendEmail requests
+from moto's recorder or from the fault proxy (`faultproxy.py`), and the server's decisions from
+its stderr log (there is no status command yet). moto cannot throttle, fail with a 5xx or be
+unreachable on cue, so those tests put the home-made fault proxy between Outbox and moto; every
+message that is finally sent still goes to real moto.
+
+Each test waits for a positive event (a log line, a message in moto) against a deadline. Where a
+test asserts that something did *not* happen again (no retry), it watches for a fixed window
+longer than the longest backoff the config allows (retry_max_secs = 2, plus jitter).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import re
+import smtplib
+import time
+import uuid
+
+import pytest
+
+from conftest import PASSWORDS, SES_ALICE, log_lines, queue_id_of, wait_for_log
+from faultproxy import FaultProxy, ses_error
+
+# Longer than the largest retry delay the SES tests configure (retry_max_secs = 2, ±20% jitter).
+QUIET_WINDOW = 3.0
+
+ALICE = SES_ALICE["email"]
+TO = "rcpt@example.net"
+CC = "copy@example.net"
+BCC = "hidden@example.org"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def about(queue_id: str, phrase: str) -> str:
+    """A regex for a log line that mentions both the queue id and the phrase, in any order."""
+    return rf"(?=.*\b{re.escape(queue_id)}\b)(?=.*{re.escape(phrase)})"
+
+
+def attempt_of(line: str) -> int:
+    m = re.search(r"\battempt=(\d+)", line)
+    assert m, f"no attempt=N in log line {line!r}"
+    return int(m.group(1))
+
+
+def submit(server, rcpts: list[str], msg: bytes) -> str:
+    """STARTTLS + AUTH PLAIN as alice, one transaction; returns the queue id."""
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        code, _ = s.starttls(context=server.tls_context())
+        assert code == 220
+        s.ehlo()
+        s.login("alice", PASSWORDS["alice"])
+        code, resp = s.mail(ALICE)
+        assert code == 250, (code, resp)
+        for rcpt in rcpts:
+            code, resp = s.rcpt(rcpt)
+            assert code == 250, (rcpt, code, resp)
+        code, resp = s.data(msg)
+        assert code == 250, (code, resp)
+        return queue_id_of(resp)
+
+
+def alternative_message(marker: str) -> bytes:
+    """multipart/alternative (text + HTML) from alice, To + Cc + Bcc, class mailing_list."""
+    text = (
+        f"From: Alice <{ALICE}>\r\n"
+        f"To: Receiver <{TO}>\r\n"
+        f"Cc: {CC}\r\n"
+        f"Bcc: {BCC}\r\n"
+        f"Subject: SES e2e {marker}\r\n"
+        f"Message-ID: <{marker}@e2e.test>\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        "MIME-Version: 1.0\r\n"
+        "X-Outbox-Class: mailing_list\r\n"
+        'Content-Type: multipart/alternative; boundary="=_alt_e2e"\r\n'
+        "\r\n"
+        "--=_alt_e2e\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 7bit\r\n"
+        "\r\n"
+        f"Hello from the text part {marker}.\r\n"
+        "--=_alt_e2e\r\n"
+        "Content-Type: text/html; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 7bit\r\n"
+        "\r\n"
+        f"<html><body><p>Hello from the HTML part {marker}.</p></body></html>\r\n"
+        "--=_alt_e2e--\r\n"
+    )
+    return text.encode("ascii")
+
+
+def simple_message(marker: str) -> bytes:
+    return (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: SES e2e {marker}\r\n"
+        f"Message-ID: <{marker}@e2e.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        f"\r\nBody {marker}.\r\n"
+    ).encode("ascii")
+
+
+def header_block(raw: str) -> str:
+    end = raw.find("\r\n\r\n")
+    assert end > 0, f"no header/body separator in {raw[:300]!r}"
+    return raw[:end]
+
+
+@pytest.fixture
+def fault_proxy(moto):
+    """fault_proxy(up=True) -> a FaultProxy forwarding to moto; stopped after the test."""
+    proxies: list[FaultProxy] = []
+
+    def make(up: bool = True) -> FaultProxy:
+        proxy = FaultProxy(moto.url)
+        proxies.append(proxy)
+        return proxy.start() if up else proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
+
+
+# --------------------------------------------------------------------------- 1. happy path
+
+
+def test_ses_sends_signed_message_without_bcc_with_tags(moto, start_ses_server):
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    envelope = [TO, CC, BCC]
+    qid = submit(server, envelope, alternative_message(marker))
+
+    sent = moto.wait_raw_message(marker, server=server)
+    line = wait_for_log(server, about(qid, "message sent"))[0]
+    assert attempt_of(line) == 1, line
+    assert 'transport="ses"' in line or "transport=ses" in line, line
+    assert f"provider_id={sent['id']}" in line, (line, sent["id"])
+    assert sent["source"] == ALICE
+
+    # The MIME that left: no Bcc header (nor the address anywhere), no class header.
+    raw = sent["raw_data"]
+    headers = header_block(raw)
+    assert not re.search(r"(?im)^bcc:", headers), headers
+    assert BCC not in raw, raw
+    assert not re.search(r"(?im)^x-outbox-class:", headers), headers
+    assert re.search(rf"(?im)^message-id: <{marker}@e2e\.test>\r?$", headers), headers
+    # The Bcc recipient is still among SES's destinations (from Destination, not the headers).
+    assert BCC in sent["destinations"], sent["destinations"]
+    assert {TO, CC} <= set(sent["destinations"]), sent["destinations"]
+
+    # Both alternatives signed, once each, after the original content.
+    parsed = email.message_from_bytes(raw.encode("utf-8"), policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/alternative", headers
+    parts = {p.get_content_type(): p.get_content().replace("\r\n", "\n") for p in parsed.iter_parts()}
+    assert set(parts) == {"text/plain", "text/html"}, parts
+    text_sig = SES_ALICE["text_signature"]
+    plain = parts["text/plain"]
+    assert plain.count(text_sig) == 1, plain
+    assert plain.index(f"Hello from the text part {marker}.") < plain.index(text_sig), plain
+    html_sig = SES_ALICE["html_signature"]
+    html = parts["text/html"]
+    assert html.count(html_sig) == 1, html
+    assert html.index(f"part {marker}.</p>") < html.index(html_sig) < html.lower().index("</body>"), html
+    assert "Alice Example" not in re.sub(re.escape(html_sig), "", html), "text signature leaked into HTML"
+
+    # The exact SendEmail request, as moto's recorder saw it.
+    requests = moto.send_email_requests()
+    assert len(requests) == 1, requests
+    req = requests[0]
+    assert req["FromEmailAddress"] == ALICE, req
+    assert req["Destination"] == {"ToAddresses": envelope}, req["Destination"]
+    assert req["ConfigurationSetName"] == SES_ALICE["configuration_set"], req
+    assert base64.b64decode(req["Content"]["Raw"]["Data"]) == raw.encode("utf-8")
+    tags = req["EmailTags"]
+    assert len(tags) == 7, tags
+    assert {t["Name"]: t["Value"] for t in tags} == {
+        "tenant_id": "acme-co",
+        "submission_id": qid,
+        "identity_id": SES_ALICE["identity_id"],
+        "account_id": "acct_42",
+        "user_id": "alice_example_com",
+        "domain": "example_com",
+        "message_class": "mailing_list",
+    }, tags
+
+
+# --------------------------------------------------------------------------- 2. permanent error
+
+
+def test_ses_message_rejected_fails_once_without_retry(moto, start_ses_server):
+    # No identity for alice@example.com in moto: SendEmail answers 400 MessageRejected.
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+
+    line = wait_for_log(server, about(qid, "message failed permanently"))[0]
+    assert "MessageRejected" in line, line
+
+    # Were it retried now, the retry would succeed and show up in moto.
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    time.sleep(QUIET_WINDOW)
+    requests = moto.send_email_requests()
+    assert len(requests) == 1, f"SendEmail made {len(requests)} times: {requests}"
+    assert requests[0]["EmailTags"] and any(
+        t == {"Name": "submission_id", "Value": qid} for t in requests[0]["EmailTags"]
+    ), requests[0]
+    assert moto.raw_messages() == [], "a permanently failed message was sent later"
+    assert log_lines(server, about(qid, "will be retried")) == []
+    assert log_lines(server, about(qid, "message sent")) == []
+    assert len(log_lines(server, about(qid, "failed permanently"))) == 1
+
+
+# --------------------------------------------------------------------------- 3. throttling
+
+
+def test_ses_throttling_is_retried_then_sent(moto, start_ses_server, fault_proxy):
+    # SES answers throttling as TooManyRequestsException (429 in practice). Sending it with a 400
+    # status proves the server classifies by the error code: a bare 400 would be permanent.
+    throttle = ses_error(400, "TooManyRequestsException", "Maximum sending rate exceeded.")
+    proxy = fault_proxy()
+    proxy.send_email_fault = lambda n: throttle if n <= 2 else None
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    server = start_ses_server(proxy.url)
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO, BCC], alternative_message(marker))
+
+    sent = moto.wait_raw_message(marker, server=server)
+    line = wait_for_log(server, about(qid, "message sent"))[0]
+    assert attempt_of(line) == 3, line
+    retries = log_lines(server, about(qid, "delivery will be retried"))
+    assert [attempt_of(r) for r in retries] == [1, 2], retries
+    assert all("TooManyRequestsException" in r for r in retries), retries
+
+    calls = proxy.send_emails()
+    assert [c.faulted for c in calls] == [True, True, False], calls
+    # Every attempt sends the same request: signed once from the stored copy, same tags.
+    bodies = [c.json() for c in calls]
+    assert bodies[0] == bodies[1] == bodies[2], "the retried requests differ"
+    assert base64.b64decode(bodies[2]["Content"]["Raw"]["Data"]).decode() == sent["raw_data"]
+    assert sent["raw_data"].count(SES_ALICE["text_signature"].replace("\n", "\r\n")) == 1
+
+
+# --------------------------------------------------------------------------- 4. dead letter
+
+
+def test_ses_server_errors_dead_letter_after_five_attempts(moto, start_ses_server, fault_proxy):
+    proxy = fault_proxy()
+    # A 5xx without any error code (as from a load balancer): classified by status alone.
+    proxy.send_email_fault = lambda n: ses_error(500, None, "Internal Server Error")
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    server = start_ses_server(proxy.url)
+    qid = submit(server, [TO], simple_message(uuid.uuid4().hex))
+
+    line = wait_for_log(server, about(qid, "dead-letter queue"), timeout=40)[0]
+    assert attempt_of(line) == 5, line
+    retries = log_lines(server, about(qid, "delivery will be retried"))
+    assert [attempt_of(r) for r in retries] == [1, 2, 3, 4], retries
+    time.sleep(QUIET_WINDOW)
+    assert proxy.send_email_count == 5, proxy.send_emails()
+    assert all(c.faulted for c in proxy.send_emails())
+    assert moto.raw_messages() == []
+    assert log_lines(server, about(qid, "message sent")) == []
+
+
+# --------------------------------------------------------------------------- 5. circuit breaker
+
+
+def test_ses_unreachable_parks_queue_without_spending_attempts(moto, start_ses_server, fault_proxy):
+    # Down = the endpoint's port refuses connections (bound, not listening): the SDK gets no
+    # connection at all, which must pause sending rather than burn attempts.
+    proxy = fault_proxy(up=False)
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    server = start_ses_server(proxy.url)
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+
+    paused = wait_for_log(server, about(qid, "sending paused"))[0]
+    assert "pause_secs=5" in paused, paused
+    assert proxy.send_email_count == 0
+    proxy.come_up()
+
+    line = wait_for_log(server, about(qid, "message sent"), timeout=20)[0]
+    assert attempt_of(line) == 1, f"attempts were spent during the outage: {line}"
+    assert proxy.send_email_count == 1, proxy.send_emails()
+    moto.wait_raw_message(marker, timeout=5, server=server)
+    assert log_lines(server, about(qid, "will be retried")) == []
+    assert log_lines(server, about(qid, "dead-letter")) == []
+    assert log_lines(server, r"provider reachable again; sending resumes"), server.log_tail()
