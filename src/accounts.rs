@@ -189,6 +189,33 @@ pub fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| anyhow!("hashing password: {e}"))
 }
 
+/// Test fixtures: an account config with one address identity.
+#[cfg(test)]
+pub(crate) fn test_account(
+    login: &str,
+    password: &str,
+    identity_id: &str,
+    email: &str,
+) -> AccountConfig {
+    AccountConfig {
+        login: login.into(),
+        password_hash: Some(hash_password(password).unwrap()),
+        password_hash_file: None,
+        tenant_id: "t".into(),
+        account_id: None,
+        user_id: None,
+        identities: vec![crate::config::IdentityConfig {
+            id: identity_id.into(),
+            email: Some(email.into()),
+            domain: None,
+            name: String::new(),
+            text_signature: None,
+            html_signature: None,
+            configuration_set: None,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

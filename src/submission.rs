@@ -195,30 +195,14 @@ fn sanitize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{hash_password, Directory};
-    use crate::config::{AccountConfig, IdentityConfig};
+    use crate::accounts::Directory;
 
     fn alice() -> Arc<Account> {
-        Directory::from_config(&[AccountConfig {
-            login: "alice".into(),
-            password_hash: Some(hash_password("x").unwrap()),
-            password_hash_file: None,
-            tenant_id: "t".into(),
-            account_id: None,
-            user_id: None,
-            identities: vec![IdentityConfig {
-                id: "a".into(),
-                email: Some("alice@example.com".into()),
-                domain: None,
-                name: String::new(),
-                text_signature: None,
-                html_signature: None,
-                configuration_set: None,
-            }],
-        }])
-        .unwrap()
-        .get("alice")
-        .unwrap()
+        let account = crate::accounts::test_account("alice", "x", "a", "alice@example.com");
+        Directory::from_config(&[account])
+            .unwrap()
+            .get("alice")
+            .unwrap()
     }
 
     #[test]

@@ -22,6 +22,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use clap::Parser;
+use outbox::clock::Clock as _;
 use rustls::client::danger::{
     HandshakeSignatureValid as SigValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -416,7 +417,11 @@ async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
     out.setup = Some(t0.elapsed());
     out.pipelining = pipe;
     for m in 0..ctx.args.messages {
-        let id = format!("{n}.{m}.{}.{}", std::process::id(), now_secs()); // session.message.pid.time
+        let id = format!(
+            "{n}.{m}.{}.{}",
+            std::process::id(),
+            outbox::clock::SystemClock.now_ms()
+        ); // session.message.pid.ms
         let t = Instant::now();
         match one_message(&ctx, &mut c, pipe, &id, &mut out).await {
             Ok(true) => {
@@ -439,40 +444,6 @@ async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
     out
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// RFC 5322 date, e.g. "Tue, 25 Nov 2025 09:49:01 +0000" (days-from-civil inverse, Howard Hinnant).
-fn rfc5322_date(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let s = secs % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let wd = WD[days.rem_euclid(7) as usize];
-    format!(
-        "{wd}, {d:02} {} {y} {:02}:{:02}:{:02} +0000",
-        MO[(m - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
-}
-
 fn headers(a: &Args, id: &str) -> String {
     let domain = a.from.rsplit('@').next().unwrap_or("localhost");
     format!(
@@ -480,7 +451,7 @@ fn headers(a: &Args, id: &str) -> String {
          MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
         a.from,
         a.to,
-        rfc5322_date(now_secs())
+        outbox::clock::rfc5322_date(outbox::clock::SystemClock.now_ms())
     )
 }
 

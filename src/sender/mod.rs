@@ -239,27 +239,8 @@ mod tests {
     }
 
     fn directory() -> Arc<Directory> {
-        use crate::config::{AccountConfig, IdentityConfig};
-        Arc::new(
-            Directory::from_config(&[AccountConfig {
-                login: "a".into(),
-                password_hash: Some(crate::accounts::hash_password("x").unwrap()),
-                password_hash_file: None,
-                tenant_id: "t".into(),
-                account_id: None,
-                user_id: None,
-                identities: vec![IdentityConfig {
-                    id: "i".into(),
-                    email: Some("a@example.com".into()),
-                    domain: None,
-                    name: String::new(),
-                    text_signature: None,
-                    html_signature: None,
-                    configuration_set: None,
-                }],
-            }])
-            .unwrap(),
-        )
+        let account = crate::accounts::test_account("a", "x", "i", "a@example.com");
+        Arc::new(Directory::from_config(&[account]).unwrap())
     }
 
     fn retry() -> Delivery {

@@ -4,31 +4,14 @@
 use std::sync::OnceLock;
 
 use super::*;
-use crate::accounts::{hash_password, Directory};
+use crate::accounts::Directory;
 use crate::clock::ManualClock;
-use crate::config::{AccountConfig, IdentityConfig};
 
 fn directory() -> &'static Directory {
     static DIR: OnceLock<Directory> = OnceLock::new();
     DIR.get_or_init(|| {
-        Directory::from_config(&[AccountConfig {
-            login: "alice".into(),
-            password_hash: Some(hash_password("pw").unwrap()),
-            password_hash_file: None,
-            tenant_id: "t".into(),
-            account_id: None,
-            user_id: None,
-            identities: vec![IdentityConfig {
-                id: "a".into(),
-                email: Some("alice@example.com".into()),
-                domain: None,
-                name: String::new(),
-                text_signature: None,
-                html_signature: None,
-                configuration_set: None,
-            }],
-        }])
-        .unwrap()
+        let account = crate::accounts::test_account("alice", "pw", "a", "alice@example.com");
+        Directory::from_config(&[account]).unwrap()
     })
 }
 
