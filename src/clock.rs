@@ -89,24 +89,6 @@ pub fn rfc5322_date(ms: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(951_782_400_000),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(1_795_686_845_000),
-            "Thu, 26 Nov 2026 09:54:05 +0000"
-        );
-    }
-}
-
 /// Wall-clock time that follows tokio's clock, so tests under paused time move it with
 /// `tokio::time::advance` (or auto-advance while everything sleeps).
 pub struct TokioClock {
@@ -126,5 +108,23 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now_ms(&self) -> u64 {
         self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(951_782_400_000),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_795_686_845_000),
+            "Thu, 26 Nov 2026 09:54:05 +0000"
+        );
     }
 }

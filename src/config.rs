@@ -78,6 +78,9 @@ pub struct SmtpConfig {
     /// Time allowed for a whole DATA or BDAT body (RFC 5321 §4.5.3.2.5/6: 3 min per block,
     /// 10 min for the terminator; one budget for the whole body stops byte-dribbling).
     pub data_timeout_secs: u64,
+    /// Longest life of one connection, whatever it does (a total timeout: a client cannot
+    /// keep a slot by trickling valid commands).
+    pub session_timeout_secs: u64,
     /// Time allowed for a TLS handshake (implicit TLS or after STARTTLS).
     pub tls_handshake_timeout_secs: u64,
     /// Connections served at once; later ones get 421 4.7.0 and are closed.
@@ -111,6 +114,7 @@ impl Default for SmtpConfig {
             max_command_length: 2048,
             command_timeout_secs: 300,
             data_timeout_secs: 600,
+            session_timeout_secs: 1800,
             tls_handshake_timeout_secs: 10,
             max_connections: 1000,
             max_connections_per_ip: 100,

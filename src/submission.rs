@@ -79,8 +79,9 @@ impl Submitter {
         check_header_senders(&req.account, &req.mime)?;
         let message_class = message_class(&req.mime)?;
         let id = self.spool.allocate_id();
-        let mut mime = self.received_header(&req, id).into_bytes();
-        mime.extend_from_slice(&req.mime);
+        let received = self.received_header(&req, id);
+        let mut mime = req.mime;
+        mime.splice(0..0, received.into_bytes());
         let new = NewSubmission {
             login: req.account.login.clone(),
             tenant_id: req.account.tenant_id.clone(),
@@ -150,6 +151,13 @@ fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitErro
             ))
         }
     }
+    // The parser reports only one Sender; a second could hide a forged one (RFC 5322 §3.6
+    // allows at most one).
+    if header_values(mime, "Sender").len() > 1 {
+        return Err(SubmitError::BadMessage(
+            "Message has more than one Sender header",
+        ));
+    }
     let parsed = MessageParser::default()
         .parse_headers(mime)
         .ok_or(SubmitError::BadMessage("Message headers cannot be parsed"))?;
@@ -208,7 +216,11 @@ mod tests {
     #[test]
     fn header_sender_table() {
         let a = alice();
-        let cases: [(&str, Result<(), SubmitError>); 7] = [
+        let cases: [(&str, Result<(), SubmitError>); 8] = [
+            (
+                "From: alice@example.com\r\nSender: ceo@bank.example\r\nSender: alice@example.com\r\n\r\nx",
+                Err(SubmitError::BadMessage("Message has more than one Sender header")),
+            ),
             ("From: Alice <alice@example.com>\r\n\r\nx", Ok(())),
             (
                 "From: ALICE@example.com\r\nSender: alice@example.com\r\n\r\nx",

@@ -143,55 +143,85 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     })
 }
 
+/// Margin kept before a lease runs out: a send must not start when another worker could
+/// take the same message before it finishes.
+const LEASE_MARGIN_MS: u64 = 5_000;
+
 async fn deliver(sender: &Sender, lease: Lease) {
     let id = lease.record.id;
     let attempt = lease.record.receive_count;
     let transport = sender.transport.name();
-    let delivery = {
-        let _bytes = sender.in_flight.acquire(lease.record.size).await;
-        match outbound(sender, &lease).await {
-            Ok(message) => {
-                sender.pace.wait().await;
-                sender.transport.send(Arc::new(message)).await
-            }
-            Err(refusal) => refusal,
+    let spool = &sender.spool;
+    let _bytes = sender.in_flight.acquire(lease.record.size).await;
+    let message = match outbound(sender, &lease).await {
+        Ok(message) => message,
+        Err(refusal) => {
+            // Decided here, without asking the provider: says nothing about its health.
+            sender.breaker.probe_unused();
+            return record(sender, &lease, refusal).await;
         }
     };
+    sender.pace.wait().await;
+    if spool.now_ms() + LEASE_MARGIN_MS > lease.visible_at {
+        // Waiting for bytes or pace took the whole lease: another worker may hold the message
+        // now, and sending here would duplicate it. It is visible again; leave it.
+        sender.breaker.probe_unused();
+        tracing::warn!(%id, transport, "lease ran out before sending; left for the next worker");
+        return;
+    }
+    let delivery = sender.transport.send(Arc::new(message)).await;
+    match &delivery {
+        Delivery::Unavailable { .. } => {}
+        _ => sender.breaker.reachable(),
+    }
+    tracing::debug!(%id, transport, attempt, "transport answered");
+    record(sender, &lease, delivery).await;
+}
+
+/// Records what became of one attempt.
+async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) {
+    let (id, attempt, transport) = (
+        lease.record.id,
+        lease.record.receive_count,
+        sender.transport.name(),
+    );
     let spool = &sender.spool;
     let result = match delivery {
         Delivery::Sent { provider_id } => {
-            sender.breaker.reachable();
             tracing::info!(%id, transport, %provider_id, attempt, "message sent");
-            spool.complete(&lease, provider_id).await
+            spool.complete(lease, provider_id).await
         }
         Delivery::Reject { reason } => {
-            sender.breaker.reachable();
             tracing::warn!(%id, transport, %reason, "message failed permanently");
-            spool.fail(&lease, reason).await
+            spool.fail(lease, reason).await
         }
         Delivery::Unavailable { reason } => {
             let pause = sender.breaker.unavailable();
             tracing::warn!(%id, transport, %reason, pause_secs = pause.as_secs(), "provider unavailable; sending paused");
-            spool.release(&lease, reason).await
+            spool.release(lease, reason).await
         }
         Delivery::Retry { reason, after } => {
-            sender.breaker.reachable();
             let delay = after.map(|d| d.as_millis() as u64);
-            match spool.retry(&lease, reason.clone(), delay).await {
+            let result = spool.retry(lease, reason.clone(), delay).await;
+            match &result {
                 Ok(RetryOutcome::DeadLettered) => {
                     tracing::warn!(%id, %reason, attempt, "attempts used up, moved to the dead-letter queue");
                 }
-                Ok(outcome) => {
-                    tracing::info!(%id, %reason, attempt, ?outcome, "delivery will be retried")
+                Ok(RetryOutcome::Requeued { .. }) => {
+                    tracing::info!(%id, %reason, attempt, "delivery will be retried")
                 }
-                Err(e) => tracing::error!(%id, error = %e, "recording retry failed"),
+                _ => {}
             }
-            return;
+            result
         }
     };
-    if let Err(e) = result {
+    match result {
+        Ok(RetryOutcome::Stale) => {
+            tracing::warn!(%id, attempt, "outcome not recorded: the message changed hands (lease expired)")
+        }
+        Ok(_) => {}
         // The lease will expire and the message be tried again: at-least-once.
-        tracing::error!(%id, error = %e, "recording the outcome failed");
+        Err(e) => tracing::error!(%id, error = %e, "recording the outcome failed"),
     }
 }
 

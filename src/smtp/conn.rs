@@ -100,6 +100,10 @@ struct Conn {
     ctx: Arc<ConnContext>,
     session: Session,
     shutdown: watch::Receiver<bool>,
+    /// The whole connection ends by then, whatever it is doing.
+    session_deadline: Instant,
+    /// One budget for all BDAT chunks of a transaction, so chunking cannot stretch it.
+    bdat_deadline: Option<Instant>,
 }
 
 /// Serves one client until it quits, misbehaves past its budgets, times out, or the server
@@ -112,6 +116,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let ctx_session_secs = ctx.smtp.session_timeout_secs;
     let submitter = ctx.submitter.clone();
     let session = Session::new(
         port,
@@ -134,6 +139,8 @@ pub async fn serve(
         ctx,
         session,
         shutdown,
+        session_deadline: Instant::now() + Duration::from_secs(ctx_session_secs),
+        bdat_deadline: None,
     };
     if port == PortKind::Submissions && !conn.handshake().await {
         return;
@@ -142,7 +149,7 @@ pub async fn serve(
     if let Err(e) = conn.run(greeting).await {
         tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
     }
-    let _ = conn.stream.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.shutdown()).await;
 }
 
 impl Conn {
@@ -201,15 +208,20 @@ impl Conn {
         }
     }
 
+    /// Sends the pending replies. A client that stops reading cannot hold the connection:
+    /// writing and flushing (TLS buffers until the socket drains) share one deadline.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.output.is_empty() {
             let deadline = Instant::now() + Duration::from_secs(self.ctx.smtp.command_timeout_secs);
-            match timeout_at(deadline, self.stream.write_all(&self.output)).await {
+            let write = async {
+                self.stream.write_all(&self.output).await?;
+                self.stream.flush().await
+            };
+            match timeout_at(deadline.min(self.session_deadline), write).await {
                 Ok(r) => r?,
                 Err(_) => return Err(io::ErrorKind::TimedOut.into()),
             }
             self.output.clear();
-            self.stream.flush().await?;
         }
         Ok(())
     }
@@ -243,8 +255,11 @@ impl Conn {
     /// One command line (CRLF included), or `None` if it was too long and has been discarded.
     /// The whole line must arrive within the command timeout, however it is dribbled.
     async fn read_line(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
-        let deadline = Instant::now() + Duration::from_secs(self.ctx.smtp.command_timeout_secs);
+        let deadline = (Instant::now() + Duration::from_secs(self.ctx.smtp.command_timeout_secs))
+            .min(self.session_deadline);
         let max = self.ctx.smtp.max_command_length;
+        // A graceful stop waits for an open transaction to finish.
+        let idle = !self.session.in_transaction();
         let mut too_long = false;
         let mut scanned = 0;
         loop {
@@ -258,15 +273,16 @@ impl Conn {
                 self.input.clear();
             }
             scanned = self.input.len();
-            if *self.shutdown.borrow() && self.input.is_empty() {
+            if idle && *self.shutdown.borrow() && self.input.is_empty() {
                 return Err(ReadError::Shutdown);
             }
-            self.fill(deadline, self.input.is_empty()).await?;
+            self.fill(deadline, idle && self.input.is_empty()).await?;
         }
     }
 
     fn data_deadline(&self) -> Instant {
-        Instant::now() + Duration::from_secs(self.ctx.smtp.data_timeout_secs)
+        (Instant::now() + Duration::from_secs(self.ctx.smtp.data_timeout_secs))
+            .min(self.session_deadline)
     }
 
     async fn read_data(&mut self) -> io::Result<Option<Vec<Action>>> {
@@ -288,7 +304,10 @@ impl Conn {
     }
 
     async fn read_bdat(&mut self, size: usize, keep: bool) -> io::Result<Option<Vec<Action>>> {
-        let deadline = self.data_deadline();
+        let deadline = match self.bdat_deadline {
+            Some(deadline) => deadline,
+            None => *self.bdat_deadline.insert(self.data_deadline()),
+        };
         let mut chunk = Vec::with_capacity(if keep { size.min(1 << 20) } else { 0 });
         let mut left = size;
         loop {
@@ -299,7 +318,11 @@ impl Conn {
             self.input.drain(..take);
             left -= take;
             if left == 0 {
-                return Ok(Some(self.session.bdat_chunk(&chunk)));
+                let actions = self.session.bdat_chunk(&chunk);
+                if !self.session.in_transaction() {
+                    self.bdat_deadline = None;
+                }
+                return Ok(Some(actions));
             }
             if !self.fill_or_end(deadline).await? {
                 return Ok(None);

@@ -9,6 +9,20 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// The unit per-client limits count: an IPv4 address, or an IPv6 /64 (one customer's
+/// subnet: per-address limits would be void against anyone holding a /64).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 /// Counts open connections; a [`ConnectionPermit`] gives its slot back when dropped.
 pub struct ConnectionLimiter {
     max_total: usize,
@@ -34,6 +48,7 @@ impl ConnectionLimiter {
     }
 
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+        let ip = client_key(ip);
         let mut state = self.state.lock().unwrap();
         let (total, per_ip) = &mut *state;
         let count = per_ip.entry(ip).or_insert(0);
@@ -110,6 +125,7 @@ impl AuthThrottle {
     }
 
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let ip = client_key(ip);
         let now = Instant::now();
         let state = self.state.lock().unwrap();
         state
@@ -119,6 +135,7 @@ impl AuthThrottle {
     }
 
     pub fn record_failure(&self, ip: IpAddr) {
+        let ip = client_key(ip);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
         // Keep the table bounded: forget addresses that are neither blocked nor recent.
@@ -164,6 +181,33 @@ mod tests {
         drop(p1);
         assert!(limiter.try_acquire(a).is_some());
         assert_eq!(limiter.open(), 3 - 1, "the temporary permit was dropped");
+    }
+
+    #[test]
+    fn ipv6_clients_counted_per_64() {
+        let limiter = ConnectionLimiter::new(10, 1);
+        let _a = limiter
+            .try_acquire("2001:db8:1:2::1".parse().unwrap())
+            .unwrap();
+        assert!(
+            limiter
+                .try_acquire("2001:db8:1:2:ffff::9".parse().unwrap())
+                .is_none(),
+            "same /64"
+        );
+        assert!(
+            limiter
+                .try_acquire("2001:db8:1:3::1".parse().unwrap())
+                .is_some(),
+            "other /64"
+        );
+        let _b = limiter.try_acquire("192.0.2.7".parse().unwrap()).unwrap();
+        assert!(
+            limiter
+                .try_acquire("::ffff:192.0.2.7".parse().unwrap())
+                .is_none(),
+            "v4-mapped is v4"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -157,6 +157,11 @@ impl Session {
         self.helo.as_deref().unwrap_or("unknown")
     }
 
+    /// Between MAIL and the end of the body (a graceful stop waits for it to finish).
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
     pub fn account(&self) -> Option<&Arc<Account>> {
         self.account.as_ref()
     }
@@ -492,7 +497,9 @@ impl Session {
         }
         if !tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(&to)) {
             if tx.recipients.len() >= max {
-                return self.error(reply::too_many_recipients());
+                // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction;
+                // that is normal, not an error to count.
+                return Self::reply(reply::too_many_recipients());
             }
             tx.recipients.push(to);
         }
@@ -557,7 +564,7 @@ impl Session {
         let keep = match &mut self.transaction {
             Some(tx) if !tx.recipients.is_empty() => {
                 tx.rules.get_or_insert_with(|| LineRules::new(max_line));
-                if tx.failed.is_none() && tx.body.len() + size > max {
+                if tx.failed.is_none() && size > max.saturating_sub(tx.body.len()) {
                     tx.failed = Some(reply::too_big());
                 }
                 tx.failed.is_none()

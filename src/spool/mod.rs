@@ -72,13 +72,15 @@ pub struct Lease {
     pub visible_at: u64,
 }
 
-/// What a retry did.
+/// What a change under a lease did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOutcome {
     Requeued {
         due_ms: u64,
     },
     DeadLettered,
+    /// Marked sent or failed as asked.
+    Applied,
     /// The lease had expired and someone else holds the message now; nothing changed.
     Stale,
 }
@@ -121,6 +123,8 @@ impl From<&SpoolConfig> for SpoolOptions {
 struct Usage {
     messages: AtomicU64,
     bytes: AtomicU64,
+    /// Transactions committed (each one fsync with `fsync` on).
+    commits: AtomicU64,
 }
 
 pub struct Spool {
@@ -257,17 +261,22 @@ impl Spool {
     }
 
     /// The transport accepted the message.
-    pub async fn complete(&self, lease: &Lease, provider_id: String) -> Result<(), SpoolError> {
-        self.change(lease, Change::Sent { provider_id })
-            .await
-            .map(|_| ())
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        provider_id: String,
+    ) -> Result<RetryOutcome, SpoolError> {
+        self.change(lease, Change::Sent { provider_id }).await
     }
 
     /// A permanent failure: no more attempts.
-    pub async fn fail(&self, lease: &Lease, reason: String) -> Result<(), SpoolError> {
-        self.change(lease, Change::Fail { reason })
-            .await
-            .map(|_| ())
+    pub async fn fail(&self, lease: &Lease, reason: String) -> Result<RetryOutcome, SpoolError> {
+        self.change(lease, Change::Fail { reason }).await
+    }
+
+    /// Transactions committed since the spool was opened.
+    pub fn commits(&self) -> u64 {
+        self.usage.commits.load(Ordering::Relaxed)
     }
 
     /// A temporary failure: back into the queue after `delay_ms` (or the backoff schedule), or
@@ -283,10 +292,8 @@ impl Spool {
 
     /// The transport could not even try (it is unreachable or paused): the message goes back
     /// due now, and the lease does not count as an attempt.
-    pub async fn release(&self, lease: &Lease, reason: String) -> Result<(), SpoolError> {
-        self.change(lease, Change::Release { reason })
-            .await
-            .map(|_| ())
+    pub async fn release(&self, lease: &Lease, reason: String) -> Result<RetryOutcome, SpoolError> {
+        self.change(lease, Change::Release { reason }).await
     }
 
     async fn change(&self, lease: &Lease, change: Change) -> Result<RetryOutcome, SpoolError> {

@@ -245,7 +245,7 @@ async fn bounds_refuse_rather_than_overfill() {
 }
 
 #[tokio::test]
-async fn survives_reopen_with_leases_expiring() {
+async fn leases_and_ids_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START);
     let (a, b);
@@ -257,7 +257,7 @@ async fn survives_reopen_with_leases_expiring() {
         spool.enqueue(b, new_submission("b")).await.unwrap();
         let lease = spool.lease().await.unwrap().unwrap();
         assert_eq!(lease.record.id, a);
-        // Dropped here while leased, as in a crash.
+        // Closed while leased (a crash loses nothing more: leases are committed durably).
     }
     let spool = open(dir.path(), &clock, options());
     assert!(spool.allocate_id() > b, "ids never repeat after a restart");
@@ -269,7 +269,7 @@ async fn survives_reopen_with_leases_expiring() {
     assert_eq!(spool.load_mime(a).await.unwrap(), b"a");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_enqueues_share_commits() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START);
@@ -281,6 +281,7 @@ async fn concurrent_enqueues_share_commits() {
             ..options()
         },
     );
+    let commits_before = spool.commits();
     let mut tasks = Vec::new();
     for i in 0..200 {
         let spool = spool.clone();
@@ -296,6 +297,11 @@ async fn concurrent_enqueues_share_commits() {
     for t in tasks {
         ids.push(t.await.unwrap().unwrap());
     }
+    let commits = spool.commits() - commits_before;
+    assert!(
+        commits < 200,
+        "200 concurrent enqueues took {commits} commits: no group commit"
+    );
     for id in &ids {
         assert_eq!(spool.get(*id).unwrap().unwrap().state, State::Queued);
     }
@@ -304,4 +310,39 @@ async fn concurrent_enqueues_share_commits() {
         leased += 1;
     }
     assert_eq!(leased, 200);
+}
+
+#[tokio::test]
+async fn sent_wins_over_a_concurrent_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let spool = open(
+        dir.path(),
+        &clock,
+        SpoolOptions {
+            max_attempts: 2,
+            ..options()
+        },
+    );
+    let id = spool.allocate_id();
+    spool.enqueue(id, new_submission("m")).await.unwrap();
+    let slow = spool.lease().await.unwrap().unwrap();
+    clock.advance_ms(60_000); // the slow worker's lease runs out
+    let other = spool.lease().await.unwrap().unwrap();
+    assert_eq!(
+        spool.retry(&other, "x".into(), None).await.unwrap(),
+        RetryOutcome::DeadLettered
+    );
+    // The slow worker's send did go through: the record must say so.
+    assert_eq!(
+        spool.complete(&slow, "p".into()).await.unwrap(),
+        RetryOutcome::Applied
+    );
+    let record = spool.get(id).unwrap().unwrap();
+    assert_eq!(record.state, State::Sent);
+    assert_eq!(
+        spool.complete(&slow, "p".into()).await.unwrap(),
+        RetryOutcome::Stale
+    );
+    assert!(spool.redrive(id).await.is_err(), "no longer a dead letter");
 }

@@ -3,8 +3,9 @@
 //! Sessions and senders send operations over a channel; this thread takes everything pending,
 //! applies it in one write transaction and commits once — one fsync for the whole batch — then
 //! answers each caller. Under load a batch holds many acceptances, which is how the spool goes
-//! past the disk's fsync rate. Leases alone commit without fsync: losing one in a crash only
-//! makes the message visible again, which the queue's at-least-once contract allows.
+//! past the disk's fsync rate. Leases are durable too: a lease counts an attempt, and a
+//! message that crashes the process must still reach the dead-letter queue after
+//! `max_attempts` instead of being retried forever.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -173,7 +174,6 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
-        let durable = batch.iter().any(|op| !matches!(op, Op::Lease { .. }));
         let (before_msgs, before_bytes) = (
             self.usage.messages.load(Ordering::Relaxed),
             self.usage.bytes.load(Ordering::Relaxed),
@@ -182,7 +182,7 @@ impl Writer {
         let mut wake = false;
         let result = (|| {
             let mut txn = self.db.begin_write().map_err(SpoolError::storage)?;
-            let durability = if durable && self.options.fsync {
+            let durability = if self.options.fsync {
                 Durability::Immediate
             } else {
                 Durability::None
@@ -195,11 +195,13 @@ impl Writer {
             }
             txn.commit().map_err(SpoolError::storage)
         })();
-        if result.is_err() {
+        if let Err(e) = &result {
             // Nothing of the batch happened: restore the usage it had counted.
             self.usage.messages.store(before_msgs, Ordering::Relaxed);
             self.usage.bytes.store(before_bytes, Ordering::Relaxed);
-            tracing::error!(error = %result.as_ref().unwrap_err(), "spool commit failed");
+            tracing::error!(error = %e, "spool commit failed");
+        } else {
+            self.usage.commits.fetch_add(1, Ordering::Relaxed);
         }
         for d in done {
             d.send(&result);
@@ -391,14 +393,22 @@ impl Writer {
         let stale = lease.is_some() && (record.state != State::Queued || record.due_ms != lease);
         let outcome = match change {
             Change::Sent { provider_id } => {
-                if record.state != State::Queued {
-                    return Ok(RetryOutcome::Stale);
+                // Sent is sent, even if the lease ran out and another attempt meanwhile
+                // failed or dead-lettered it: the record must say what really happened.
+                match record.state {
+                    State::Sent => return Ok(RetryOutcome::Stale),
+                    State::Dead => {
+                        let mut dead = txn.open_table(DEAD).map_err(SpoolError::storage)?;
+                        dead.retain(|(_, dead_id), ()| dead_id != id.0)
+                            .map_err(SpoolError::storage)?;
+                        drop(dead);
+                        self.delete_blob(txn, id)?;
+                    }
+                    State::Queued | State::Failed => self.dequeue(txn, &mut record, false)?,
                 }
-                // Sent is sent, even if the lease ran out meanwhile.
-                self.dequeue(txn, &mut record, false)?;
                 record.provider_id = Some(provider_id.clone());
                 record.transition(now, State::Sent, Some(provider_id));
-                RetryOutcome::Stale
+                RetryOutcome::Applied
             }
             Change::Fail { reason } => {
                 if stale {
@@ -407,7 +417,7 @@ impl Writer {
                 self.dequeue(txn, &mut record, false)?;
                 record.last_error = Some(reason.clone());
                 record.transition(now, State::Failed, Some(reason));
-                RetryOutcome::Stale
+                RetryOutcome::Applied
             }
             Change::Retry { reason, delay_ms } => {
                 if stale {

@@ -500,3 +500,20 @@ fn future_release() {
         body,
     );
 }
+
+#[test]
+fn bdat_size_cannot_overflow_the_limit() {
+    // 2 + (usize::MAX - 1) wraps to 0 without a saturating check, and the chunk would be kept.
+    let huge = format!("BDAT {} LAST", usize::MAX - 1);
+    let drained = format!("<bdat {} false>", usize::MAX - 1);
+    let last = [drained.as_str(), "552 5.3.4"];
+    let mut steps: Vec<(&str, &[&str])> = with_auth(&[
+        ("MAIL FROM:<alice@example.com>", &["250"]),
+        ("RCPT TO:<a@example.net>", &["250"]),
+        ("BDAT 2", &["<bdat 2 true>", "250"]),
+    ])
+    .into_iter()
+    .collect();
+    steps.push((&huge, &last));
+    dialog(PortKind::Submission, &steps, b"ab");
+}
