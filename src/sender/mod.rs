@@ -143,9 +143,11 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     })
 }
 
-/// Margin kept before a lease runs out: a send must not start when another worker could
-/// take the same message before it finishes.
-const LEASE_MARGIN_MS: u64 = 5_000;
+/// Margin kept before a lease runs out (a tenth of the visibility timeout, at most 5 s): a
+/// send must not start when another worker could take the same message before it finishes.
+fn lease_margin_ms(spool: &Spool) -> u64 {
+    (spool.options().visibility_timeout_ms / 10).min(5_000)
+}
 
 async fn deliver(sender: &Sender, lease: Lease) {
     let id = lease.record.id;
@@ -162,7 +164,7 @@ async fn deliver(sender: &Sender, lease: Lease) {
         }
     };
     sender.pace.wait().await;
-    if spool.now_ms() + LEASE_MARGIN_MS > lease.visible_at {
+    if spool.now_ms() + lease_margin_ms(spool) > lease.visible_at {
         // Waiting for bytes or pace took the whole lease: another worker may hold the message
         // now, and sending here would duplicate it. It is visible again; leave it.
         sender.breaker.probe_unused();
