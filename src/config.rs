@@ -20,6 +20,10 @@ pub struct Config {
     /// Folder holding all state: the spool database (queue, submissions, blobs) and, later,
     /// the suppression list. Relative to the config file.
     pub state_dir: PathBuf,
+    /// The admin socket `outbox queue …` talks to; default `<state_dir>/admin.sock`. Mode
+    /// 0660: the service's user and group may administer the queue.
+    #[serde(default)]
+    pub admin_socket: Option<PathBuf>,
     #[serde(default)]
     pub smtp: SmtpConfig,
     #[serde(default)]
@@ -389,6 +393,13 @@ pub struct IdentityConfig {
 }
 
 impl Config {
+    /// Where the admin socket lives (resolved at load).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("admin.sock"))
+    }
+
     /// Reads, parses and validates a config file; relative paths become absolute against the
     /// file's folder.
     pub fn load(path: &Path) -> Result<Config> {
@@ -418,6 +429,14 @@ impl Config {
             }
         };
         abs(&mut self.state_dir);
+        let socket = self
+            .admin_socket
+            .take()
+            .unwrap_or_else(|| self.state_dir.join("admin.sock"));
+        self.admin_socket = Some(socket);
+        if let Some(p) = &mut self.admin_socket {
+            abs(p);
+        }
         abs(&mut self.tls.cert);
         abs(&mut self.tls.key);
         abs(&mut self.tls.ca);

@@ -4,6 +4,7 @@
 //! [`server`] (the composition root) sees everything.
 //!
 //! - [`config`]: the TOML configuration, validated at load.
+//! - [`admin`]: the Unix admin socket behind `outbox queue …` / `outbox dlq …`.
 //! - [`accounts`]: accounts, the identities they may send as, password checks.
 //! - [`smtp`]: the SMTP submission front door (parser-free state machine + async driver).
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
@@ -15,6 +16,7 @@
 //! - [`clock`]: injected wall-clock time.
 
 pub mod accounts;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod message;

@@ -1,12 +1,15 @@
 //! The `outbox` command.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use outbox::admin::Request;
+use outbox::clock::rfc3339;
 use outbox::config::Config;
+use outbox::spool::{State, SubmissionRecord};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +36,64 @@ enum Command {
         #[arg(long, default_value = "config/outbox.toml")]
         config: PathBuf,
     },
+    /// Inspect and repair the queue of the running daemon (like postqueue/postsuper).
+    Queue {
+        #[arg(long, default_value = "config/outbox.toml", global = true)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// The dead-letter queue: messages whose attempts ran out (kept 14 days).
+    Dlq {
+        #[arg(long, default_value = "config/outbox.toml", global = true)]
+        config: PathBuf,
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Messages waiting to be sent (or in another state with --state).
+    List {
+        /// queued (default), sent, failed or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this account's (login).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only messages to this recipient.
+        #[arg(long)]
+        recipient: Option<String>,
+    },
+    /// One submission: envelope, state history, last error, provider id.
+    Show { id: String },
+    /// Try now, ignoring the backoff: one message, or --all.
+    Retry {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Take a message out of the queue for good (its submission fails).
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    List,
+    /// Back into the queue with a fresh attempt budget: one message, or --all.
+    Redrive {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove dead letters older than the retention period now.
+    Purge,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +101,42 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Passwd => passwd(),
+        Command::Queue {
+            config,
+            json,
+            command,
+        } => {
+            let request = match command {
+                QueueCommand::List {
+                    state,
+                    account,
+                    recipient,
+                } => match state.map(|s| parse_state(&s)).transpose() {
+                    Ok(state) => Request::QueueList {
+                        state,
+                        account,
+                        recipient,
+                    },
+                    Err(e) => return fail(e),
+                },
+                QueueCommand::Show { id } => Request::QueueShow { id },
+                QueueCommand::Retry { id, all } => Request::QueueRetry { id, all },
+                QueueCommand::Delete { id } => Request::QueueDelete { id },
+            };
+            admin(&config, &request, json)
+        }
+        Command::Dlq {
+            config,
+            json,
+            command,
+        } => {
+            let request = match command {
+                DlqCommand::List => Request::DlqList,
+                DlqCommand::Redrive { id, all } => Request::DlqRedrive { id, all },
+                DlqCommand::Purge => Request::DlqPurge,
+            };
+            admin(&config, &request, json)
+        }
         Command::CheckConfig { config } => {
             Config::load(&config).map(|_| println!("{}: ok", config.display()))
         }
@@ -50,6 +147,94 @@ fn main() -> ExitCode {
             eprintln!("outbox: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("outbox: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn parse_state(text: &str) -> Result<State> {
+    serde_json::from_value(serde_json::Value::String(text.to_lowercase()))
+        .map_err(|_| anyhow::anyhow!("unknown state {text}: queued, sent, failed or dead"))
+}
+
+/// Sends one admin request to the daemon and prints the answer.
+fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
+    let config = Config::load(config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let response = runtime.block_on(outbox::admin::request(&config.admin_socket(), request))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(());
+    }
+    match request {
+        Request::QueueShow { .. } => response.records.iter().for_each(print_record),
+        Request::QueueList { .. } | Request::DlqList => print_table(&response.records),
+        _ => println!("{} message(s) changed", response.changed),
+    }
+    Ok(())
+}
+
+fn print_table(records: &[SubmissionRecord]) {
+    println!(
+        "{:<16}  {:<7}  {:>3}  {:<20}  {:<28}  {:<28}  LAST ERROR",
+        "ID", "STATE", "TRY", "DUE (UTC)", "FROM", "TO"
+    );
+    for r in records {
+        let due = r.due_ms.map(rfc3339).unwrap_or_else(|| "-".into());
+        let to = match r.recipients.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} +{}", rest.len()),
+            [] => "-".into(),
+        };
+        println!(
+            "{:<16}  {:<7}  {:>3}  {:<20}  {:<28}  {:<28}  {}",
+            r.id.to_string(),
+            format!("{:?}", r.state).to_lowercase(),
+            r.receive_count,
+            due,
+            r.mail_from,
+            to,
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} message(s)", records.len());
+}
+
+fn print_record(r: &SubmissionRecord) {
+    println!("id:          {}", r.id);
+    println!("state:       {:?}", r.state);
+    println!(
+        "account:     {} (tenant {}, identity {})",
+        r.login, r.tenant_id, r.identity_id
+    );
+    println!("from:        {}", r.mail_from);
+    println!("to:          {}", r.recipients.join(", "));
+    println!("class:       {}", r.message_class);
+    println!("size:        {} octets", r.size);
+    println!("created:     {}", rfc3339(r.created_ms));
+    if let Some(due) = r.due_ms {
+        println!("due:         {}", rfc3339(due));
+    }
+    println!("attempts:    {}", r.receive_count);
+    if let Some(e) = &r.last_error {
+        println!("last error:  {e}");
+    }
+    if let Some(p) = &r.provider_id {
+        println!("provider id: {p}");
+    }
+    println!("history:");
+    for t in &r.history {
+        println!(
+            "  {}  {:<7}  {}",
+            rfc3339(t.at_ms),
+            format!("{:?}", t.state).to_lowercase(),
+            t.detail.as_deref().unwrap_or("")
+        );
     }
 }
 

@@ -123,6 +123,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
             stop_rx.clone(),
         )));
     }
+    std::fs::create_dir_all(&config.state_dir)?;
+    crate::admin::serve(config.admin_socket(), spool.clone(), stop_rx.clone()).await?;
     workers.push(tokio::spawn(sender::run_janitor(
         spool.clone(),
         stop_rx.clone(),

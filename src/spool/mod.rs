@@ -311,16 +311,48 @@ impl Spool {
 
     /// Moves a dead letter back into the queue with a fresh attempt budget.
     pub async fn redrive(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.operate(id, Change::Redrive).await
+    }
+
+    /// Makes a queued message due now (an operator's "retry").
+    pub async fn retry_now(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.operate(id, Change::RetryNow).await
+    }
+
+    /// Takes a queued or dead message out for good; its submission fails with that reason.
+    pub async fn delete(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.operate(id, Change::Delete).await
+    }
+
+    async fn operate(&self, id: QueueId, change: Change) -> Result<(), SpoolError> {
         let now = self.clock.now_ms();
         self.call(|reply| Op::Change {
             now,
             id,
             lease: None,
-            change: Change::Redrive,
+            change,
             reply,
         })
         .await
         .map(|_| ())
+    }
+
+    /// Every submission record matching `filter` (reads the whole table: an operator's tool).
+    pub fn list(
+        &self,
+        filter: impl Fn(&SubmissionRecord) -> bool,
+    ) -> Result<Vec<SubmissionRecord>, SpoolError> {
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let table = txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(SpoolError::storage)? {
+            let (_, value) = entry.map_err(SpoolError::storage)?;
+            let record = SubmissionRecord::decode(value.value())?;
+            if filter(&record) {
+                out.push(record);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes dead letters older than the retention period; returns how many.

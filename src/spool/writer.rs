@@ -66,6 +66,10 @@ pub(super) enum Change {
         reason: String,
     },
     Redrive,
+    /// An operator: try a queued message now, whatever its backoff said.
+    RetryNow,
+    /// An operator: take a queued or dead message out; it fails with that reason.
+    Delete,
 }
 
 /// An answer computed inside the transaction, sent only after the commit.
@@ -238,7 +242,10 @@ impl Writer {
             } => {
                 *wake |= matches!(
                     change,
-                    Change::Retry { .. } | Change::Release { .. } | Change::Redrive
+                    Change::Retry { .. }
+                        | Change::Release { .. }
+                        | Change::Redrive
+                        | Change::RetryNow
                 );
                 Done::Change(reply, self.change(txn, now, id, lease, change))
             }
@@ -398,10 +405,7 @@ impl Writer {
                 match record.state {
                     State::Sent => return Ok(RetryOutcome::Stale),
                     State::Dead => {
-                        let mut dead = txn.open_table(DEAD).map_err(SpoolError::storage)?;
-                        dead.retain(|(_, dead_id), ()| dead_id != id.0)
-                            .map_err(SpoolError::storage)?;
-                        drop(dead);
+                        self.remove_dead(txn, id)?;
                         self.delete_blob(txn, id)?;
                     }
                     State::Queued | State::Failed => self.dequeue(txn, &mut record, false)?,
@@ -455,13 +459,35 @@ impl Writer {
                 record.last_error = Some(reason);
                 RetryOutcome::Requeued { due_ms: now }
             }
+            Change::RetryNow => {
+                let Some(due) = record.due_ms.filter(|_| record.state == State::Queued) else {
+                    return Err(SpoolError::NotFound(id));
+                };
+                let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+                queue.remove((due, id.0)).map_err(SpoolError::storage)?;
+                queue.insert((now, id.0), ()).map_err(SpoolError::storage)?;
+                record.due_ms = Some(now);
+                RetryOutcome::Requeued { due_ms: now }
+            }
+            Change::Delete => {
+                match record.state {
+                    State::Queued => self.dequeue(txn, &mut record, false)?,
+                    State::Dead => {
+                        self.remove_dead(txn, id)?;
+                        self.delete_blob(txn, id)?;
+                    }
+                    State::Sent | State::Failed => return Err(SpoolError::NotFound(id)),
+                }
+                let reason = "deleted by the operator".to_string();
+                record.last_error = Some(reason.clone());
+                record.transition(now, State::Failed, Some(reason));
+                RetryOutcome::Applied
+            }
             Change::Redrive => {
                 if record.state != State::Dead {
                     return Err(SpoolError::NotFound(id));
                 }
-                let mut dead = txn.open_table(DEAD).map_err(SpoolError::storage)?;
-                dead.retain(|(_, dead_id), ()| dead_id != id.0)
-                    .map_err(SpoolError::storage)?;
+                self.remove_dead(txn, id)?;
                 let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
                 queue.insert((now, id.0), ()).map_err(SpoolError::storage)?;
                 record.due_ms = Some(now);
@@ -472,6 +498,12 @@ impl Writer {
         };
         self.store(txn, &record)?;
         Ok(outcome)
+    }
+
+    fn remove_dead(&self, txn: &WriteTransaction, id: QueueId) -> Result<(), SpoolError> {
+        let mut dead = txn.open_table(DEAD).map_err(SpoolError::storage)?;
+        dead.retain(|(_, dead_id), ()| dead_id != id.0)
+            .map_err(SpoolError::storage)
     }
 
     fn purge_dead(&self, txn: &WriteTransaction, now: u64) -> Result<u64, SpoolError> {

@@ -1,0 +1,213 @@
+//! The admin socket: a Unix socket in the state folder through which `outbox queue …` and
+//! `outbox dlq …` talk to the running daemon (redb lets one process open the spool).
+//!
+//! One JSON request per line, one JSON answer per line. Who may connect is decided by the
+//! socket's file mode (0660: the service user and its group), like Postfix's `postqueue`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::spool::{QueueId, Spool, SpoolError, State, SubmissionRecord};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    QueueList {
+        #[serde(default)]
+        state: Option<State>,
+        #[serde(default)]
+        account: Option<String>,
+        #[serde(default)]
+        recipient: Option<String>,
+    },
+    QueueShow {
+        id: String,
+    },
+    /// One message (`id`) or every queued one (`all`) becomes due now.
+    QueueRetry {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        all: bool,
+    },
+    QueueDelete {
+        id: String,
+    },
+    DlqList,
+    DlqRedrive {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        all: bool,
+    },
+    DlqPurge,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Records listed or shown.
+    #[serde(default)]
+    pub records: Vec<SubmissionRecord>,
+    /// Messages changed (retried, deleted, redriven, purged).
+    #[serde(default)]
+    pub changed: u64,
+}
+
+impl Response {
+    fn error(e: impl std::fmt::Display) -> Response {
+        Response {
+            error: Some(e.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Serves the socket until shutdown. A stale socket file from a previous run is replaced.
+pub async fn serve(
+    path: PathBuf,
+    spool: Arc<Spool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin socket accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let spool = spool.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &spool).await {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, spool: &Spool) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            tracing::info!(?request, "admin request");
+            handle(spool, request).await.unwrap_or_else(Response::error)
+        }
+        Err(e) => Response::error(format!("bad request: {e}")),
+    };
+    let mut text = serde_json::to_string(&response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
+    id.parse()
+        .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
+}
+
+async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
+    let records = |filter: &dyn Fn(&SubmissionRecord) -> bool| spool.list(filter);
+    let mut response = Response::default();
+    match request {
+        Request::QueueList {
+            state,
+            account,
+            recipient,
+        } => {
+            let recipient = recipient.map(|r| r.to_lowercase());
+            response.records = records(&|r| {
+                state.map_or(r.state == State::Queued, |s| r.state == s)
+                    && account.as_ref().is_none_or(|a| &r.login == a)
+                    && recipient
+                        .as_ref()
+                        .is_none_or(|want| r.recipients.iter().any(|x| x.to_lowercase() == *want))
+            })?;
+        }
+        Request::QueueShow { id } => {
+            let id = parse_id(&id)?;
+            response.records = vec![spool.get(id)?.ok_or(SpoolError::NotFound(id))?];
+        }
+        Request::QueueRetry { id, all } => {
+            for id in targets(id, all, || records(&|r| r.state == State::Queued))? {
+                spool.retry_now(id).await?;
+                response.changed += 1;
+            }
+        }
+        Request::QueueDelete { id } => {
+            spool.delete(parse_id(&id)?).await?;
+            response.changed = 1;
+        }
+        Request::DlqList => response.records = records(&|r| r.state == State::Dead)?,
+        Request::DlqRedrive { id, all } => {
+            for id in targets(id, all, || records(&|r| r.state == State::Dead))? {
+                spool.redrive(id).await?;
+                response.changed += 1;
+            }
+        }
+        Request::DlqPurge => response.changed = spool.purge_dead().await?,
+    }
+    Ok(response)
+}
+
+/// The ids a command applies to: the one given, or every record `all` selects.
+fn targets(
+    id: Option<String>,
+    all: bool,
+    every: impl FnOnce() -> Result<Vec<SubmissionRecord>, SpoolError>,
+) -> Result<Vec<QueueId>, SpoolError> {
+    match (id, all) {
+        (Some(id), false) => Ok(vec![parse_id(&id)?]),
+        (None, true) => Ok(every()?.into_iter().map(|r| r.id).collect()),
+        _ => Err(SpoolError::Storage("give a queue id or --all".into())),
+    }
+}
+
+/// The client side: one request, one answer.
+pub async fn request(socket: &Path, request: &Request) -> Result<Response> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "connecting to {} (is `outbox serve` running?)",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(request)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response: Response = serde_json::from_str(&line).context("reading the daemon's answer")?;
+    if let Some(error) = &response.error {
+        anyhow::bail!("{error}");
+    }
+    Ok(response)
+}

@@ -1,0 +1,102 @@
+"""The operator's CLI against a running daemon, over the admin socket: list, show, retry,
+delete, dead letters and redrive."""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import subprocess
+
+from conftest import PASSWORDS, make_message, queue_id_of, wait_for_log
+
+
+def cli(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [str(server.binary), *args, "--config", str(server.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    if check:
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    return proc
+
+
+def records(server, *args: str) -> list[dict]:
+    return json.loads(cli(server, *args, "--json").stdout)["records"]
+
+
+def submit(server, subject: str) -> str:
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com")
+        client.rcpt("rcpt@example.net")
+        code, reply = client.data(make_message(subject))
+        assert code == 250, reply
+        return queue_id_of(reply)
+
+
+def blocked_server(start_server, **overrides):
+    """A server whose `dir` transport path is a regular file, so every delivery fails."""
+    def setup(root):
+        (root / "blocked").write_text("not a folder")
+    config = {"sender.transport": {"kind": "dir", "path": "blocked"}, "spool.retry_base_secs": 3600,
+              "spool.retry_max_secs": 3600}
+    config.update(overrides)
+    return start_server(config, setup=setup)
+
+
+def test_list_show_retry_delete(start_server):
+    server = blocked_server(start_server)
+    a, b = submit(server, "first"), submit(server, "second")
+    wait_for_log(server, rf"{b}.*delivery will be retried|delivery will be retried.*{b}")
+    wait_for_log(server, rf"{a}.*delivery will be retried|delivery will be retried.*{a}")
+
+    queued = {r["id"]: r for r in records(server, "queue", "list")}
+    assert set(queued) == {int(a, 16), int(b, 16)}, queued
+    assert all(r["receive_count"] == 1 and "blocked" in r["last_error"] for r in queued.values())
+    text = cli(server, "queue", "list").stdout
+    assert a in text and b in text and "2 message(s)" in text
+
+    [shown] = records(server, "queue", "show", a)
+    assert shown["mail_from"] == "alice@example.com" and shown["recipients"] == ["rcpt@example.net"]
+    assert [t["state"] for t in shown["history"]] == ["queued", "queued"]
+    human = cli(server, "queue", "show", a).stdout
+    assert "last error:" in human and "history:" in human
+
+    # Retry ignores the hour-long backoff: a second attempt happens at once.
+    assert "2 message(s) changed" in cli(server, "queue", "retry", "--all").stdout
+    wait_for_log(server, rf"{a}.*attempt=2|attempt=2.*{a}")
+
+    cli(server, "queue", "delete", b)
+    [gone] = records(server, "queue", "show", b)
+    assert gone["state"] == "failed" and gone["last_error"] == "deleted by the operator"
+    assert [r["id"] for r in records(server, "queue", "list")] == [int(a, 16)]
+    assert records(server, "queue", "list", "--state", "failed")[0]["id"] == int(b, 16)
+
+    bad = cli(server, "queue", "show", "0000000000000BAD", check=False)
+    assert bad.returncode != 0 and "no such submission" in bad.stderr
+
+
+def test_dead_letters_redrive(start_server):
+    server = blocked_server(start_server, **{"spool.max_attempts": 1})
+    qid = submit(server, "doomed")
+    wait_for_log(server, rf"{qid}.*dead-letter|dead-letter.*{qid}")
+    dead = records(server, "dlq", "list")
+    assert [r["id"] for r in dead] == [int(qid, 16)] and dead[0]["state"] == "dead"
+    assert records(server, "queue", "list") == []
+
+    # The operator fixes the cause, then redrives.
+    blocked = server.root / "blocked"
+    blocked.unlink()
+    blocked.mkdir()
+    assert "1 message(s) changed" in cli(server, "dlq", "redrive", "--all").stdout
+    assert (blocked / f"{qid}.eml").exists() or wait_for_log(server, rf"message sent.*{qid}|{qid}.*message sent")
+    assert records(server, "dlq", "list") == []
+    assert records(server, "queue", "show", qid)[0]["state"] == "sent"
+
+
+def test_socket_is_private(server):
+    socket = server.root / "state" / "admin.sock"
+    mode = os.stat(socket).st_mode & 0o777
+    assert mode == 0o660, oct(mode)
