@@ -136,7 +136,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
         serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1})
     );
 
+    // systemd Type=notify: ready once listening (a no-op without NOTIFY_SOCKET).
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("accepting mail"),
+    ]);
+
     stop.await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down: no new connections; finishing open transactions and sends");
     let _ = stop_tx.send(true);
     for task in tasks {
