@@ -69,6 +69,8 @@ impl Account {
 /// All configured accounts, by login.
 pub struct Directory {
     accounts: HashMap<String, Arc<Account>>,
+    /// Local Unix uids allowed to submit as an account (`outbox sendmail`).
+    by_uid: HashMap<u32, Arc<Account>>,
     /// Verified against when the login is unknown, so that answer costs the same argon2 work.
     dummy_hash: String,
 }
@@ -76,6 +78,7 @@ pub struct Directory {
 impl Directory {
     pub fn from_config(accounts: &[AccountConfig]) -> Result<Directory> {
         let mut map = HashMap::new();
+        let mut by_uid = HashMap::new();
         for a in accounts {
             let hash = a.password_hash.clone().unwrap_or_default();
             PasswordHash::new(&hash)
@@ -104,12 +107,26 @@ impl Directory {
                 password_hash: hash,
                 identities,
             };
-            map.insert(a.login.to_lowercase(), Arc::new(account));
+            let account = Arc::new(account);
+            for user in &a.unix_users {
+                let uid = resolve_uid(user)
+                    .ok_or_else(|| anyhow!("account {}: no Unix user {user}", a.login))?;
+                if by_uid.insert(uid, account.clone()).is_some() {
+                    anyhow::bail!("Unix user {user} is given to two accounts");
+                }
+            }
+            map.insert(a.login.to_lowercase(), account);
         }
         Ok(Directory {
             accounts: map,
+            by_uid,
             dummy_hash: hash_password("outbox-dummy-password")?,
         })
+    }
+
+    /// The account a local Unix user submits as.
+    pub fn for_uid(&self, uid: u32) -> Option<Arc<Account>> {
+        self.by_uid.get(&uid).cloned()
     }
 
     pub fn get(&self, login: &str) -> Option<Arc<Account>> {
@@ -131,6 +148,20 @@ impl Directory {
             })
             .unwrap_or(false);
         account.filter(|_| ok)
+    }
+}
+
+/// A Unix user name or numeric uid, resolved through the system's user database.
+fn resolve_uid(user: &str) -> Option<u32> {
+    if let Ok(uid) = user.parse() {
+        return Some(uid);
+    }
+    let name = std::ffi::CString::new(user).ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; we read one field
+    // immediately (the config is loaded once, before other threads use the user database).
+    unsafe {
+        let entry = libc::getpwnam(name.as_ptr());
+        (!entry.is_null()).then(|| (*entry).pw_uid)
     }
 }
 
@@ -201,6 +232,7 @@ pub(crate) fn test_account(
         login: login.into(),
         password_hash: Some(hash_password(password).unwrap()),
         password_hash_file: None,
+        unix_users: vec![],
         tenant_id: "t".into(),
         account_id: None,
         user_id: None,
@@ -235,6 +267,7 @@ mod tests {
             login: "Alice".into(),
             password_hash: Some(hash_password("s3cret").unwrap()),
             password_hash_file: None,
+            unix_users: vec!["0".into()],
             tenant_id: "t".into(),
             account_id: None,
             user_id: None,
@@ -253,6 +286,8 @@ mod tests {
         assert!(dir.verify("alice", "wrong").is_none());
         assert!(dir.verify("mallory", "s3cret").is_none());
         assert!(dir.verify("", "").is_none());
+        assert_eq!(dir.for_uid(0).unwrap().login, "Alice");
+        assert!(dir.for_uid(4242).is_none());
     }
 
     #[tokio::test]

@@ -24,6 +24,11 @@ pub struct Config {
     /// 0660: the service's user and group may administer the queue.
     #[serde(default)]
     pub admin_socket: Option<PathBuf>,
+    /// The local submission socket `outbox sendmail` talks to; default
+    /// `<state_dir>/submit.sock`. Mode 0666: anyone may connect, and the caller's uid (checked
+    /// by the kernel, SO_PEERCRED) decides the account (`unix_users`).
+    #[serde(default)]
+    pub submit_socket: Option<PathBuf>,
     #[serde(default)]
     pub smtp: SmtpConfig,
     #[serde(default)]
@@ -356,6 +361,10 @@ pub struct AccountConfig {
     /// A file holding the PHC string, for secrets kept out of the config.
     #[serde(default)]
     pub password_hash_file: Option<PathBuf>,
+    /// Local Unix users (names or numeric uids) whose programs may submit as this account
+    /// through `outbox sendmail`; the daemon checks the caller's uid on the socket.
+    #[serde(default)]
+    pub unix_users: Vec<String>,
     #[serde(default = "default_tenant")]
     pub tenant_id: String,
     /// Defaults to the login.
@@ -393,6 +402,13 @@ pub struct IdentityConfig {
 }
 
 impl Config {
+    /// Where the local submission socket lives (resolved at load).
+    pub fn submit_socket(&self) -> PathBuf {
+        self.submit_socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("submit.sock"))
+    }
+
     /// Where the admin socket lives (resolved at load).
     pub fn admin_socket(&self) -> PathBuf {
         self.admin_socket
@@ -435,6 +451,14 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("admin.sock"));
         self.admin_socket = Some(socket);
         if let Some(p) = &mut self.admin_socket {
+            abs(p);
+        }
+        let socket = self
+            .submit_socket
+            .take()
+            .unwrap_or_else(|| self.state_dir.join("submit.sock"));
+        self.submit_socket = Some(socket);
+        if let Some(p) = &mut self.submit_socket {
             abs(p);
         }
         abs(&mut self.tls.cert);

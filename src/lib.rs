@@ -7,6 +7,7 @@
 //! - [`admin`]: the Unix admin socket behind `outbox queue …` / `outbox dlq …`.
 //! - [`accounts`]: accounts, the identities they may send as, password checks.
 //! - [`smtp`]: the SMTP submission front door (parser-free state machine + async driver).
+//! - [`sendmail`]: the `sendmail` command and the local submission socket behind it.
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
 //! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod message;
 pub mod sender;
+pub mod sendmail;
 pub mod server;
 pub mod signature;
 pub mod smtp;

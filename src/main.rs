@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, default_value = "config/outbox.toml")]
         config: PathBuf,
     },
+    /// Read a message on standard input and submit it, like sendmail (also when this binary is
+    /// invoked as `sendmail`): -t, -f, -F, -i/-oi, recipients. Talks to the running daemon.
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Inspect and repair the queue of the running daemon (like postqueue/postsuper).
     Queue {
         #[arg(long, default_value = "config/outbox.toml", global = true)]
@@ -97,10 +103,19 @@ enum DlqCommand {
 }
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args();
+    let invoked_as = argv.next().unwrap_or_default();
+    if Path::new(&invoked_as)
+        .file_name()
+        .is_some_and(|n| n == "sendmail")
+    {
+        return sendmail(argv.collect());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Passwd => passwd(),
+        Command::Sendmail { args } => return sendmail(args),
         Command::Queue {
             config,
             json,
@@ -147,6 +162,53 @@ fn main() -> ExitCode {
             eprintln!("outbox: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `sendmail`: exit codes from sysexits.h, as programs expect.
+fn sendmail(args: Vec<String>) -> ExitCode {
+    use outbox::sendmail::{exit, parse_args, send};
+    let args = match parse_args(&args) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let mut input = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut input) {
+        eprintln!("sendmail: reading the message: {e}");
+        return ExitCode::from(exit::DATAERR);
+    }
+    let socket = submit_socket();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let (code, message) = runtime.block_on(send(&socket, args, &input));
+    if code != exit::OK {
+        eprintln!("sendmail: {message}");
+    }
+    ExitCode::from(code)
+}
+
+/// Where the daemon's local submission socket is: `OUTBOX_SUBMIT_SOCKET`, else the config
+/// (`OUTBOX_CONFIG` or config/outbox.toml) if this user may read it, else the system path.
+fn submit_socket() -> PathBuf {
+    if let Some(path) = std::env::var_os("OUTBOX_SUBMIT_SOCKET") {
+        return path.into();
+    }
+    let config = std::env::var_os("OUTBOX_CONFIG")
+        .map_or_else(|| PathBuf::from("config/outbox.toml"), PathBuf::from);
+    match Config::load(&config) {
+        Ok(config) => config.submit_socket(),
+        Err(_) => PathBuf::from("/run/outbox/submit.sock"),
     }
 }
 

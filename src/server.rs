@@ -77,7 +77,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
         hostname: config.hostname.clone(),
         smtp: smtp.clone(),
         passwords: Arc::new(PasswordChecker::new(
-            directory,
+            directory.clone(),
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         submitter,
@@ -125,6 +125,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
     }
     std::fs::create_dir_all(&config.state_dir)?;
     crate::admin::serve(config.admin_socket(), spool.clone(), stop_rx.clone()).await?;
+    crate::sendmail::serve(
+        config.submit_socket(),
+        directory.clone(),
+        ctx.submitter.clone(),
+        config.smtp.max_message_size,
+        stop_rx.clone(),
+    )
+    .await?;
     workers.push(tokio::spawn(sender::run_janitor(
         spool.clone(),
         stop_rx.clone(),

@@ -152,6 +152,7 @@ fn directory() -> Result<Arc<Directory>> {
         login: "bench".into(),
         password_hash: Some(hash_password("unused")?),
         password_hash_file: None,
+        unix_users: vec![],
         tenant_id: "bench".into(),
         account_id: None,
         user_id: None,

@@ -1,0 +1,372 @@
+//! `outbox sendmail`: the `sendmail` command programs expect, handing the message to the
+//! running daemon over the local submission socket.
+//!
+//! Trust model: the socket is world-connectable (0666); the kernel tells the daemon the
+//! caller's uid (SO_PEERCRED), and only uids listed in an account's `unix_users` may submit,
+//! as that account, under the same ownership rules as SMTP. No password sits in a cron job.
+//!
+//! Wire format: one JSON line ([`LocalRequest`]), then exactly `size` octets of message; the
+//! daemon answers one JSON line ([`LocalAnswer`]) carrying a sysexits.h code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mail_parser::MessageParser;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::accounts::{Directory, IdentityScope};
+use crate::message::header_values;
+use crate::smtp::data::LineRules;
+use crate::submission::{SubmitError, SubmitRequest, Submitter, Trace};
+
+/// sysexits.h codes, as programs calling sendmail expect them.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const USAGE: u8 = 64;
+    pub const DATAERR: u8 = 65;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const TEMPFAIL: u8 = 75;
+    pub const NOPERM: u8 = 77;
+}
+
+/// The command line, as sendmail understands it (flags it does not act on are accepted and
+/// ignored, as Postfix's sendmail does: `-odi`, `-oem`, `-bm`, ...).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Args {
+    /// `-t`: recipients from To, Cc and Bcc.
+    pub extract: bool,
+    /// `-f addr`: envelope sender.
+    pub from: Option<String>,
+    /// `-F name`: display name for a From header we add.
+    pub full_name: Option<String>,
+    /// `-i` / `-oi`: a line with a single dot does not end the message.
+    pub ignore_dots: bool,
+    pub recipients: Vec<String>,
+}
+
+pub fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            out.recipients.extend(it.by_ref().cloned());
+            break;
+        }
+        let Some(flag) = arg.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            out.recipients.push(arg.clone());
+            continue;
+        };
+        // Flags taking a value accept it attached (`-fme@x`) or as the next word.
+        let mut value = |rest: &str, name: char| -> Result<String, String> {
+            if rest.is_empty() {
+                it.next().cloned().ok_or(format!("-{name} needs a value"))
+            } else {
+                Ok(rest.to_string())
+            }
+        };
+        match flag.chars().next().unwrap_or_default() {
+            't' if flag == "t" => out.extract = true,
+            'i' if flag == "i" => out.ignore_dots = true,
+            'o' if flag == "oi" => out.ignore_dots = true,
+            'f' | 'r' => out.from = Some(value(&flag[1..], 'f')?),
+            'F' => out.full_name = Some(value(&flag[1..], 'F')?),
+            'o' | 'b' | 'd' | 'e' | 'v' | 'm' | 'N' | 'R' | 'V' | 'X' | 'q'
+                if flag != "bs" && flag != "bp" =>
+            {
+                // -N/-R/-V/-X take a value.
+                if matches!(&flag[..1], "N" | "R" | "V" | "X") && flag.len() == 1 {
+                    it.next();
+                }
+            }
+            _ => return Err(format!("unsupported option -{flag}")),
+        }
+    }
+    Ok(out)
+}
+
+/// The message from stdin with CRLF line endings; without `ignore_dots`, a line holding only
+/// a dot ends it (traditional sendmail).
+pub fn normalize(input: &[u8], ignore_dots: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
+    for line in input.split_inclusive(|b| *b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !ignore_dots && text == b"." {
+            break;
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocalRequest {
+    pub from: Option<String>,
+    pub full_name: Option<String>,
+    pub recipients: Vec<String>,
+    pub extract: bool,
+    pub size: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LocalAnswer {
+    pub exit: u8,
+    pub message: String,
+}
+
+impl LocalAnswer {
+    fn new(exit: u8, message: impl Into<String>) -> Self {
+        LocalAnswer {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+/// The daemon side: serves the local submission socket until shutdown.
+pub async fn serve(
+    path: PathBuf,
+    directory: Arc<Directory>,
+    submitter: Arc<Submitter>,
+    max_size: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    }
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            };
+            let (directory, submitter) = (directory.clone(), submitter.clone());
+            tokio::spawn(async move {
+                if let Err(e) = accept_one(stream, &directory, &submitter, max_size).await {
+                    tracing::debug!(error = %e, "local submission connection ended");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn accept_one(
+    stream: UnixStream,
+    directory: &Directory,
+    submitter: &Submitter,
+    max_size: usize,
+) -> Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    (&mut reader).take(64 * 1024).read_line(&mut line).await?;
+    let answer = match serde_json::from_str::<LocalRequest>(&line) {
+        Err(e) => LocalAnswer::new(exit::USAGE, format!("bad request: {e}")),
+        Ok(req) if req.size > max_size => LocalAnswer::new(
+            exit::DATAERR,
+            format!("message larger than {max_size} octets"),
+        ),
+        Ok(req) => {
+            let mut mime = vec![0; req.size];
+            reader.read_exact(&mut mime).await?;
+            submit(uid, req, mime, directory, submitter).await
+        }
+    };
+    let mut text = serde_json::to_string(&answer)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
+}
+
+async fn submit(
+    uid: u32,
+    req: LocalRequest,
+    mut mime: Vec<u8>,
+    directory: &Directory,
+    submitter: &Submitter,
+) -> LocalAnswer {
+    let Some(account) = directory.for_uid(uid) else {
+        tracing::warn!(
+            uid,
+            "local submission refused: uid not in any account's unix_users"
+        );
+        return LocalAnswer::new(
+            exit::NOPERM,
+            format!("uid {uid} may not submit mail (see unix_users)"),
+        );
+    };
+    let first_address = account.identities.iter().find_map(|i| match &i.scope {
+        IdentityScope::Address(a) => Some(a.clone()),
+        IdentityScope::Domain(_) => None,
+    });
+    let Some(mail_from) = req.from.or(first_address) else {
+        return LocalAnswer::new(
+            exit::USAGE,
+            "give the sender with -f: the account has no single address",
+        );
+    };
+    let mut recipients = req.recipients;
+    if req.extract {
+        recipients.extend(header_recipients(&mime));
+    }
+    recipients.dedup();
+    let mut rules = LineRules::new(1000);
+    rules.push_slice(&mime);
+    if let Err(e) = rules.finish() {
+        return LocalAnswer::new(
+            exit::DATAERR,
+            format!(
+                "message refused: {e:?} (RFC 5322 lines: at most 998 octets, CRLF only, no NUL)"
+            ),
+        );
+    }
+    if recipients.is_empty() {
+        return LocalAnswer::new(exit::USAGE, "no recipients (give addresses or -t)");
+    }
+    if header_values(&mime, "From").is_empty() {
+        let from = match &req.full_name {
+            Some(name) => format!(
+                "From: \"{}\" <{mail_from}>\r\n",
+                name.replace(['"', '\\', '\r', '\n'], "")
+            ),
+            None => format!("From: {mail_from}\r\n"),
+        };
+        mime.splice(0..0, from.into_bytes());
+    }
+    let request = SubmitRequest {
+        account,
+        mail_from,
+        recipients,
+        mime,
+        release_at: None,
+        trace: Trace {
+            helo: format!("uid-{uid}"),
+            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            protocol: "local",
+            tls: None,
+        },
+    };
+    match submitter.submit(request).await {
+        Ok(id) => LocalAnswer::new(exit::OK, id.to_string()),
+        Err(SubmitError::NotOwner(a)) => {
+            LocalAnswer::new(exit::NOPERM, format!("{a} is not this account's address"))
+        }
+        Err(SubmitError::BadMessage(m)) => LocalAnswer::new(exit::DATAERR, m),
+        Err(SubmitError::SpoolFull) => LocalAnswer::new(exit::TEMPFAIL, "queue full, try later"),
+        Err(SubmitError::Storage) => LocalAnswer::new(exit::TEMPFAIL, "local error, try later"),
+    }
+}
+
+/// Addresses in To, Cc and Bcc (for `-t`).
+fn header_recipients(mime: &[u8]) -> Vec<String> {
+    let Some(parsed) = MessageParser::default().parse_headers(mime) else {
+        return vec![];
+    };
+    [parsed.to(), parsed.cc(), parsed.bcc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|field| {
+            field
+                .iter()
+                .filter_map(|a| a.address().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The client side: sends one message; returns the sysexits code and the daemon's text.
+pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
+    let mime = normalize(input, args.ignore_dots);
+    let request = LocalRequest {
+        from: args.from,
+        full_name: args.full_name,
+        recipients: args.recipients,
+        extract: args.extract,
+        size: mime.len(),
+    };
+    let exchange = async {
+        let stream = UnixStream::connect(socket).await?;
+        let (read, mut write) = stream.into_split();
+        let mut head = serde_json::to_string(&request)?;
+        head.push('\n');
+        write.write_all(head.as_bytes()).await?;
+        write.write_all(&mime).await?;
+        let mut line = String::new();
+        BufReader::new(read).read_line(&mut line).await?;
+        anyhow::Ok(serde_json::from_str::<LocalAnswer>(&line)?)
+    };
+    match exchange.await {
+        Ok(answer) => (answer.exit, answer.message),
+        Err(e) => (
+            exit::UNAVAILABLE,
+            format!(
+                "cannot reach the Outbox daemon at {}: {e}",
+                socket.display()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Result<Args, String> {
+        parse_args(
+            &line
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn command_lines() {
+        let a = args("-t -i -f me@example.com -F Me").unwrap();
+        assert!(a.extract && a.ignore_dots);
+        assert_eq!(
+            (a.from.as_deref(), a.full_name.as_deref()),
+            (Some("me@example.com"), Some("Me"))
+        );
+        let a = args("-oi -fme@example.com a@example.net b@example.net").unwrap();
+        assert!(a.ignore_dots && !a.extract);
+        assert_eq!(a.from.as_deref(), Some("me@example.com"));
+        assert_eq!(a.recipients, ["a@example.net", "b@example.net"]);
+        // Flags PHP and cron pass that change nothing here.
+        assert_eq!(
+            args("-odi -oem -bm -- x@example.net").unwrap().recipients,
+            ["x@example.net"]
+        );
+        assert!(args("-f").is_err());
+        assert!(args("-bs").is_err(), "SMTP on stdin is not offered");
+    }
+
+    #[test]
+    fn normalizes_line_endings_and_dots() {
+        assert_eq!(normalize(b"a\nb\r\n", false), b"a\r\nb\r\n");
+        assert_eq!(normalize(b"a\n.\nb\n", false), b"a\r\n");
+        assert_eq!(normalize(b"a\n.\nb\n", true), b"a\r\n.\r\nb\r\n");
+        assert_eq!(normalize(b"no newline", false), b"no newline\r\n");
+        assert_eq!(
+            normalize(b"a\rb\n", false),
+            b"a\rb\r\n",
+            "a lone CR stays (and is refused at submission)"
+        );
+    }
+}
