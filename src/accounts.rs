@@ -13,6 +13,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 
 use crate::config::AccountConfig;
+use crate::live::Live;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityScope {
@@ -180,7 +181,8 @@ struct CheckJob {
 }
 
 impl PasswordChecker {
-    pub fn new(directory: Arc<Directory>, threads: usize) -> PasswordChecker {
+    /// Checks run against the directory current at the time of each check (reloads apply).
+    pub fn new(directory: Arc<Live<Directory>>, threads: usize) -> PasswordChecker {
         let (tx, rx) = std::sync::mpsc::channel::<CheckJob>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         for i in 0..threads.max(1) {
@@ -190,7 +192,9 @@ impl PasswordChecker {
                 .spawn(move || loop {
                     let job = rx.lock().unwrap().recv();
                     let Ok(job) = job else { return };
-                    let _ = job.reply.send(directory.verify(&job.login, &job.password));
+                    let _ = job
+                        .reply
+                        .send(directory.get().verify(&job.login, &job.password));
                 })
                 .expect("spawning a password-check thread");
         }
@@ -292,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn checker_threads_verify() {
-        let checker = PasswordChecker::new(Arc::new(directory()), 2);
+        let checker = PasswordChecker::new(Live::new(directory()), 2);
         let checks = ["s3cret", "wrong", "s3cret"].map(|p| checker.check("alice".into(), p.into()));
         let [a, b, c] = checks;
         let (a, b, c) = tokio::join!(a, b, c);

@@ -13,6 +13,7 @@
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
+//! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
 //! - [`tls`]: rustls configuration and development certificates.
 //! - [`clock`]: injected wall-clock time.
 
@@ -20,6 +21,7 @@ pub mod accounts;
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod live;
 pub mod message;
 pub mod sender;
 pub mod sendmail;

@@ -344,7 +344,7 @@ fn serve(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(outbox::server::run(config, shutdown_signal()))
+    runtime.block_on(outbox::server::run(config, Some(path), shutdown_signal()))
 }
 
 async fn shutdown_signal() {

@@ -19,6 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::accounts::{Directory, IdentityScope};
+use crate::live::Live;
 use crate::message::header_values;
 use crate::smtp::data::LineRules;
 use crate::submission::{SubmitError, SubmitRequest, Submitter, Trace};
@@ -132,7 +133,7 @@ impl LocalAnswer {
 /// The daemon side: serves the local submission socket until shutdown.
 pub async fn serve(
     path: PathBuf,
-    directory: Arc<Directory>,
+    directory: Arc<Live<Directory>>,
     submitter: Arc<Submitter>,
     max_size: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -155,7 +156,7 @@ pub async fn serve(
             };
             let (directory, submitter) = (directory.clone(), submitter.clone());
             tokio::spawn(async move {
-                if let Err(e) = accept_one(stream, &directory, &submitter, max_size).await {
+                if let Err(e) = accept_one(stream, &directory.get(), &submitter, max_size).await {
                     tracing::debug!(error = %e, "local submission connection ended");
                 }
             });

@@ -4,17 +4,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TransportConfig};
+use crate::live::Live;
 use crate::sender::dkim::DkimKeys;
 use crate::sender::flow::{InFlight, Pace};
 use crate::sender::{self, Sender};
@@ -34,11 +35,16 @@ use crate::transport::Transport;
 /// How long shutdown waits for open SMTP sessions to finish their transaction.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs Outbox until `stop` resolves.
-pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
+/// Runs Outbox until `stop` resolves. With `config_path`, SIGHUP re-reads that file and swaps
+/// in its accounts, identities and TLS certificate without dropping connections.
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let directory = Arc::new(Directory::from_config(&config.accounts)?);
-    let tls_config = tls::server_config(&config.tls)?;
+    let directory = Live::new(Directory::from_config(&config.accounts)?);
+    let tls_config = Live::new(tls::server_config(&config.tls)?);
     let spool = Spool::open(
         &config.state_dir.join("spool"),
         SpoolOptions::from(&config.spool),
@@ -86,7 +92,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
             Duration::from_secs(smtp.auth_failure_window_secs),
             Duration::from_secs(smtp.auth_cooldown_secs),
         )),
-        tls: TlsAcceptor::from(tls_config),
+        tls: tls_config.clone(),
     });
     let limiter = ConnectionLimiter::new(smtp.max_connections, smtp.max_connections_per_ip);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -144,6 +150,15 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
         serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1})
     );
 
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(
+            path,
+            directory.clone(),
+            tls_config.clone(),
+            stop_rx.clone(),
+        ));
+    }
+
     // systemd Type=notify: ready once listening (a no-op without NOTIFY_SOCKET).
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
@@ -171,4 +186,44 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the config; swap in accounts, identities and TLS if all of it is valid,
+/// keep the running ones (and say why) otherwise. Open sessions keep what they started with.
+async fn reload_on_sighup(
+    path: PathBuf,
+    directory: Arc<Live<Directory>>,
+    tls_config: Arc<Live<rustls::ServerConfig>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload disabled");
+        return;
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        reloading.extend(sd_notify::NotifyState::monotonic_usec_now());
+        let _ = sd_notify::notify(&reloading);
+        let loaded = Config::load(&path).and_then(|config| {
+            let accounts = Directory::from_config(&config.accounts)?;
+            let tls = tls::server_config(&config.tls)?;
+            Ok((accounts, tls))
+        });
+        match loaded {
+            Ok((accounts, tls)) => {
+                directory.set(accounts);
+                tls_config.set(tls);
+                tracing::info!(config = %path.display(), "configuration reloaded: accounts, identities, TLS");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
 }

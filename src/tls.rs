@@ -12,7 +12,7 @@ use rustls::ServerConfig;
 use crate::config::TlsConfig;
 
 /// The server's rustls configuration, creating development certificates if allowed.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>> {
+pub fn server_config(tls: &TlsConfig) -> Result<ServerConfig> {
     if !tls.cert.exists() || !tls.key.exists() {
         if !tls.generate_dev_cert {
             anyhow::bail!(
@@ -32,7 +32,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {

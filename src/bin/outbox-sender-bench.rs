@@ -21,6 +21,7 @@ use clap::Parser;
 use outbox::accounts::{hash_password, Directory};
 use outbox::clock::SystemClock;
 use outbox::config::{AccountConfig, IdentityConfig, SesConfig};
+use outbox::live::Live;
 use outbox::sender::{run_worker, Sender};
 use outbox::spool::{NewSubmission, Spool, SpoolOptions};
 use outbox::transport::ses::SesTransport;
@@ -147,8 +148,8 @@ fn message(size: usize, i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn directory() -> Result<Arc<Directory>> {
-    Ok(Arc::new(Directory::from_config(&[AccountConfig {
+fn directory() -> Result<Arc<Live<Directory>>> {
+    Ok(Live::new(Directory::from_config(&[AccountConfig {
         login: "bench".into(),
         password_hash: Some(hash_password("unused")?),
         password_hash_file: None,

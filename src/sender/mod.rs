@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::accounts::Directory;
+use crate::live::Live;
 use crate::spool::{Lease, RetryOutcome, Spool};
 use crate::transport::{Delivery, OutboundMessage, Transport};
 use flow::{Breaker, InFlight, Pace};
@@ -26,7 +27,7 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 pub struct Sender {
     pub spool: Arc<Spool>,
     pub transport: Arc<dyn Transport>,
-    pub directory: Arc<Directory>,
+    pub directory: Arc<Live<Directory>>,
     pub hostname: String,
     pub pace: Pace,
     pub in_flight: InFlight,
@@ -39,7 +40,7 @@ impl Sender {
     pub fn new(
         spool: Arc<Spool>,
         transport: Arc<dyn Transport>,
-        directory: Arc<Directory>,
+        directory: Arc<Live<Directory>>,
         hostname: String,
     ) -> Sender {
         Sender {
@@ -101,7 +102,7 @@ pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>
 async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Delivery> {
     let record = &lease.record;
     // Check the identity again at send time: the account or identity may have gone since.
-    let account = sender.directory.get(&record.login);
+    let account = sender.directory.get().get(&record.login);
     let identity = account
         .as_ref()
         .and_then(|a| a.identity(&record.identity_id));
@@ -270,9 +271,9 @@ mod tests {
         }
     }
 
-    fn directory() -> Arc<Directory> {
+    fn directory() -> Arc<Live<Directory>> {
         let account = crate::accounts::test_account("a", "x", "i", "a@example.com");
-        Arc::new(Directory::from_config(&[account]).unwrap())
+        Live::new(Directory::from_config(&[account]).unwrap())
     }
 
     fn retry() -> Delivery {

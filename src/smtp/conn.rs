@@ -23,6 +23,7 @@ use super::reply;
 use super::session::{Action, AuthOutcome, PortKind, Session, SessionLimits};
 use crate::accounts::PasswordChecker;
 use crate::config::SmtpConfig;
+use crate::live::Live;
 use crate::submission::{SubmitRequest, Submitter, Trace};
 
 /// Everything a connection needs, shared by all of them.
@@ -32,7 +33,8 @@ pub struct ConnContext {
     pub submitter: Arc<Submitter>,
     pub auth_throttle: Arc<AuthThrottle>,
     pub passwords: Arc<PasswordChecker>,
-    pub tls: TlsAcceptor,
+    /// The TLS configuration; a reload replaces it for new handshakes.
+    pub tls: Arc<Live<rustls::ServerConfig>>,
 }
 
 /// Plain TCP until STARTTLS, TLS after.
@@ -349,7 +351,8 @@ impl Conn {
             return false;
         };
         let limit = Duration::from_secs(self.ctx.smtp.tls_handshake_timeout_secs);
-        match tokio::time::timeout(limit, self.ctx.tls.accept(tcp)).await {
+        let acceptor = TlsAcceptor::from(self.ctx.tls.get());
+        match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 self.stream = Stream::Tls(Box::new(tls));
                 true
