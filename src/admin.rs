@@ -42,6 +42,19 @@ pub enum Request {
     QueueDelete {
         id: String,
     },
+    /// Keep one (or every queued) message from being sent until released.
+    QueueHold {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        all: bool,
+    },
+    QueueRelease {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        all: bool,
+    },
     DlqList,
     DlqRedrive {
         #[serde(default)]
@@ -159,6 +172,18 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         Request::QueueRetry { id, all } => {
             for id in targets(id, all, || records(&|r| r.state == State::Queued))? {
                 spool.retry_now(id).await?;
+                response.changed += 1;
+            }
+        }
+        Request::QueueHold { id, all } => {
+            for id in targets(id, all, || records(&|r| r.state == State::Queued))? {
+                spool.hold(id).await?;
+                response.changed += 1;
+            }
+        }
+        Request::QueueRelease { id, all } => {
+            for id in targets(id, all, || records(&|r| r.state == State::Held))? {
+                spool.release_held(id).await?;
                 response.changed += 1;
             }
         }

@@ -67,7 +67,7 @@ enum Command {
 enum QueueCommand {
     /// Messages waiting to be sent (or in another state with --state).
     List {
-        /// queued (default), sent, failed or dead.
+        /// queued (default), held, sent, failed or dead.
         #[arg(long)]
         state: Option<String>,
         /// Only this account's (login).
@@ -87,6 +87,18 @@ enum QueueCommand {
     },
     /// Take a message out of the queue for good (its submission fails).
     Delete { id: String },
+    /// Keep messages from being sent until released: one, or --all queued.
+    Hold {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Put held messages back into the queue: one, or --all held.
+    Release {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +149,8 @@ fn main() -> ExitCode {
                 QueueCommand::Show { id } => Request::QueueShow { id },
                 QueueCommand::Retry { id, all } => Request::QueueRetry { id, all },
                 QueueCommand::Delete { id } => Request::QueueDelete { id },
+                QueueCommand::Hold { id, all } => Request::QueueHold { id, all },
+                QueueCommand::Release { id, all } => Request::QueueRelease { id, all },
             };
             admin(&config, &request, json)
         }
@@ -219,7 +233,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 
 fn parse_state(text: &str) -> Result<State> {
     serde_json::from_value(serde_json::Value::String(text.to_lowercase()))
-        .map_err(|_| anyhow::anyhow!("unknown state {text}: queued, sent, failed or dead"))
+        .map_err(|_| anyhow::anyhow!("unknown state {text}: queued, held, sent, failed or dead"))
 }
 
 /// Sends one admin request to the daemon and prints the answer.

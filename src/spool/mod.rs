@@ -319,6 +319,16 @@ impl Spool {
         self.operate(id, Change::RetryNow).await
     }
 
+    /// Keeps a queued message from being sent until [`release_held`](Self::release_held).
+    pub async fn hold(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.operate(id, Change::Hold).await
+    }
+
+    /// Puts a held message back into the queue, due now.
+    pub async fn release_held(&self, id: QueueId) -> Result<(), SpoolError> {
+        self.operate(id, Change::ReleaseHeld).await
+    }
+
     /// Takes a queued or dead message out for good; its submission fails with that reason.
     pub async fn delete(&self, id: QueueId) -> Result<(), SpoolError> {
         self.operate(id, Change::Delete).await

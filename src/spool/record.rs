@@ -23,11 +23,13 @@ impl std::str::FromStr for QueueId {
     }
 }
 
-/// Lifecycle: `queued → sent | failed | dead`; a dead letter can be redriven to `queued`.
+/// Lifecycle: `queued → sent | failed | dead`; a dead letter can be redriven to `queued`; an
+/// operator may hold a queued message (`held`, not sent) and release it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Queued,
+    Held,
     Sent,
     Failed,
     Dead,

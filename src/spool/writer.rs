@@ -70,6 +70,9 @@ pub(super) enum Change {
     RetryNow,
     /// An operator: take a queued or dead message out; it fails with that reason.
     Delete,
+    /// An operator: keep a queued message from being sent until released.
+    Hold,
+    ReleaseHeld,
 }
 
 /// An answer computed inside the transaction, sent only after the commit.
@@ -246,6 +249,7 @@ impl Writer {
                         | Change::Release { .. }
                         | Change::Redrive
                         | Change::RetryNow
+                        | Change::ReleaseHeld
                 );
                 Done::Change(reply, self.change(txn, now, id, lease, change))
             }
@@ -408,7 +412,9 @@ impl Writer {
                         self.remove_dead(txn, id)?;
                         self.delete_blob(txn, id)?;
                     }
-                    State::Queued | State::Failed => self.dequeue(txn, &mut record, false)?,
+                    State::Queued | State::Held | State::Failed => {
+                        self.dequeue(txn, &mut record, false)?
+                    }
                 }
                 record.provider_id = Some(provider_id.clone());
                 record.transition(now, State::Sent, Some(provider_id));
@@ -459,6 +465,25 @@ impl Writer {
                 record.last_error = Some(reason);
                 RetryOutcome::Requeued { due_ms: now }
             }
+            Change::Hold => {
+                if record.state != State::Queued {
+                    return Err(SpoolError::NotFound(id));
+                }
+                // Out of the queue (a lease in progress simply finds it changed), MIME kept.
+                self.dequeue(txn, &mut record, true)?;
+                record.transition(now, State::Held, Some("held by the operator".into()));
+                RetryOutcome::Applied
+            }
+            Change::ReleaseHeld => {
+                if record.state != State::Held {
+                    return Err(SpoolError::NotFound(id));
+                }
+                let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+                queue.insert((now, id.0), ()).map_err(SpoolError::storage)?;
+                record.due_ms = Some(now);
+                record.transition(now, State::Queued, Some("released by the operator".into()));
+                RetryOutcome::Requeued { due_ms: now }
+            }
             Change::RetryNow => {
                 let Some(due) = record.due_ms.filter(|_| record.state == State::Queued) else {
                     return Err(SpoolError::NotFound(id));
@@ -471,7 +496,7 @@ impl Writer {
             }
             Change::Delete => {
                 match record.state {
-                    State::Queued => self.dequeue(txn, &mut record, false)?,
+                    State::Queued | State::Held => self.dequeue(txn, &mut record, false)?,
                     State::Dead => {
                         self.remove_dead(txn, id)?;
                         self.delete_blob(txn, id)?;

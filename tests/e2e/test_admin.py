@@ -100,3 +100,18 @@ def test_socket_is_private(server):
     socket = server.root / "state" / "admin.sock"
     mode = os.stat(socket).st_mode & 0o777
     assert mode == 0o660, oct(mode)
+
+
+def test_hold_and_release(start_server):
+    server = blocked_server(start_server)
+    qid = submit(server, "to be held")
+    wait_for_log(server, rf"{qid}.*delivery will be retried|delivery will be retried.*{qid}")
+    assert "1 message(s) changed" in cli(server, "queue", "hold", qid).stdout
+    assert records(server, "queue", "list") == []
+    [held] = records(server, "queue", "list", "--state", "held")
+    assert held["id"] == int(qid, 16)
+    # A held message is not tried, even when everything is retried.
+    assert "0 message(s) changed" in cli(server, "queue", "retry", "--all").stdout
+    assert "1 message(s) changed" in cli(server, "queue", "release", "--all").stdout
+    wait_for_log(server, rf"{qid}.*attempt=2|attempt=2.*{qid}")
+    assert records(server, "queue", "show", qid)[0]["state"] == "queued"
