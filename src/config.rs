@@ -39,6 +39,8 @@ pub struct Config {
     pub sender: SenderConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
@@ -329,6 +331,22 @@ pub struct SesConfig {
 
 fn default_ses_timeout() -> u64 {
     60
+}
+
+/// The plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Empty turns the listener off. Keep it on loopback or a private network.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some("127.0.0.1:9325".parse().unwrap()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,6 +11,7 @@
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
 //! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
+//! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod live;
 pub mod message;
+pub mod metrics;
 pub mod sender;
 pub mod sendmail;
 pub mod server;

@@ -16,6 +16,7 @@ use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, TransportConfig};
 use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::sender::dkim::DkimKeys;
 use crate::sender::flow::{InFlight, Pace};
 use crate::sender::{self, Sender};
@@ -76,6 +77,8 @@ pub async fn run(
     sender.pace = Pace::new(send_rate);
     sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
     sender.dkim = DkimKeys::load(&config.dkim)?;
+    let metrics = Metrics::new();
+    sender.metrics = metrics.clone();
     let sender = Arc::new(sender);
 
     let smtp = &config.smtp;
@@ -87,6 +90,7 @@ pub async fn run(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         submitter,
+        metrics: metrics.clone(),
         auth_throttle: Arc::new(AuthThrottle::new(
             smtp.auth_failures_per_ip,
             Duration::from_secs(smtp.auth_failure_window_secs),
@@ -144,10 +148,19 @@ pub async fn run(
         stop_rx.clone(),
     )));
 
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, metrics.clone(), spool.clone(), stop_rx.clone())
+                .await?
+                .to_string(),
+        ),
+        None => None,
+    };
+    metrics.set_ready(true);
     // One line on stdout for supervisors and tests: where we listen.
     println!(
         "{}",
-        serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1})
+        serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1, "metrics": metrics_addr})
     );
 
     if let Some(path) = config_path {
@@ -167,6 +180,7 @@ pub async fn run(
 
     stop.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    metrics.set_ready(false);
     tracing::info!("shutting down: no new connections; finishing open transactions and sends");
     let _ = stop_tx.send(true);
     for task in tasks {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::accounts::Directory;
 use crate::live::Live;
+use crate::metrics::Metrics;
 use crate::spool::{Lease, RetryOutcome, Spool};
 use crate::transport::{Delivery, OutboundMessage, Transport};
 use flow::{Breaker, InFlight, Pace};
@@ -33,6 +34,7 @@ pub struct Sender {
     pub in_flight: InFlight,
     pub breaker: Breaker,
     pub dkim: dkim::DkimKeys,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Sender {
@@ -52,6 +54,7 @@ impl Sender {
             in_flight: InFlight::new(256 * 1024 * 1024),
             breaker: Breaker::new(Duration::from_secs(5), Duration::from_secs(300)),
             dkim: dkim::DkimKeys::default(),
+            metrics: Metrics::new(),
         }
     }
 }
@@ -172,7 +175,17 @@ async fn deliver(sender: &Sender, lease: Lease) {
         tracing::warn!(%id, transport, "lease ran out before sending; left for the next worker");
         return;
     }
+    let started = std::time::Instant::now();
     let delivery = sender.transport.send(Arc::new(message)).await;
+    let outcome = match &delivery {
+        Delivery::Sent { .. } => "sent",
+        Delivery::Retry { .. } => "retry",
+        Delivery::Reject { .. } => "reject",
+        Delivery::Unavailable { .. } => "unavailable",
+    };
+    sender
+        .metrics
+        .delivery(transport, outcome, started.elapsed().as_secs_f64());
     match &delivery {
         Delivery::Unavailable { .. } => {}
         _ => sender.breaker.reachable(),

@@ -24,7 +24,8 @@ use super::session::{Action, AuthOutcome, PortKind, Session, SessionLimits};
 use crate::accounts::PasswordChecker;
 use crate::config::SmtpConfig;
 use crate::live::Live;
-use crate::submission::{SubmitRequest, Submitter, Trace};
+use crate::metrics::Metrics;
+use crate::submission::{SubmitError, SubmitRequest, Submitter, Trace};
 
 /// Everything a connection needs, shared by all of them.
 pub struct ConnContext {
@@ -33,6 +34,7 @@ pub struct ConnContext {
     pub submitter: Arc<Submitter>,
     pub auth_throttle: Arc<AuthThrottle>,
     pub passwords: Arc<PasswordChecker>,
+    pub metrics: Arc<Metrics>,
     /// The TLS configuration; a reload replaces it for new handshakes.
     pub tls: Arc<Live<rustls::ServerConfig>>,
 }
@@ -394,6 +396,7 @@ impl Conn {
                 None => {
                     tracing::info!(peer = %self.peer, %login, "authentication failed");
                     self.ctx.auth_throttle.record_failure(ip);
+                    self.ctx.metrics.auth_failures.inc();
                     AuthOutcome::Failure
                 }
             }
@@ -429,6 +432,17 @@ impl Conn {
         };
         let login = request.account.login.clone();
         let result = self.ctx.submitter.submit(request).await;
+        match &result {
+            Ok(_) => {
+                self.ctx.metrics.accepted.inc();
+            }
+            Err(e) => self.ctx.metrics.refused(match e {
+                SubmitError::NotOwner(_) => "not_owner",
+                SubmitError::BadMessage(_) => "bad_message",
+                SubmitError::SpoolFull => "spool_full",
+                SubmitError::Storage => "storage",
+            }),
+        }
         match &result {
             Ok(id) => tracing::info!(peer = %self.peer, %login, queue_id = %id, "message accepted"),
             Err(e) => tracing::info!(peer = %self.peer, %login, error = %e, "message refused"),

@@ -34,6 +34,7 @@ pub async fn accept_loop(
             }
         };
         let Some(permit) = limiter.try_acquire(peer.ip()) else {
+            ctx.metrics.connections_refused.inc();
             tracing::info!(%peer, "connection refused: too many connections");
             tokio::spawn(async move {
                 // Best effort, bounded: on the TLS port the client will not understand it anyway.
@@ -49,6 +50,7 @@ pub async fn accept_loop(
             });
             continue;
         };
+        ctx.metrics.connections.inc();
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

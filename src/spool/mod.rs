@@ -118,6 +118,15 @@ impl From<&SpoolConfig> for SpoolOptions {
     }
 }
 
+/// Queue and storage figures for monitoring.
+#[derive(Debug, Clone, Copy)]
+pub struct Depth {
+    pub queued: u64,
+    pub dead: u64,
+    pub stored_messages: u64,
+    pub stored_bytes: u64,
+}
+
 /// Shared, cheap-to-read view of how full the spool is.
 #[derive(Debug, Default)]
 struct Usage {
@@ -345,6 +354,28 @@ impl Spool {
         })
         .await
         .map(|_| ())
+    }
+
+    /// How full the spool is, cheaply (table lengths and the usage counters).
+    pub fn depth(&self) -> Result<Depth, SpoolError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let queued = txn
+            .open_table(QUEUE)
+            .map_err(SpoolError::storage)?
+            .len()
+            .map_err(SpoolError::storage)?;
+        let dead = txn
+            .open_table(DEAD)
+            .map_err(SpoolError::storage)?
+            .len()
+            .map_err(SpoolError::storage)?;
+        Ok(Depth {
+            queued,
+            dead,
+            stored_messages: self.usage.messages.load(Ordering::Relaxed),
+            stored_bytes: self.usage.bytes.load(Ordering::Relaxed),
+        })
     }
 
     /// Every submission record matching `filter` (reads the whole table: an operator's tool).

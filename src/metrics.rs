@@ -1,0 +1,233 @@
+//! Prometheus metrics and health endpoints, on their own plain-HTTP listener (loopback by
+//! default): `/metrics`, `/healthz` (the process answers), `/readyz` (listening and not
+//! shutting down).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::spool::Spool;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub transport: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Transport {
+    pub transport: String,
+}
+
+/// Every metric the server keeps. Counters are cheap atomics, safe to bump on hot paths.
+pub struct Metrics {
+    pub connections: Counter,
+    pub connections_refused: Counter,
+    pub auth_failures: Counter,
+    pub accepted: Counter,
+    pub refused: Family<Reason, Counter>,
+    pub deliveries: Family<Outcome, Counter>,
+    pub send_seconds: Family<Transport, Histogram, fn() -> Histogram>,
+    queue_length: Gauge,
+    dead_letters: Gauge,
+    spool_messages: Gauge,
+    spool_bytes: Gauge,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        fn send_histogram() -> Histogram {
+            // 1 ms to ~33 s.
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        }
+        Arc::new(Metrics {
+            connections: Counter::default(),
+            connections_refused: Counter::default(),
+            auth_failures: Counter::default(),
+            accepted: Counter::default(),
+            refused: Family::default(),
+            deliveries: Family::default(),
+            send_seconds: Family::new_with_constructor(send_histogram),
+            queue_length: Gauge::default(),
+            dead_letters: Gauge::default(),
+            spool_messages: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn delivery(&self, transport: &str, outcome: &str, seconds: f64) {
+        let labels = Outcome {
+            transport: transport.into(),
+            outcome: outcome.into(),
+        };
+        self.deliveries.get_or_create(&labels).inc();
+        self.send_seconds
+            .get_or_create(&Transport {
+                transport: transport.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn render(&self, spool: &Spool) -> Result<String, std::fmt::Error> {
+        if let Ok(depth) = spool.depth() {
+            self.queue_length.set(depth.queued as i64);
+            self.dead_letters.set(depth.dead as i64);
+            self.spool_messages.set(depth.stored_messages as i64);
+            self.spool_bytes.set(depth.stored_bytes as i64);
+        }
+        let mut registry = Registry::with_prefix("outbox");
+        let m = self;
+        registry.register(
+            "smtp_connections",
+            "SMTP connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "smtp_connections_refused",
+            "SMTP connections refused by the caps",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed AUTH attempts",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted (250 after fsync)",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Messages or transactions refused, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Transport hand-offs by outcome",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "send_duration_seconds",
+            "Time a transport took per message",
+            m.send_seconds.clone(),
+        );
+        registry.register(
+            "queue_length",
+            "Messages in the queue (due, delayed or leased)",
+            m.queue_length.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages in the dead-letter queue",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "spool_messages",
+            "Messages whose MIME the spool holds",
+            m.spool_messages.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Octets of MIME the spool holds",
+            m.spool_bytes.clone(),
+        );
+        let mut out = String::new();
+        encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+struct Http {
+    metrics: Arc<Metrics>,
+    spool: Arc<Spool>,
+}
+
+/// Serves the endpoints on `addr` until shutdown; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    spool: Arc<Spool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let state = Arc::new(Http { metrics, spool });
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn scrape(State(http): State<Arc<Http>>) -> impl IntoResponse {
+    let http2 = http.clone();
+    match tokio::task::spawn_blocking(move || http2.metrics.render(&http2.spool)).await {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn ready(State(http): State<Arc<Http>>) -> impl IntoResponse {
+    if http.metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
