@@ -508,48 +508,53 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the values serde cannot; reports every problem at once, each with its key.
     fn validate(&self) -> Result<()> {
+        let mut problems: Vec<String> = Vec::new();
+        macro_rules! problem {
+            ($($arg:tt)*) => { problems.push(format!($($arg)*)) };
+        }
         let smtp = &self.smtp;
         if smtp.submission_listen.is_empty() && smtp.submissions_listen.is_empty() {
-            bail!("smtp: no listener configured");
+            problem!("smtp: no listener configured");
         }
         if smtp.max_line_length < 78 || smtp.max_command_length < 512 {
-            bail!("smtp: max_line_length must be >= 78 and max_command_length >= 512");
+            problem!("smtp: max_line_length must be >= 78 and max_command_length >= 512");
         }
         if smtp.max_recipients == 0 || smtp.max_message_size == 0 {
-            bail!("smtp: max_recipients and max_message_size must be positive");
+            problem!("smtp: max_recipients and max_message_size must be positive");
         }
         if self.spool.max_attempts == 0 {
-            bail!("spool: max_attempts must be at least 1");
+            problem!("spool: max_attempts must be at least 1");
         }
         if matches!(self.sender.transport, TransportConfig::Ses(_))
             && smtp.max_recipients > crate::transport::ses::MAX_DESTINATIONS
         {
-            bail!("smtp.max_recipients: SES accepts at most 50 destinations per message");
+            problem!("smtp.max_recipients: SES accepts at most 50 destinations per message");
         }
         if let TransportConfig::Smtp(relay) = &self.sender.transport {
             if relay.username.is_some()
                 && relay.password_file.is_none()
                 && relay.password_env.is_none()
             {
-                bail!("sender.transport: username needs password_file or password_env");
+                problem!("sender.transport: username needs password_file or password_env");
             }
         }
         if self.sender.workers == 0 {
-            bail!("sender: workers must be at least 1");
+            problem!("sender: workers must be at least 1");
         }
         let mut logins = std::collections::HashSet::new();
         for account in &self.accounts {
             if !logins.insert(account.login.to_lowercase()) {
-                bail!("account {}: login given twice", account.login);
+                problem!("account {}: login given twice", account.login);
             }
             match &account.password_hash {
                 Some(hash) if hash.starts_with("$argon2") => {}
-                Some(_) => bail!(
+                Some(_) => problem!(
                     "account {}: password_hash is not an argon2 PHC string (use `outbox passwd`)",
                     account.login
                 ),
-                None => bail!(
+                None => problem!(
                     "account {}: password_hash or password_hash_file is required",
                     account.login
                 ),
@@ -558,7 +563,7 @@ impl Config {
                 match (&identity.email, &identity.domain) {
                     (Some(email), None) if email.contains('@') => {}
                     (None, Some(domain)) if !domain.contains('@') && !domain.is_empty() => {}
-                    _ => bail!(
+                    _ => problem!(
                         "account {} identity {}: give exactly one of email (an address) or domain",
                         account.login,
                         identity.id
@@ -566,7 +571,11 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
     }
 }
 
@@ -625,6 +634,16 @@ mod tests {
             let text = format!("state_dir = \"s\"\n{text}");
             let err = Config::parse(&text, Path::new("/")).unwrap_err();
             assert!(format!("{err:#}").contains(needle), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "state_dir = \"s\"\n[smtp]\nmax_recipients = 0\n[spool]\nmax_attempts = 0\n\
+                    [[account]]\nlogin = \"a\"\npassword_hash = \"x\"\n";
+        let err = format!("{:#}", Config::parse(text, Path::new("/")).unwrap_err());
+        for needle in ["max_recipients", "max_attempts", "account a: password_hash"] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }
 

@@ -166,9 +166,7 @@ fn main() -> ExitCode {
             };
             admin(&config, &request, json)
         }
-        Command::CheckConfig { config } => {
-            Config::load(&config).map(|_| println!("{}: ok", config.display()))
-        }
+        Command::CheckConfig { config } => check_config(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -224,6 +222,20 @@ fn submit_socket() -> PathBuf {
         Ok(config) => config.submit_socket(),
         Err(_) => PathBuf::from("/run/outbox/submit.sock"),
     }
+}
+
+/// Prints every problem found, one per line, or "ok".
+fn check_config(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let problems = outbox::server::check(&config);
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", path.display());
+    }
+    anyhow::bail!("{} problem(s)", problems.len())
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

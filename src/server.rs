@@ -36,6 +36,30 @@ use crate::transport::Transport;
 /// How long shutdown waits for open SMTP sessions to finish their transaction.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Everything `outbox check-config` can verify without starting: the parts built from the
+/// config (accounts and their Unix users, DKIM keys, TLS material if present). Empty: fine.
+pub fn check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = Directory::from_config(&config.accounts) {
+        problems.push(format!("{e:#}"));
+    }
+    if let Err(e) = DkimKeys::load(&config.dkim) {
+        problems.push(format!("dkim: {e:#}"));
+    }
+    if config.tls.cert.exists() && config.tls.key.exists() {
+        if let Err(e) = tls::server_config(&config.tls) {
+            problems.push(format!("tls: {e:#}"));
+        }
+    } else if !config.tls.generate_dev_cert {
+        problems.push(format!(
+            "tls: {} or {} missing",
+            config.tls.cert.display(),
+            config.tls.key.display()
+        ));
+    }
+    problems
+}
+
 /// Runs Outbox until `stop` resolves. With `config_path`, SIGHUP re-reads that file and swaps
 /// in its accounts, identities and TLS certificate without dropping connections.
 pub async fn run(
