@@ -13,7 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::spool::{QueueId, Spool, SpoolError, State, SubmissionRecord};
+use crate::spool::{QueueId, Spool, SpoolError, State, SubmissionRecord, Suppression, ALL_CLASSES};
+use crate::submission::MESSAGE_CLASSES;
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -63,6 +64,23 @@ pub enum Request {
         all: bool,
     },
     DlqPurge,
+    SuppressionList,
+    SuppressionAdd {
+        address: String,
+        #[serde(default = "all_classes")]
+        class: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    SuppressionRemove {
+        address: String,
+        #[serde(default = "all_classes")]
+        class: String,
+    },
+}
+
+fn all_classes() -> String {
+    ALL_CLASSES.to_string()
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -75,6 +93,8 @@ pub struct Response {
     /// Messages changed (retried, deleted, redriven, purged).
     #[serde(default)]
     pub changed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressions: Vec<Suppression>,
 }
 
 impl Response {
@@ -199,6 +219,30 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             }
         }
         Request::DlqPurge => response.changed = spool.purge_dead().await?,
+        Request::SuppressionList => response.suppressions = spool.suppressions()?,
+        Request::SuppressionAdd {
+            address,
+            class,
+            reason,
+        } => {
+            let class = class.to_lowercase();
+            if class != ALL_CLASSES && !MESSAGE_CLASSES.contains(&class.as_str()) {
+                return Err(SpoolError::Storage(format!(
+                    "unknown class {class}: transactional, mailing_list, bulk or *"
+                )));
+            }
+            spool
+                .suppress(
+                    &address,
+                    &class,
+                    reason.unwrap_or_else(|| "added by the operator".into()),
+                )
+                .await?;
+            response.changed = 1;
+        }
+        Request::SuppressionRemove { address, class } => {
+            response.changed = u64::from(spool.unsuppress(&address, &class).await?);
+        }
     }
     Ok(response)
 }

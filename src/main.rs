@@ -52,6 +52,16 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Addresses not sent to, per message class (transactional, mailing_list, bulk, or * for
+    /// all): a complaint on bulk mail need not block a password reset.
+    Suppression {
+        #[arg(long, default_value = "config/outbox.toml", global = true)]
+        config: PathBuf,
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: SuppressionCommand,
+    },
     /// The dead-letter queue: messages whose attempts ran out (kept 14 days).
     Dlq {
         #[arg(long, default_value = "config/outbox.toml", global = true)]
@@ -98,6 +108,24 @@ enum QueueCommand {
         id: Option<String>,
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCommand {
+    List,
+    Add {
+        address: String,
+        /// transactional, mailing_list, bulk, or * (every class).
+        #[arg(long, default_value = "*")]
+        class: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Remove {
+        address: String,
+        #[arg(long, default_value = "*")]
+        class: String,
     },
 }
 
@@ -151,6 +179,28 @@ fn main() -> ExitCode {
                 QueueCommand::Delete { id } => Request::QueueDelete { id },
                 QueueCommand::Hold { id, all } => Request::QueueHold { id, all },
                 QueueCommand::Release { id, all } => Request::QueueRelease { id, all },
+            };
+            admin(&config, &request, json)
+        }
+        Command::Suppression {
+            config,
+            json,
+            command,
+        } => {
+            let request = match command {
+                SuppressionCommand::List => Request::SuppressionList,
+                SuppressionCommand::Add {
+                    address,
+                    class,
+                    reason,
+                } => Request::SuppressionAdd {
+                    address,
+                    class,
+                    reason,
+                },
+                SuppressionCommand::Remove { address, class } => {
+                    Request::SuppressionRemove { address, class }
+                }
             };
             admin(&config, &request, json)
         }
@@ -262,6 +312,22 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
     match request {
         Request::QueueShow { .. } => response.records.iter().for_each(print_record),
         Request::QueueList { .. } | Request::DlqList => print_table(&response.records),
+        Request::SuppressionList => {
+            println!(
+                "{:<40}  {:<14}  {:<20}  REASON",
+                "ADDRESS", "CLASS", "SINCE (UTC)"
+            );
+            for s in &response.suppressions {
+                println!(
+                    "{:<40}  {:<14}  {:<20}  {}",
+                    s.address,
+                    s.class,
+                    rfc3339(s.at_ms),
+                    s.reason
+                );
+            }
+            println!("{} suppression(s)", response.suppressions.len());
+        }
         _ => println!("{} message(s) changed", response.changed),
     }
     Ok(())

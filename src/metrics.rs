@@ -47,6 +47,8 @@ pub struct Metrics {
     pub accepted: Counter,
     pub refused: Family<Reason, Counter>,
     pub deliveries: Family<Outcome, Counter>,
+    /// Recipients left out because they are on the suppression list.
+    pub suppressed: Counter,
     pub send_seconds: Family<Transport, Histogram, fn() -> Histogram>,
     queue_length: Gauge,
     dead_letters: Gauge,
@@ -68,6 +70,7 @@ impl Metrics {
             accepted: Counter::default(),
             refused: Family::default(),
             deliveries: Family::default(),
+            suppressed: Counter::default(),
             send_seconds: Family::new_with_constructor(send_histogram),
             queue_length: Gauge::default(),
             dead_letters: Gauge::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "deliveries",
             "Transport hand-offs by outcome",
             m.deliveries.clone(),
+        );
+        registry.register(
+            "suppression_hits",
+            "Recipients left out by the suppression list",
+            m.suppressed.clone(),
         );
         registry.register(
             "send_duration_seconds",

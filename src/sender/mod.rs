@@ -121,6 +121,30 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
             ),
         });
     };
+    // Suppressed addresses (bounced, complained, or by the operator) are left out, by class.
+    let mut recipients = Vec::with_capacity(record.recipients.len());
+    let mut suppressed = Vec::new();
+    for rcpt in &record.recipients {
+        match sender.spool.suppressed(rcpt, &record.message_class) {
+            Ok(Some(s)) => suppressed.push(format!("{rcpt} ({})", s.reason)),
+            Ok(None) => recipients.push(rcpt.clone()),
+            Err(e) => {
+                return Err(Delivery::Retry {
+                    reason: format!("reading suppressions: {e}"),
+                    after: None,
+                })
+            }
+        }
+    }
+    if !suppressed.is_empty() {
+        sender.metrics.suppressed.inc_by(suppressed.len() as u64);
+        tracing::info!(id = %record.id, class = %record.message_class, suppressed = ?suppressed, "recipients suppressed");
+    }
+    if recipients.is_empty() {
+        return Err(Delivery::Reject {
+            reason: format!("every recipient is suppressed: {}", suppressed.join(", ")),
+        });
+    }
     let stored = sender
         .spool
         .load_mime(record.id)
@@ -139,7 +163,7 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
         })?;
     Ok(OutboundMessage {
         mail_from: record.mail_from.clone(),
-        recipients: record.recipients.clone(),
+        recipients,
         mime,
         tags: prepare::tags(record),
         configuration_set: identity.configuration_set.clone(),

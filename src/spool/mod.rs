@@ -33,6 +33,20 @@ const SUBMISSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("submissio
 const BLOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("blobs");
 const QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
 const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead");
+/// (address, message class or `*`) → JSON [`Suppression`].
+const SUPPRESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("suppressions");
+
+/// Scope meaning every message class (a hard bounce: the address does not exist).
+pub const ALL_CLASSES: &str = "*";
+
+/// Why an address is not sent to, for which message class.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Suppression {
+    pub address: String,
+    pub class: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -354,6 +368,77 @@ impl Spool {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Adds (or replaces) a suppression of `address` for `class` (or [`ALL_CLASSES`]).
+    pub async fn suppress(
+        &self,
+        address: &str,
+        class: &str,
+        reason: String,
+    ) -> Result<(), SpoolError> {
+        let entry = Suppression {
+            address: address.trim().to_lowercase(),
+            class: class.to_lowercase(),
+            reason,
+            at_ms: self.clock.now_ms(),
+        };
+        self.call(|reply| Op::Suppress {
+            entry,
+            remove: false,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a suppression; false when there was none.
+    pub async fn unsuppress(&self, address: &str, class: &str) -> Result<bool, SpoolError> {
+        let entry = Suppression {
+            address: address.trim().to_lowercase(),
+            class: class.to_lowercase(),
+            reason: String::new(),
+            at_ms: 0,
+        };
+        self.call(|reply| Op::Suppress {
+            entry,
+            remove: true,
+            reply,
+        })
+        .await
+    }
+
+    pub fn suppressions(&self) -> Result<Vec<Suppression>, SpoolError> {
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(SpoolError::storage)? {
+            let (_, value) = entry.map_err(SpoolError::storage)?;
+            out.push(serde_json::from_slice(value.value()).map_err(SpoolError::storage)?);
+        }
+        Ok(out)
+    }
+
+    /// The suppression that stops mail of `class` to `address`, if any.
+    pub fn suppressed(
+        &self,
+        address: &str,
+        class: &str,
+    ) -> Result<Option<Suppression>, SpoolError> {
+        let address = address.trim().to_lowercase();
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+        for scope in [class, ALL_CLASSES] {
+            if let Some(value) = table
+                .get((address.as_str(), scope))
+                .map_err(SpoolError::storage)?
+            {
+                return Ok(Some(
+                    serde_json::from_slice(value.value()).map_err(SpoolError::storage)?,
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// How full the spool is, cheaply (table lengths and the usage counters).

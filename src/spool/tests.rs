@@ -346,3 +346,47 @@ async fn sent_wins_over_a_concurrent_dead_letter() {
     );
     assert!(spool.redrive(id).await.is_err(), "no longer a dead letter");
 }
+
+#[tokio::test]
+async fn suppressions_are_scoped_by_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let spool = open(dir.path(), &clock, options());
+    spool
+        .suppress("Gone@Example.net", ALL_CLASSES, "hard bounce".into())
+        .await
+        .unwrap();
+    spool
+        .suppress("annoyed@example.net", "bulk", "complaint".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        spool
+            .suppressed("gone@example.net", "transactional")
+            .unwrap()
+            .unwrap()
+            .reason,
+        "hard bounce"
+    );
+    assert!(spool
+        .suppressed("annoyed@example.net", "bulk")
+        .unwrap()
+        .is_some());
+    assert!(spool
+        .suppressed("annoyed@example.net", "transactional")
+        .unwrap()
+        .is_none());
+    assert_eq!(spool.suppressions().unwrap().len(), 2);
+    assert!(spool
+        .unsuppress("annoyed@example.net", "bulk")
+        .await
+        .unwrap());
+    assert!(!spool
+        .unsuppress("annoyed@example.net", "bulk")
+        .await
+        .unwrap());
+    assert!(spool
+        .suppressed("annoyed@example.net", "bulk")
+        .unwrap()
+        .is_none());
+}

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
     Lease, QueueId, RetryOutcome, SpoolError, SpoolOptions, State, SubmissionRecord, Usage, BLOBS,
-    DEAD, QUEUE, SUBMISSIONS,
+    DEAD, QUEUE, SUBMISSIONS, SUPPRESSIONS,
 };
 
 /// Most operations folded into one transaction.
@@ -43,6 +43,11 @@ pub(super) enum Op {
         lease: Option<u64>,
         change: Change,
         reply: Reply<RetryOutcome>,
+    },
+    Suppress {
+        entry: super::Suppression,
+        remove: bool,
+        reply: Reply<bool>,
     },
     PurgeDead {
         now: u64,
@@ -81,6 +86,7 @@ enum Done {
     Lease(Reply<Option<Lease>>, Result<Option<Lease>, SpoolError>),
     Change(Reply<RetryOutcome>, Result<RetryOutcome, SpoolError>),
     Count(Reply<u64>, Result<u64, SpoolError>),
+    Flag(Reply<bool>, Result<bool, SpoolError>),
 }
 
 impl Done {
@@ -100,6 +106,7 @@ impl Done {
             Done::Lease(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
             Done::Change(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
             Done::Count(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
+            Done::Flag(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
         };
     }
 }
@@ -112,6 +119,7 @@ pub(super) fn init(db: &Database) -> Result<(u64, Usage), SpoolError> {
     {
         txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         txn.open_table(DEAD).map_err(SpoolError::storage)?;
+        txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
         txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
         let blobs = txn.open_table(BLOBS).map_err(SpoolError::storage)?;
         for entry in blobs.iter().map_err(SpoolError::storage)? {
@@ -254,6 +262,11 @@ impl Writer {
                 Done::Change(reply, self.change(txn, now, id, lease, change))
             }
             Op::PurgeDead { now, reply } => Done::Count(reply, self.purge_dead(txn, now)),
+            Op::Suppress {
+                entry,
+                remove,
+                reply,
+            } => Done::Flag(reply, suppress(txn, &entry, remove)),
         }
     }
 
@@ -555,4 +568,21 @@ impl Writer {
         }
         Ok(expired.len() as u64)
     }
+}
+
+fn suppress(
+    txn: &WriteTransaction,
+    entry: &super::Suppression,
+    remove: bool,
+) -> Result<bool, SpoolError> {
+    let mut table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+    let key = (entry.address.as_str(), entry.class.as_str());
+    if remove {
+        return Ok(table.remove(key).map_err(SpoolError::storage)?.is_some());
+    }
+    let json = serde_json::to_vec(entry).map_err(SpoolError::storage)?;
+    table
+        .insert(key, json.as_slice())
+        .map_err(SpoolError::storage)?;
+    Ok(true)
 }

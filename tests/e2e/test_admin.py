@@ -115,3 +115,31 @@ def test_hold_and_release(start_server):
     assert "1 message(s) changed" in cli(server, "queue", "release", "--all").stdout
     wait_for_log(server, rf"{qid}.*attempt=2|attempt=2.*{qid}")
     assert records(server, "queue", "show", qid)[0]["state"] == "queued"
+
+
+def test_suppression_by_class(server):
+    cli(server, "suppression", "add", "gone@example.net", "--reason", "hard bounce")
+    cli(server, "suppression", "add", "annoyed@example.net", "--class", "bulk")
+    listed = {(s["address"], s["class"]) for s in json.loads(cli(server, "suppression", "list", "--json").stdout)["suppressions"]}
+    assert listed == {("gone@example.net", "*"), ("annoyed@example.net", "bulk")}
+    assert cli(server, "suppression", "add", "x@example.net", "--class", "spam", check=False).returncode != 0
+
+    def send(subject: str, extra: str, rcpts: list[str]) -> str:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            client.starttls(context=server.tls_context())
+            client.login("alice", PASSWORDS["alice"])
+            assert client.sendmail("alice@example.com", rcpts, make_message(subject, extra_headers=extra)) == {}
+        _, envelope, _ = server.wait_for_eml_containing(subject.encode()) if "ok" in subject else (None, None, None)
+        return envelope
+
+    # A bulk mail leaves out both; a transactional one still reaches the annoyed reader.
+    envelope = send("bulk ok", "X-Outbox-Class: bulk\r\n", ["gone@example.net", "annoyed@example.net", "fan@example.net"])
+    assert envelope["recipients"] == ["fan@example.net"]
+    envelope = send("reset ok", "", ["gone@example.net", "annoyed@example.net"])
+    assert envelope["recipients"] == ["annoyed@example.net"]
+    # Nobody left: the submission fails with the reason.
+    send("nobody", "", ["gone@example.net"])
+    line = wait_for_log(server, "every recipient is suppressed")[0]
+    assert "hard bounce" in line
+    assert cli(server, "suppression", "remove", "gone@example.net").returncode == 0
+    assert [s["address"] for s in json.loads(cli(server, "suppression", "list", "--json").stdout)["suppressions"]] == ["annoyed@example.net"]
