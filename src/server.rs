@@ -180,21 +180,22 @@ pub async fn run(
         ),
         None => None,
     };
+    // Before announcing readiness: a SIGHUP must never meet the default action (exit).
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    tokio::spawn(reload_on_sighup(
+        hangups,
+        config_path,
+        directory.clone(),
+        tls_config.clone(),
+        stop_rx.clone(),
+    ));
     metrics.set_ready(true);
     // One line on stdout for supervisors and tests: where we listen.
     println!(
         "{}",
         serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1, "metrics": metrics_addr})
     );
-
-    if let Some(path) = config_path {
-        tokio::spawn(reload_on_sighup(
-            path,
-            directory.clone(),
-            tls_config.clone(),
-            stop_rx.clone(),
-        ));
-    }
 
     // systemd Type=notify: ready once listening (a no-op without NOTIFY_SOCKET).
     let _ = sd_notify::notify(&[
@@ -229,25 +230,25 @@ pub async fn run(
 /// SIGHUP: re-read the config; swap in accounts, identities and TLS if all of it is valid,
 /// keep the running ones (and say why) otherwise. Open sessions keep what they started with.
 async fn reload_on_sighup(
-    path: PathBuf,
+    mut hangups: tokio::signal::unix::Signal,
+    path: Option<PathBuf>,
     directory: Arc<Live<Directory>>,
     tls_config: Arc<Live<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload disabled");
-        return;
-    };
     loop {
         tokio::select! {
             Some(()) = hangups.recv() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP ignored: started without a config file to re-read");
+            continue;
+        };
         let mut reloading = vec![sd_notify::NotifyState::Reloading];
         reloading.extend(sd_notify::NotifyState::monotonic_usec_now());
         let _ = sd_notify::notify(&reloading);
-        let loaded = Config::load(&path).and_then(|config| {
+        let loaded = Config::load(path).and_then(|config| {
             let accounts = Directory::from_config(&config.accounts)?;
             let tls = tls::server_config(&config.tls)?;
             Ok((accounts, tls))

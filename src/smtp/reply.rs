@@ -31,10 +31,6 @@ impl Reply {
         }
     }
 
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
-    }
-
     /// The enhanced code, e.g. `4.5.3`.
     pub fn enhanced_code(&self) -> Option<String> {
         self.enhanced
