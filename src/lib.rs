@@ -22,6 +22,7 @@ pub mod accounts;
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod feedback;
 pub mod live;
 pub mod message;
 pub mod metrics;

@@ -1,0 +1,896 @@
+//! Amazon SNS HTTP(S) message authentication.
+//!
+//! Two steps, so the network fetch sits between them and only happens for messages that passed
+//! every offline check:
+//!
+//! 1. [`Verifier::parse`] parses the JSON body, checks the topic ARN against the allow-list, the
+//!    signing-certificate URL with [`cert_url_allowed`] (no SSRF: nothing outside
+//!    `https://sns.<region>.amazonaws.com[.cn]/<name>.pem` is ever fetched), the `SubscribeURL` host,
+//!    and the timestamp's freshness against the verifier's [`Clock`].
+//! 2. [`Verifier::verify`] takes the PEM fetched from [`SnsMessage::signing_cert_url`], checks the
+//!    certificate's validity period and subject CN at an injected `now`, verifies the RSA signature
+//!    (SignatureVersion 1 = SHA1withRSA, 2 = SHA256withRSA) over the canonical string-to-sign, and
+//!    checks freshness again at the same `now`.
+//!
+//! The certificate chain is not validated here: the certificate is trusted because it was fetched
+//! over HTTPS (WebPKI-verified by the caller's client) from an allowed SNS host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::clock::{Clock, SystemClock};
+
+/// How far in the future a message timestamp may be (clock skew between SNS and us).
+pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+
+/// The JSON body is refused above this size (SNS messages are at most 256 KiB plus envelope).
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+/// Why an SNS message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnsError {
+    #[error("malformed SNS message: {0}")]
+    Malformed(String),
+    #[error("SNS topic not allowed: {0}")]
+    TopicNotAllowed(String),
+    #[error("SNS URL not allowed: {0}")]
+    BadCertUrl(String),
+    #[error("SNS message timestamp outside the accepted window")]
+    Stale,
+    #[error("SNS message signature does not verify")]
+    BadSignature,
+    #[error("SNS signing certificate rejected: {0}")]
+    BadCertificate(String),
+}
+
+/// The SNS message type (`Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Notification,
+    SubscriptionConfirmation,
+    UnsubscribeConfirmation,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Notification => "Notification",
+            Kind::SubscriptionConfirmation => "SubscriptionConfirmation",
+            Kind::UnsubscribeConfirmation => "UnsubscribeConfirmation",
+        }
+    }
+}
+
+/// A parsed SNS message. Field values are exactly the (signed) strings from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsMessage {
+    pub kind: Kind,
+    pub message_id: String,
+    pub topic_arn: String,
+    pub message: String,
+    pub subject: Option<String>,
+    /// The `Timestamp` as Unix seconds.
+    pub timestamp: i64,
+    /// The `Timestamp` string as sent (it is part of the string-to-sign).
+    pub timestamp_raw: String,
+    pub signature_version: u8,
+    pub signature: Vec<u8>,
+    pub signing_cert_url: String,
+    pub subscribe_url: Option<String>,
+    pub unsubscribe_url: Option<String>,
+    pub token: Option<String>,
+}
+
+impl SnsMessage {
+    /// The canonical string the signature covers (AWS "Verifying the signatures of Amazon SNS
+    /// messages"): `Key\nValue\n` pairs in a fixed order.
+    pub fn string_to_sign(&self) -> String {
+        let mut s = String::with_capacity(self.message.len() + 256);
+        let mut add = |k: &str, v: &str| {
+            s.push_str(k);
+            s.push('\n');
+            s.push_str(v);
+            s.push('\n');
+        };
+        match self.kind {
+            Kind::Notification => {
+                add("Message", &self.message);
+                add("MessageId", &self.message_id);
+                if let Some(subject) = &self.subject {
+                    add("Subject", subject);
+                }
+                add("Timestamp", &self.timestamp_raw);
+                add("TopicArn", &self.topic_arn);
+                add("Type", self.kind.as_str());
+            }
+            Kind::SubscriptionConfirmation | Kind::UnsubscribeConfirmation => {
+                add("Message", &self.message);
+                add("MessageId", &self.message_id);
+                add("SubscribeURL", self.subscribe_url.as_deref().unwrap_or(""));
+                add("Timestamp", &self.timestamp_raw);
+                add("Token", self.token.as_deref().unwrap_or(""));
+                add("TopicArn", &self.topic_arn);
+                add("Type", self.kind.as_str());
+            }
+        }
+        s
+    }
+}
+
+/// Checks SNS messages against the configured topics, age limit and clock.
+pub struct Verifier {
+    topics: Vec<String>,
+    max_age: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    /// A verifier accepting only `topics` (exact ARNs) and messages at most `max_age` old, using
+    /// the system clock for [`Verifier::parse`].
+    pub fn new(topics: Vec<String>, max_age: Duration) -> Self {
+        Self {
+            topics,
+            max_age,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same verifier reading the time for [`Verifier::parse`] from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Parses an SNS HTTP POST body (JSON), checks everything that needs no network, and returns
+    /// the message plus the certificate URL the caller must fetch.
+    pub fn parse(&self, body: &[u8]) -> Result<SnsMessage, SnsError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(SnsError::Malformed("body too large".into()));
+        }
+        let map: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| SnsError::Malformed(format!("not a JSON object: {e}")))?;
+
+        let kind = match required(&map, &["Type"])? {
+            "Notification" => Kind::Notification,
+            "SubscriptionConfirmation" => Kind::SubscriptionConfirmation,
+            "UnsubscribeConfirmation" => Kind::UnsubscribeConfirmation,
+            other => return Err(SnsError::Malformed(format!("unknown Type {other:?}"))),
+        };
+
+        // Topic first: nothing else about a message for a foreign topic matters.
+        let topic_arn = required(&map, &["TopicArn"])?.to_owned();
+        if !self.topics.iter().any(|t| *t == topic_arn) {
+            return Err(SnsError::TopicNotAllowed(topic_arn));
+        }
+
+        let signing_cert_url = required(&map, &["SigningCertURL", "SigningCertUrl"])?.to_owned();
+        if !cert_url_allowed(&signing_cert_url) {
+            return Err(SnsError::BadCertUrl(signing_cert_url));
+        }
+
+        let signature_version = match required(&map, &["SignatureVersion"])? {
+            "1" => 1,
+            "2" => 2,
+            other => {
+                return Err(SnsError::Malformed(format!(
+                    "unsupported SignatureVersion {other:?}"
+                )))
+            }
+        };
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(required(&map, &["Signature"])?)
+            .map_err(|e| SnsError::Malformed(format!("Signature is not base64: {e}")))?;
+
+        let message_id = required(&map, &["MessageId"])?.to_owned();
+        let message = required(&map, &["Message"])?.to_owned();
+        let timestamp_raw = required(&map, &["Timestamp"])?.to_owned();
+        let timestamp = parse_timestamp(&timestamp_raw)
+            .ok_or_else(|| SnsError::Malformed(format!("bad Timestamp {timestamp_raw:?}")))?;
+        let subject = optional(&map, &["Subject"])?.map(str::to_owned);
+        let unsubscribe_url =
+            optional(&map, &["UnsubscribeURL", "UnsubscribeUrl"])?.map(str::to_owned);
+
+        let (subscribe_url, token) = match kind {
+            Kind::Notification => (None, None),
+            Kind::SubscriptionConfirmation | Kind::UnsubscribeConfirmation => {
+                let url = required(&map, &["SubscribeURL", "SubscribeUrl"])?.to_owned();
+                // The caller GETs this URL to confirm: same SSRF rule for the host.
+                if !sns_https_url(&url) {
+                    return Err(SnsError::BadCertUrl(url));
+                }
+                (Some(url), Some(required(&map, &["Token"])?.to_owned()))
+            }
+        };
+
+        let msg = SnsMessage {
+            kind,
+            message_id,
+            topic_arn,
+            message,
+            subject,
+            timestamp,
+            timestamp_raw,
+            signature_version,
+            signature,
+            signing_cert_url,
+            subscribe_url,
+            unsubscribe_url,
+            token,
+        };
+        let now = (self.clock.now_ms() / 1000) as i64;
+        self.check_fresh(&msg, now)?;
+        Ok(msg)
+    }
+
+    /// Verifies the signature with the PEM certificate fetched from `message.signing_cert_url`,
+    /// checking the certificate's validity at `now_unix` and that its subject CN is
+    /// `sns.amazonaws.com` (or `sns.<region>.amazonaws.com[.cn]`), then the message's freshness at
+    /// the same `now_unix`.
+    pub fn verify(
+        &self,
+        message: &SnsMessage,
+        cert_pem: &[u8],
+        now_unix: i64,
+    ) -> Result<(), SnsError> {
+        // Re-check what parse checked: a caller may build or alter an SnsMessage by hand.
+        if !self.topics.iter().any(|t| *t == message.topic_arn) {
+            return Err(SnsError::TopicNotAllowed(message.topic_arn.clone()));
+        }
+        if !cert_url_allowed(&message.signing_cert_url) {
+            return Err(SnsError::BadCertUrl(message.signing_cert_url.clone()));
+        }
+
+        let der = first_certificate_der(cert_pem)?;
+        let (rest, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| SnsError::BadCertificate(format!("unparsable certificate: {e}")))?;
+        if !rest.is_empty() {
+            return Err(SnsError::BadCertificate(
+                "trailing data after certificate".into(),
+            ));
+        }
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        );
+        if now_unix < not_before || now_unix > not_after {
+            return Err(SnsError::BadCertificate(format!(
+                "not valid at {now_unix} (valid {not_before}..{not_after})"
+            )));
+        }
+        let mut cns = cert.subject().iter_common_name();
+        let cn = match (cns.next(), cns.next()) {
+            (Some(cn), None) => cn
+                .as_str()
+                .map_err(|_| SnsError::BadCertificate("subject CN is not a string".into()))?,
+            _ => {
+                return Err(SnsError::BadCertificate(
+                    "subject must have exactly one CN".into(),
+                ))
+            }
+        };
+        if !sns_cert_cn_allowed(cn) {
+            return Err(SnsError::BadCertificate(format!(
+                "subject CN {cn:?} is not SNS"
+            )));
+        }
+
+        let spki = cert.public_key();
+        if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
+            return Err(SnsError::BadCertificate("public key is not RSA".into()));
+        }
+        // PKCS#1 RSAPublicKey, the BIT STRING contents of the SubjectPublicKeyInfo.
+        let public_key = spki.subject_public_key.data.as_ref();
+        let algorithm: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
+            match message.signature_version {
+                1 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                2 => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                v => {
+                    return Err(SnsError::Malformed(format!(
+                        "unsupported SignatureVersion {v}"
+                    )))
+                }
+            };
+        aws_lc_rs::signature::UnparsedPublicKey::new(algorithm, public_key)
+            .verify(message.string_to_sign().as_bytes(), &message.signature)
+            .map_err(|_| SnsError::BadSignature)?;
+
+        self.check_fresh(message, now_unix)
+    }
+
+    fn check_fresh(&self, message: &SnsMessage, now_unix: i64) -> Result<(), SnsError> {
+        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        let age = now_unix.saturating_sub(message.timestamp);
+        if age > max_age || age < -MAX_FUTURE_SKEW_SECS {
+            return Err(SnsError::Stale);
+        }
+        Ok(())
+    }
+}
+
+/// The value of the first key present among `keys` (alternative spellings), which must be a string.
+fn optional<'a>(map: &'a Map<String, Value>, keys: &[&str]) -> Result<Option<&'a str>, SnsError> {
+    let mut found = None;
+    for key in keys {
+        if let Some(v) = map.get(*key) {
+            if found.is_some() {
+                return Err(SnsError::Malformed(format!("{} given twice", keys[0])));
+            }
+            found = Some(
+                v.as_str()
+                    .ok_or_else(|| SnsError::Malformed(format!("{key} is not a string")))?,
+            );
+        }
+    }
+    Ok(found)
+}
+
+fn required<'a>(map: &'a Map<String, Value>, keys: &[&str]) -> Result<&'a str, SnsError> {
+    optional(map, keys)?.ok_or_else(|| SnsError::Malformed(format!("missing {}", keys[0])))
+}
+
+/// The DER of the first `CERTIFICATE` block in `pem`.
+fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
+    let mut reader = pem;
+    let first = rustls_pemfile::certs(&mut reader).next();
+    match first {
+        Some(Ok(der)) => Ok(der.as_ref().to_vec()),
+        Some(Err(e)) => Err(SnsError::BadCertificate(format!("bad PEM: {e}"))),
+        None => Err(SnsError::BadCertificate("no certificate in PEM".into())),
+    }
+}
+
+/// Parses an SNS timestamp (`2022-07-28T21:23:58.317Z`, RFC 3339 in UTC) to Unix seconds.
+fn parse_timestamp(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, min, sec) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let tail = &b[19..];
+    let tail = match tail.first() {
+        Some(b'.') => {
+            let n = tail[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if n == 0 {
+                return None;
+            }
+            &tail[1 + n..]
+        }
+        _ => tail,
+    };
+    if tail != b"Z"
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || min > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // Days from civil (Howard Hinnant), proleptic Gregorian.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+/// `sns.<region>.amazonaws.com` or `sns.<region>.amazonaws.com.cn`, region `[a-z0-9-]+`.
+fn sns_host_allowed(host: &str) -> bool {
+    let Some(rest) = host.strip_prefix("sns.") else {
+        return false;
+    };
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"));
+    match region {
+        Some(r) => {
+            !r.is_empty()
+                && !r.starts_with('-')
+                && !r.ends_with('-')
+                && r.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                // An IP-looking "region" cannot occur (no dots), but insist on a letter anyway.
+                && r.bytes().any(|c| c.is_ascii_lowercase())
+        }
+        None => false,
+    }
+}
+
+/// The certificate's subject CN: `sns.amazonaws.com` or an allowed regional SNS host.
+fn sns_cert_cn_allowed(cn: &str) -> bool {
+    cn == "sns.amazonaws.com" || sns_host_allowed(cn)
+}
+
+/// Splits `https://host/rest` strictly: lower-case scheme, a bare allowed SNS host (no userinfo,
+/// port, IP, percent-escapes or backslashes), and returns the part after the host.
+fn sns_https_rest(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://")?;
+    if rest.bytes().any(|c| c <= b' ' || c == b'\\' || c >= 0x7f) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(end);
+    if !sns_host_allowed(host) {
+        return None;
+    }
+    Some(tail)
+}
+
+/// An `https` URL on an allowed SNS host with a path (used for `SubscribeURL`).
+fn sns_https_url(url: &str) -> bool {
+    matches!(sns_https_rest(url), Some(tail) if tail.starts_with('/'))
+}
+
+/// Whether a `SigningCertURL` may be fetched: `https`, host `sns.<region>.amazonaws.com` (or
+/// `.com.cn`), no userinfo or port, and a path of one segment `[A-Za-z0-9._-]+` ending in `.pem`,
+/// with no query or fragment.
+pub fn cert_url_allowed(url: &str) -> bool {
+    let Some(tail) = sns_https_rest(url) else {
+        return false;
+    };
+    let Some(name) = tail.strip_prefix('/') else {
+        return false;
+    };
+    name.len() > 4
+        && name.ends_with(".pem")
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/fixtures/sns/",
+                $name
+            ))
+        };
+    }
+
+    const CERT: &[u8] = fixture!("SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem");
+
+    const REAL: [(&str, &[u8]); 5] = [
+        ("sigv1", fixture!("sns-real-notification-sigv1-sha1.json")),
+        ("sigv2", fixture!("sns-real-notification-sigv2-sha256.json")),
+        (
+            "subject-sigv1",
+            fixture!("sns-real-notification-with-subject-sigv1-sha1.json"),
+        ),
+        (
+            "subject-sigv2",
+            fixture!("sns-real-notification-with-subject-sigv2-sha256.json"),
+        ),
+        (
+            "lambda-sigv1",
+            fixture!("sns-real-lambda-format-sigv1.json"),
+        ),
+    ];
+
+    /// The tests' max_age: 4 hours.
+    const MAX_AGE: u64 = 4 * 3600;
+
+    /// 2022-07-29T00:00:00Z: inside the certificate's validity, ~1 h after the messages.
+    const NOW_2022: i64 = 1_659_052_800;
+    /// 2026-01-01T00:00:00Z: certificate expired.
+    const NOW_2026: i64 = 1_767_225_600;
+
+    fn topic_of(body: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["TopicArn"].as_str().unwrap().to_owned()
+    }
+
+    fn all_topics() -> Vec<String> {
+        let mut t: Vec<String> = REAL.iter().map(|(_, b)| topic_of(b)).collect();
+        t.push("arn:aws:sns:us-west-2:123456789012:MyTopic".into());
+        t
+    }
+
+    fn verifier_at(now: i64) -> Verifier {
+        Verifier::new(all_topics(), Duration::from_secs(MAX_AGE))
+            .with_clock(ManualClock::new(now as u64 * 1000))
+    }
+
+    #[test]
+    fn timestamps_parse() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp("2022-07-29T00:00:00.000Z"), Some(NOW_2022));
+        assert_eq!(parse_timestamp("2026-01-01T00:00:00Z"), Some(NOW_2026));
+        assert_eq!(parse_timestamp("2000-02-29T12:34:56.7Z"), Some(951_827_696));
+        for bad in [
+            "",
+            "2022-07-29",
+            "2022-07-29T00:00:00",
+            "2022-07-29T00:00:00+01:00",
+            "2022-13-01T00:00:00Z",
+            "2022-07-29T00:00:00.Z",
+            "2022-07-2xT00:00:00Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn all_real_messages_verify() {
+        let v = verifier_at(NOW_2022);
+        for (name, body) in REAL {
+            let msg = v.parse(body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(msg.kind, Kind::Notification, "{name}");
+            assert_eq!(msg.message, "Hello world", "{name}");
+            assert!(msg
+                .signing_cert_url
+                .ends_with("-7ff5318490ec183fbaddaa2a969abfda.pem"));
+            v.verify(&msg, CERT, NOW_2022)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn lambda_spelling_parses_like_the_standard_one() {
+        let v = verifier_at(NOW_2022);
+        let a = v.parse(REAL[0].1).unwrap();
+        let b = v.parse(REAL[4].1).unwrap();
+        assert_eq!(a, b);
+        assert!(b.unsubscribe_url.is_some());
+    }
+
+    #[test]
+    fn subject_is_signed_and_parsed() {
+        let v = verifier_at(NOW_2022);
+        let msg = v.parse(REAL[2].1).unwrap();
+        assert_eq!(msg.subject.as_deref(), Some("Hello world"));
+        assert!(msg.string_to_sign().contains("\nSubject\nHello world\n"));
+        assert_eq!(msg.signature_version, 1);
+        assert_eq!(v.parse(REAL[3].1).unwrap().signature_version, 2);
+    }
+
+    #[test]
+    fn one_character_change_to_message_fails() {
+        let v = verifier_at(NOW_2022);
+        for (name, body) in REAL {
+            let mut msg = v.parse(body).unwrap();
+            msg.message = "Hello worle".into();
+            assert_eq!(
+                v.verify(&msg, CERT, NOW_2022),
+                Err(SnsError::BadSignature),
+                "{name}"
+            );
+            // The same change made in the body itself.
+            let text = std::str::from_utf8(body).unwrap().replace(
+                "\"Hello world\",\n  \"Timestamp",
+                "\"Hello World\",\n  \"Timestamp",
+            );
+            assert_ne!(text.as_bytes(), body, "{name}");
+            let msg = v.parse(text.as_bytes()).unwrap();
+            assert_eq!(
+                v.verify(&msg, CERT, NOW_2022),
+                Err(SnsError::BadSignature),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_character_change_to_subject_fails() {
+        let v = verifier_at(NOW_2022);
+        for body in [REAL[2].1, REAL[3].1] {
+            let mut msg = v.parse(body).unwrap();
+            msg.subject = Some("Hello World".into());
+            assert_eq!(v.verify(&msg, CERT, NOW_2022), Err(SnsError::BadSignature));
+            // Dropping the subject also breaks the signature.
+            msg.subject = None;
+            assert_eq!(v.verify(&msg, CERT, NOW_2022), Err(SnsError::BadSignature));
+        }
+        // Adding a subject to a message signed without one.
+        let mut msg = v.parse(REAL[0].1).unwrap();
+        msg.subject = Some("Hello world".into());
+        assert_eq!(v.verify(&msg, CERT, NOW_2022), Err(SnsError::BadSignature));
+    }
+
+    #[test]
+    fn one_character_change_to_signature_fails() {
+        let v = verifier_at(NOW_2022);
+        for (name, body) in REAL {
+            let text = std::str::from_utf8(body).unwrap();
+            let v0: Value = serde_json::from_slice(body).unwrap();
+            let sig = v0["Signature"].as_str().unwrap();
+            // Change the 11th base64 character (stays valid base64).
+            let mut chars: Vec<char> = sig.chars().collect();
+            chars[10] = if chars[10] == 'A' { 'B' } else { 'A' };
+            let tampered: String = chars.into_iter().collect();
+            let text = text.replace(sig, &tampered);
+            let msg = v.parse(text.as_bytes()).unwrap();
+            assert_eq!(
+                v.verify(&msg, CERT, NOW_2022),
+                Err(SnsError::BadSignature),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn signature_version_swap_fails() {
+        let v = verifier_at(NOW_2022);
+        let mut msg = v.parse(REAL[0].1).unwrap();
+        msg.signature_version = 2;
+        assert_eq!(v.verify(&msg, CERT, NOW_2022), Err(SnsError::BadSignature));
+    }
+
+    #[test]
+    fn expired_certificate_fails() {
+        let v = verifier_at(NOW_2022);
+        for (name, body) in REAL {
+            let msg = v.parse(body).unwrap();
+            assert!(
+                matches!(
+                    v.verify(&msg, CERT, NOW_2026),
+                    Err(SnsError::BadCertificate(_))
+                ),
+                "{name}"
+            );
+            // Before notBefore (2021-09-07) too.
+            assert!(matches!(
+                v.verify(&msg, CERT, 1_600_000_000),
+                Err(SnsError::BadCertificate(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn garbage_certificate_fails() {
+        let v = verifier_at(NOW_2022);
+        let msg = v.parse(REAL[0].1).unwrap();
+        for pem in [
+            &b""[..],
+            b"not a pem",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(matches!(
+                v.verify(&msg, pem, NOW_2022),
+                Err(SnsError::BadCertificate(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn stale_and_future_messages_fail() {
+        // Message at 2022-07-28T21:23:58Z; max_age 4 h.
+        let ts = parse_timestamp("2022-07-28T21:23:58.317Z").unwrap();
+        let late = ts + MAX_AGE as i64 + 1;
+        let early = ts - MAX_FUTURE_SKEW_SECS - 1;
+        for now in [late, early] {
+            assert_eq!(verifier_at(now).parse(REAL[0].1), Err(SnsError::Stale));
+            // verify applies the same check with its own `now` (certificate still valid then).
+            let msg = verifier_at(NOW_2022).parse(REAL[0].1).unwrap();
+            assert_eq!(
+                verifier_at(NOW_2022).verify(&msg, CERT, now),
+                Err(SnsError::Stale)
+            );
+        }
+        assert!(verifier_at(ts + MAX_AGE as i64).parse(REAL[0].1).is_ok());
+        assert!(verifier_at(ts - MAX_FUTURE_SKEW_SECS)
+            .parse(REAL[0].1)
+            .is_ok());
+    }
+
+    #[test]
+    fn topic_not_in_list_fails_before_anything_else() {
+        let v = Verifier::new(
+            vec!["arn:aws:sns:us-east-2:295079676684:other".into()],
+            Duration::from_secs(60),
+        )
+        .with_clock(ManualClock::new(NOW_2026 as u64 * 1000));
+        for (name, body) in REAL {
+            // Stale at 2026 and its certificate expired, yet the topic is what is reported.
+            assert!(
+                matches!(v.parse(body), Err(SnsError::TopicNotAllowed(_))),
+                "{name}"
+            );
+        }
+        // Even with a bad cert URL, the topic check comes first.
+        let text = std::str::from_utf8(REAL[0].1)
+            .unwrap()
+            .replace("https://sns.us-east-2", "http://evil.com");
+        assert!(matches!(
+            v.parse(text.as_bytes()),
+            Err(SnsError::TopicNotAllowed(_))
+        ));
+        // And verify refuses a hand-made message for a foreign topic.
+        let msg = verifier_at(NOW_2022).parse(REAL[0].1).unwrap();
+        assert!(matches!(
+            v.verify(&msg, CERT, NOW_2022),
+            Err(SnsError::TopicNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn bad_cert_url_in_body_fails_in_parse() {
+        let v = verifier_at(NOW_2022);
+        let body = std::str::from_utf8(REAL[0].1).unwrap();
+        for evil in [
+            "http://sns.us-east-2.amazonaws.com/",
+            "https://sns.us-east-2.amazonaws.com.evil.com/",
+            "https://169.254.169.254/",
+        ] {
+            let text = body.replace(
+                "https://sns.us-east-2.amazonaws.com/SimpleNotificationService",
+                &format!("{evil}SimpleNotificationService"),
+            );
+            assert!(
+                matches!(v.parse(text.as_bytes()), Err(SnsError::BadCertUrl(_))),
+                "{evil}"
+            );
+        }
+        // Also in the Lambda spelling.
+        let text = std::str::from_utf8(REAL[4].1).unwrap().replace(
+            "https://sns.us-east-2.amazonaws.com/Simple",
+            "https://evil.com/Simple",
+        );
+        assert!(matches!(
+            v.parse(text.as_bytes()),
+            Err(SnsError::BadCertUrl(_))
+        ));
+    }
+
+    #[test]
+    fn cert_url_table() {
+        let good = [
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-2.amazonaws.com/SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem",
+            "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-xyz.pem",
+            "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+        ];
+        let bad = [
+            "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "HTTPS://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "ftp://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "//sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com.evil.com/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com.cn.evil.com/x.pem",
+            "https://evil.com/sns.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "https://evil.com/sns.us-east-1.amazonaws.com/x.pem",
+            "https://evilsns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.evil.com/x.pem",
+            "https://sns..amazonaws.com/x.pem",
+            "https://sns.amazonaws.com/x.pem",
+            "https://sns.us-east-1.evil.amazonaws.com/x.pem",
+            "https://s3.us-east-1.amazonaws.com/x.pem",
+            "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com@evil.com/SimpleNotificationService-xyz.pem",
+            "https://evil.com#@sns.us-east-1.amazonaws.com/x.pem",
+            "https://evil.com\\@sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.crt",
+            "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-xyz.pem.txt",
+            "https://sns.us-east-1.amazonaws.com/x.pem?x=1",
+            "https://sns.us-east-1.amazonaws.com/?a=x.pem",
+            "https://sns.us-east-1.amazonaws.com/x.pem#frag",
+            "https://sns.us-east-1.amazonaws.com/a/../x.pem",
+            "https://sns.us-east-1.amazonaws.com/a%2Fb.pem",
+            "https://sns.us-east-1.amazonaws.com/.pem",
+            "https://sns.us-east-1.amazonaws.com",
+            "https://sns.us-east-1.amazonaws.com/",
+            "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com:443/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-xyz.pem",
+            "https://SNS.US-EAST-1.AMAZONAWS.COM/SimpleNotificationService-xyz.pem",
+            "https://sns.us-east-1.amazonaws.com%2eevil.com/x.pem",
+            "https://169.254.169.254/SimpleNotificationService-xyz.pem",
+            "https://127.0.0.1/x.pem",
+            "https://[::1]/x.pem",
+            "https://sns.1.2.3.amazonaws.com/x.pem",
+            "https://sns.123.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com /x.pem",
+            " https://sns.us-east-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com/x.pem\n",
+            "",
+        ];
+        for url in good {
+            assert!(cert_url_allowed(url), "should allow {url}");
+        }
+        for url in bad {
+            assert!(!cert_url_allowed(url), "should refuse {url:?}");
+        }
+    }
+
+    #[test]
+    fn cert_cn_rules() {
+        assert!(sns_cert_cn_allowed("sns.amazonaws.com"));
+        assert!(sns_cert_cn_allowed("sns.eu-west-1.amazonaws.com"));
+        assert!(sns_cert_cn_allowed("sns.cn-north-1.amazonaws.com.cn"));
+        for bad in [
+            "evil.com",
+            "sns.amazonaws.com.evil.com",
+            "*.amazonaws.com",
+            "sqs.amazonaws.com",
+            "",
+        ] {
+            assert!(!sns_cert_cn_allowed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn doc_confirmations_parse_with_url_and_token() {
+        // The AWS doc examples carry placeholder signatures; only parsing is checked. Their
+        // timestamps are from 2012.
+        let at = |ts: &str| verifier_at(parse_timestamp(ts).unwrap());
+        let sub = at("2012-04-26T20:45:04.751Z")
+            .parse(fixture!("sns-doc-example-subscription-confirmation.json"))
+            .unwrap();
+        assert_eq!(sub.kind, Kind::SubscriptionConfirmation);
+        assert_eq!(sub.token.as_deref(), Some("2336412f37..."));
+        assert!(sub
+            .subscribe_url
+            .as_deref()
+            .unwrap()
+            .starts_with("https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription"));
+        let s = sub.string_to_sign();
+        assert!(s.starts_with("Message\nYou have chosen"));
+        assert!(s.contains("\nSubscribeURL\nhttps://sns.us-west-2"));
+        assert!(s.ends_with("\nToken\n2336412f37...\nTopicArn\narn:aws:sns:us-west-2:123456789012:MyTopic\nType\nSubscriptionConfirmation\n"));
+
+        // A SubscribeURL pointing elsewhere is refused (the caller would GET it).
+        let text = std::str::from_utf8(fixture!("sns-doc-example-subscription-confirmation.json"))
+            .unwrap()
+            .replace(
+                "\"SubscribeURL\": \"https://sns.us-west-2.amazonaws.com/",
+                "\"SubscribeURL\": \"https://evil.com/",
+            );
+        assert!(matches!(
+            at("2012-04-26T20:45:04.751Z").parse(text.as_bytes()),
+            Err(SnsError::BadCertUrl(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_fail() {
+        let v = verifier_at(NOW_2022);
+        let body = std::str::from_utf8(REAL[0].1).unwrap();
+        let cases = [
+            "".to_owned(),
+            "[]".to_owned(),
+            "{}".to_owned(),
+            body.replace("\"Type\" : \"Notification\"", "\"Type\" : \"Other\""),
+            body.replace("\"SignatureVersion\" : \"1\"", "\"SignatureVersion\" : \"3\""),
+            body.replace("\"SignatureVersion\" : \"1\"", "\"SignatureVersion\" : 1"),
+            body.replace("\"Message\" : \"Hello world\",", ""),
+            body.replace("2022-07-28T21:23:58.317Z", "yesterday"),
+            body.replace("\"Signature\" : \"ghtf", "\"Signature\" : \"!!!!"),
+            // Both spellings of the certificate URL at once.
+            body.replace("\"SigningCertURL\"", "\"SigningCertUrl\" : \"https://sns.us-east-2.amazonaws.com/x.pem\",\n  \"SigningCertURL\""),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            assert_ne!(c.as_str(), body, "case {i} did not change the body");
+            assert!(
+                matches!(v.parse(c.as_bytes()), Err(SnsError::Malformed(_))),
+                "case {i}: {:?}",
+                v.parse(c.as_bytes())
+            );
+        }
+    }
+}
