@@ -811,3 +811,18 @@ def start_ses_server(start_server, password_hashes):
         return start_server(config, env=ses_env(endpoint), name="ses")
 
     return start
+
+
+def submit_as_alice(server, message: bytes, rcpts: list[str], sender: str = "alice@example.com") -> str:
+    """STARTTLS + AUTH as alice, one transaction; returns the queue id from the DATA reply."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail(sender)
+        for rcpt in rcpts:
+            client.rcpt(rcpt)
+        code, reply = client.data(message)
+        assert code == 250, reply
+        return queue_id_of(reply)

@@ -8,7 +8,7 @@ import os
 import smtplib
 import subprocess
 
-from conftest import PASSWORDS, make_message, queue_id_of, wait_for_log
+from conftest import PASSWORDS, submit_as_alice, make_message, queue_id_of, wait_for_log
 
 
 def cli(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -26,14 +26,7 @@ def records(server, *args: str) -> list[dict]:
 
 
 def submit(server, subject: str) -> str:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
-        client.starttls(context=server.tls_context())
-        client.login("alice", PASSWORDS["alice"])
-        client.mail("alice@example.com")
-        client.rcpt("rcpt@example.net")
-        code, reply = client.data(make_message(subject))
-        assert code == 250, reply
-        return queue_id_of(reply)
+    return submit_as_alice(server, make_message(subject), ["rcpt@example.net"])
 
 
 def blocked_server(start_server, **overrides):

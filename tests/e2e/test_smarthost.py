@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from conftest import PASSWORDS, make_message, queue_id_of
+from conftest import PASSWORDS, submit_as_alice, make_message, queue_id_of
 
 RELAY_USER, RELAY_PASSWORD = "relay-user", "relay-pass"
 
@@ -111,15 +111,7 @@ def relay(request):
 
 
 def submit(server, message: bytes, rcpts: list[str]) -> str:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
-        client.starttls(context=server.tls_context())
-        client.login("alice", PASSWORDS["alice"])
-        client.mail("alice@example.com")
-        for rcpt in rcpts:
-            client.rcpt(rcpt)
-        code, reply = client.data(message)
-        assert code == 250, reply
-        return queue_id_of(reply)
+    return submit_as_alice(server, message, rcpts)
 
 
 def wait_log(server, *needles: str, timeout: float = 30.0) -> str:

@@ -8,7 +8,7 @@ import json
 
 import boto3
 
-from conftest import PASSWORDS, make_message, queue_id_of, ses_env, wait_for_log
+from conftest import PASSWORDS, submit_as_alice, make_message, queue_id_of, ses_env, wait_for_log
 
 import smtplib
 
@@ -19,15 +19,7 @@ def aws(moto, service: str):
 
 
 def submit(server, rcpts: list[str], extra_headers: str = "") -> str:
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
-        client.starttls(context=server.tls_context())
-        client.login("alice", PASSWORDS["alice"])
-        client.mail("alice@example.com")
-        for rcpt in rcpts:
-            client.rcpt(rcpt)
-        code, reply = client.data(make_message("to the queue", extra_headers=extra_headers))
-        assert code == 250, reply
-        return queue_id_of(reply)
+    return submit_as_alice(server, make_message("to the queue", extra_headers=extra_headers), rcpts)
 
 
 def sqs_server(start_server, moto, queue_url: str, bucket: str):
