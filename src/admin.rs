@@ -69,13 +69,20 @@ pub enum Request {
         address: String,
         #[serde(default = "all_classes")]
         class: String,
+        #[serde(default = "all_classes")]
+        account: String,
         #[serde(default)]
         reason: Option<String>,
+        /// Days until the entry lapses; none: never.
+        #[serde(default)]
+        days: Option<u64>,
     },
     SuppressionRemove {
         address: String,
         #[serde(default = "all_classes")]
         class: String,
+        #[serde(default = "all_classes")]
+        account: String,
     },
 }
 
@@ -223,7 +230,9 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         Request::SuppressionAdd {
             address,
             class,
+            account,
             reason,
+            days,
         } => {
             let class = class.to_lowercase();
             if class != ALL_CLASSES && !MESSAGE_CLASSES.contains(&class.as_str()) {
@@ -231,17 +240,24 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
                     "unknown class {class}: transactional, mailing_list, bulk or *"
                 )));
             }
+            let expires_ms = days.map(|d| spool.now_ms() + d * 86_400_000);
             spool
                 .suppress(
                     &address,
+                    &account,
                     &class,
                     reason.unwrap_or_else(|| "added by the operator".into()),
+                    expires_ms,
                 )
                 .await?;
             response.changed = 1;
         }
-        Request::SuppressionRemove { address, class } => {
-            response.changed = u64::from(spool.unsuppress(&address, &class).await?);
+        Request::SuppressionRemove {
+            address,
+            class,
+            account,
+        } => {
+            response.changed = u64::from(spool.unsuppress(&address, &account, &class).await?);
         }
     }
     Ok(response)

@@ -41,6 +41,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The HTTPS listener for JMAP and the SNS feedback endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
@@ -345,6 +348,33 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: Some("127.0.0.1:9325".parse().unwrap()),
+        }
+    }
+}
+
+/// The HTTPS listener (same certificate as SMTP) serving JMAP (`/.well-known/jmap`, `/jmap/…`)
+/// and SNS feedback (`POST /sns`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Addresses to serve HTTPS on; empty turns the listener off.
+    pub listen: Vec<SocketAddr>,
+    /// The TLS handshake, and each request's headers (also the keep-alive idle limit), must
+    /// complete within this many seconds.
+    pub handshake_timeout_secs: u64,
+    /// A connection is closed (after its current request) once it is this old.
+    pub connection_lifetime_secs: u64,
+    /// Open HTTPS connections at most (further ones wait in the kernel backlog).
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec!["127.0.0.1:2443".parse().unwrap()],
+            handshake_timeout_secs: 10,
+            connection_lifetime_secs: 300,
+            max_connections: 1000,
         }
     }
 }

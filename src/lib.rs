@@ -12,6 +12,8 @@
 //! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
+//! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
+//! - [`feedback`]: SES events over SNS (HTTPS or an SQS queue) → submission status, suppressions.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod feedback;
+pub mod http;
 pub mod live;
 pub mod message;
 pub mod metrics;

@@ -119,13 +119,21 @@ enum SuppressionCommand {
         /// transactional, mailing_list, bulk, or * (every class).
         #[arg(long, default_value = "*")]
         class: String,
+        /// Account id the entry applies to, or * (every account).
+        #[arg(long, default_value = "*")]
+        account: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Days until the entry lapses (default: never).
+        #[arg(long)]
+        days: Option<u64>,
     },
     Remove {
         address: String,
         #[arg(long, default_value = "*")]
         class: String,
+        #[arg(long, default_value = "*")]
+        account: String,
     },
 }
 
@@ -192,15 +200,25 @@ fn main() -> ExitCode {
                 SuppressionCommand::Add {
                     address,
                     class,
+                    account,
                     reason,
+                    days,
                 } => Request::SuppressionAdd {
                     address,
                     class,
+                    account,
                     reason,
+                    days,
                 },
-                SuppressionCommand::Remove { address, class } => {
-                    Request::SuppressionRemove { address, class }
-                }
+                SuppressionCommand::Remove {
+                    address,
+                    class,
+                    account,
+                } => Request::SuppressionRemove {
+                    address,
+                    class,
+                    account,
+                },
             };
             admin(&config, &request, json)
         }
@@ -314,15 +332,17 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
         Request::QueueList { .. } | Request::DlqList => print_table(&response.records),
         Request::SuppressionList => {
             println!(
-                "{:<40}  {:<14}  {:<20}  REASON",
-                "ADDRESS", "CLASS", "SINCE (UTC)"
+                "{:<36}  {:<12}  {:<13}  {:<20}  {:<20}  REASON",
+                "ADDRESS", "ACCOUNT", "CLASS", "SINCE (UTC)", "UNTIL (UTC)"
             );
             for s in &response.suppressions {
                 println!(
-                    "{:<40}  {:<14}  {:<20}  {}",
+                    "{:<36}  {:<12}  {:<13}  {:<20}  {:<20}  {}",
                     s.address,
+                    s.account,
                     s.class,
                     rfc3339(s.at_ms),
+                    s.expires_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
                     s.reason
                 );
             }
@@ -377,6 +397,18 @@ fn print_record(r: &SubmissionRecord) {
     println!("attempts:    {}", r.receive_count);
     if let Some(e) = &r.last_error {
         println!("last error:  {e}");
+    }
+    for (rcpt, status) in &r.delivery {
+        println!(
+            "recipient:   {rcpt}: {} at {}{}",
+            status.outcome.as_str(),
+            rfc3339(status.at_ms),
+            status
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
     }
     if let Some(p) = &r.provider_id {
         println!("provider id: {p}");

@@ -172,6 +172,14 @@ pub async fn run(
         stop_rx.clone(),
     )));
 
+    // HTTPS: one router, each part adding its routes (JMAP under /.well-known/jmap and /jmap,
+    // SNS feedback at /sns).
+    let router = axum::Router::new();
+    let (https, https_tasks) =
+        crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
+    tasks.extend(https_tasks);
+    let https: Vec<String> = https.iter().map(ToString::to_string).collect();
+
     let metrics_addr = match config.metrics.listen {
         Some(addr) => Some(
             crate::metrics::serve(addr, metrics.clone(), spool.clone(), stop_rx.clone())
@@ -194,7 +202,7 @@ pub async fn run(
     // One line on stdout for supervisors and tests: where we listen.
     println!(
         "{}",
-        serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1, "metrics": metrics_addr})
+        serde_json::json!({"event": "ready", "submission": bound.0, "submissions": bound.1, "https": https, "metrics": metrics_addr})
     );
 
     // systemd Type=notify: ready once listening (a no-op without NOTIFY_SOCKET).

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::accounts::Directory;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::spool::{Lease, RetryOutcome, Spool};
+use crate::spool::{FeedbackEvent, Lease, Outcome, RetryOutcome, Spool};
 use crate::transport::{Delivery, OutboundMessage, Transport};
 use flow::{Breaker, InFlight, Pace};
 
@@ -125,8 +125,11 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     let mut recipients = Vec::with_capacity(record.recipients.len());
     let mut suppressed = Vec::new();
     for rcpt in &record.recipients {
-        match sender.spool.suppressed(rcpt, &record.message_class) {
-            Ok(Some(s)) => suppressed.push(format!("{rcpt} ({})", s.reason)),
+        match sender
+            .spool
+            .suppressed(rcpt, &record.account_id, &record.message_class)
+        {
+            Ok(Some(s)) => suppressed.push((rcpt.clone(), s.reason)),
             Ok(None) => recipients.push(rcpt.clone()),
             Err(e) => {
                 return Err(Delivery::Retry {
@@ -139,10 +142,33 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     if !suppressed.is_empty() {
         sender.metrics.suppressed.inc_by(suppressed.len() as u64);
         tracing::info!(id = %record.id, class = %record.message_class, suppressed = ?suppressed, "recipients suppressed");
+        // Each left-out recipient's status says why (visible in `queue show` and JMAP).
+        let at_ms = sender.spool.now_ms();
+        let events = suppressed
+            .iter()
+            .map(|(rcpt, reason)| FeedbackEvent {
+                provider_id: None,
+                submission_id: Some(record.id),
+                outcome: Outcome::Suppressed,
+                recipients: vec![rcpt.clone()],
+                detail: Some(format!("on the suppression list: {reason}")),
+                at_ms,
+                tag_account: None,
+                tag_class: None,
+                suppress: None,
+            })
+            .collect();
+        if let Err(e) = sender.spool.apply_feedback(None, events).await {
+            tracing::warn!(id = %record.id, error = %e, "could not record suppressed recipients");
+        }
     }
     if recipients.is_empty() {
+        let list: Vec<String> = suppressed
+            .iter()
+            .map(|(rcpt, reason)| format!("{rcpt} ({reason})"))
+            .collect();
         return Err(Delivery::Reject {
-            reason: format!("every recipient is suppressed: {}", suppressed.join(", ")),
+            reason: format!("every recipient is suppressed: {}", list.join(", ")),
         });
     }
     let stored = sender

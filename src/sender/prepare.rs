@@ -102,6 +102,7 @@ mod tests {
             last_error: None,
             provider_id: None,
             history: vec![],
+            delivery: Default::default(),
         }
     }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use record::{QueueId, State, SubmissionRecord, Transition};
+pub use record::{Outcome, QueueId, RecipientStatus, State, SubmissionRecord, Transition};
 use writer::{Change, Op};
 
 use crate::clock::Clock;
@@ -33,19 +33,79 @@ const SUBMISSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("submissio
 const BLOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("blobs");
 const QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
 const DEAD: TableDefinition<(u64, u64), ()> = TableDefinition::new("dead");
-/// (address, message class or `*`) → JSON [`Suppression`].
-const SUPPRESSIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("suppressions");
+/// (address, account id or `*`, message class or `*`) → JSON [`Suppression`].
+const SUPPRESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("suppression_list");
+/// SES message id → queue id, so feedback without our tags finds its submission.
+const PROVIDER_IDS: TableDefinition<&str, u64> = TableDefinition::new("provider_ids");
+/// Feedback messages already applied (SNS MessageId) → when; duplicates are acknowledged and
+/// skipped. Purged after [`FEEDBACK_DEDUPE_MS`].
+const FEEDBACK_SEEN: TableDefinition<&str, u64> = TableDefinition::new("feedback_seen");
 
-/// Scope meaning every message class (a hard bounce: the address does not exist).
+/// How long a feedback message id is remembered: longer than SNS retries (about an hour with
+/// the default policy, 23 days at most) and SQS retention (14 days).
+pub const FEEDBACK_DEDUPE_MS: u64 = 30 * 86_400_000;
+
+/// Scope meaning every message class, or every account.
 pub const ALL_CLASSES: &str = "*";
+pub const ALL_ACCOUNTS: &str = "*";
 
-/// Why an address is not sent to, for which message class.
+/// Why an address is not sent to, for which account and message class, until when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Suppression {
     pub address: String,
+    /// Account id, or `*` for every account.
+    #[serde(default = "all_accounts")]
+    pub account: String,
     pub class: String,
     pub reason: String,
     pub at_ms: u64,
+    /// After this the entry no longer applies (and the janitor removes it); `None` = never.
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+fn all_accounts() -> String {
+    ALL_ACCOUNTS.to_string()
+}
+
+impl Suppression {
+    pub fn active_at(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_none_or(|e| e > now_ms)
+    }
+}
+
+/// One provider report (an SES event), as the spool applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackEvent {
+    /// The provider's message id (SES `mail.messageId`).
+    pub provider_id: Option<String>,
+    /// Our queue id, from the `submission_id` tag when the event carries tags.
+    pub submission_id: Option<QueueId>,
+    pub outcome: Outcome,
+    /// The recipients it concerns; empty means every recipient of the submission.
+    pub recipients: Vec<String>,
+    pub detail: Option<String>,
+    pub at_ms: u64,
+    /// Account and class from the tags, for suppressions when no submission matches.
+    pub tag_account: Option<String>,
+    pub tag_class: Option<String>,
+    /// Add the recipients to the suppression list (scoped to the submission's account and
+    /// class) with this reason, until `expires_ms` (`None`: no expiry).
+    pub suppress: Option<(String, Option<u64>)>,
+}
+
+/// What applying one feedback message did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedbackApplied {
+    /// Seen before: nothing was changed.
+    pub duplicate: bool,
+    /// Submissions found and updated (an id per event that matched).
+    pub matched: Vec<QueueId>,
+    /// Events that matched no submission (still recorded in suppressions where asked).
+    pub unmatched: usize,
+    /// Suppression entries added.
+    pub suppressed: Vec<Suppression>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +219,7 @@ pub struct Spool {
     clock: Arc<dyn Clock>,
     /// Signalled when a message may have become due (enqueue, retry, redrive).
     work: Arc<Notify>,
+    changed: tokio::sync::broadcast::Sender<QueueId>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -186,12 +247,14 @@ impl Spool {
         let (max_id, usage) = writer::init(&db)?;
         let usage = Arc::new(usage);
         let work = Arc::new(Notify::new());
+        let (changed, _) = tokio::sync::broadcast::channel(4096);
         let (ops, writer) = writer::start(
             db.clone(),
             dir.to_path_buf(),
             options.clone(),
             usage.clone(),
             work.clone(),
+            changed.clone(),
         )?;
         // Ids grow with time and past every stored id, so they stay unique across restarts.
         let now_us = clock.now_ms() * 1000;
@@ -203,6 +266,7 @@ impl Spool {
             options,
             clock,
             work,
+            changed,
             writer: Some(writer),
         }))
     }
@@ -268,6 +332,7 @@ impl Spool {
             last_error: None,
             provider_id: None,
             history: vec![Transition::new(now, State::Queued, None)],
+            delivery: Default::default(),
         };
         self.call(|reply| Op::Enqueue {
             record: Box::new(record),
@@ -370,18 +435,23 @@ impl Spool {
         .map(|_| ())
     }
 
-    /// Adds (or replaces) a suppression of `address` for `class` (or [`ALL_CLASSES`]).
+    /// Adds (or replaces) a suppression of `address` for `account` and `class` (or
+    /// [`ALL_ACCOUNTS`], [`ALL_CLASSES`]), until `expires_ms` if given.
     pub async fn suppress(
         &self,
         address: &str,
+        account: &str,
         class: &str,
         reason: String,
+        expires_ms: Option<u64>,
     ) -> Result<(), SpoolError> {
         let entry = Suppression {
             address: address.trim().to_lowercase(),
+            account: account.to_string(),
             class: class.to_lowercase(),
             reason,
             at_ms: self.clock.now_ms(),
+            expires_ms,
         };
         self.call(|reply| Op::Suppress {
             entry,
@@ -393,12 +463,19 @@ impl Spool {
     }
 
     /// Removes a suppression; false when there was none.
-    pub async fn unsuppress(&self, address: &str, class: &str) -> Result<bool, SpoolError> {
+    pub async fn unsuppress(
+        &self,
+        address: &str,
+        account: &str,
+        class: &str,
+    ) -> Result<bool, SpoolError> {
         let entry = Suppression {
             address: address.trim().to_lowercase(),
+            account: account.to_string(),
             class: class.to_lowercase(),
             reason: String::new(),
             at_ms: 0,
+            expires_ms: None,
         };
         self.call(|reply| Op::Suppress {
             entry,
@@ -408,37 +485,86 @@ impl Spool {
         .await
     }
 
+    /// Every suppression entry still in force.
     pub fn suppressions(&self) -> Result<Vec<Suppression>, SpoolError> {
+        let now = self.clock.now_ms();
         let txn = self.db.begin_read().map_err(SpoolError::storage)?;
         let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(SpoolError::storage)? {
             let (_, value) = entry.map_err(SpoolError::storage)?;
-            out.push(serde_json::from_slice(value.value()).map_err(SpoolError::storage)?);
+            let entry: Suppression =
+                serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
+            if entry.active_at(now) {
+                out.push(entry);
+            }
         }
         Ok(out)
     }
 
-    /// The suppression that stops mail of `class` to `address`, if any.
+    /// The suppression in force that stops mail of `account` and `class` to `address`.
     pub fn suppressed(
         &self,
         address: &str,
+        account: &str,
         class: &str,
     ) -> Result<Option<Suppression>, SpoolError> {
+        let now = self.clock.now_ms();
         let address = address.trim().to_lowercase();
         let txn = self.db.begin_read().map_err(SpoolError::storage)?;
         let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
-        for scope in [class, ALL_CLASSES] {
+        for (acct, scope) in [
+            (account, class),
+            (account, ALL_CLASSES),
+            (ALL_ACCOUNTS, class),
+            (ALL_ACCOUNTS, ALL_CLASSES),
+        ] {
             if let Some(value) = table
-                .get((address.as_str(), scope))
+                .get((address.as_str(), acct, scope))
                 .map_err(SpoolError::storage)?
             {
-                return Ok(Some(
-                    serde_json::from_slice(value.value()).map_err(SpoolError::storage)?,
-                ));
+                let entry: Suppression =
+                    serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
+                if entry.active_at(now) {
+                    return Ok(Some(entry));
+                }
             }
         }
         Ok(None)
+    }
+
+    /// Applies one feedback message's events in one durable transaction; a message id seen
+    /// before changes nothing. Returns only after the commit, so an acknowledgement sent after
+    /// it can never lose the event.
+    pub async fn apply_feedback(
+        &self,
+        message_id: Option<String>,
+        events: Vec<FeedbackEvent>,
+    ) -> Result<FeedbackApplied, SpoolError> {
+        let now = self.clock.now_ms();
+        self.call(|reply| Op::Feedback {
+            now,
+            message_id,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    /// The submission an SES message id belongs to.
+    pub fn by_provider_id(&self, provider_id: &str) -> Result<Option<QueueId>, SpoolError> {
+        let txn = self.db.begin_read().map_err(SpoolError::storage)?;
+        let table = txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
+        Ok(table
+            .get(provider_id)
+            .map_err(SpoolError::storage)?
+            .map(|v| QueueId(v.value())))
+    }
+
+    /// Ids of submissions whose record changed, after each commit (JMAP push, waiting tests).
+    /// A lagging receiver misses ids and should re-read what it watches.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<QueueId> {
+        self.changed.subscribe()
     }
 
     /// How full the spool is, cheaply (table lengths and the usage counters).
@@ -481,7 +607,8 @@ impl Spool {
         Ok(out)
     }
 
-    /// Deletes dead letters older than the retention period; returns how many.
+    /// Deletes dead letters older than the retention period, expired suppressions and
+    /// remembered feedback ids; returns how many dead letters went.
     pub async fn purge_dead(&self) -> Result<u64, SpoolError> {
         let now = self.clock.now_ms();
         self.call(|reply| Op::PurgeDead { now, reply }).await

@@ -348,45 +348,233 @@ async fn sent_wins_over_a_concurrent_dead_letter() {
 }
 
 #[tokio::test]
-async fn suppressions_are_scoped_by_class() {
+async fn suppressions_are_scoped_by_account_and_class_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(START);
     let spool = open(dir.path(), &clock, options());
     spool
-        .suppress("Gone@Example.net", ALL_CLASSES, "hard bounce".into())
+        .suppress(
+            "Gone@Example.net",
+            "*",
+            ALL_CLASSES,
+            "hard bounce".into(),
+            None,
+        )
         .await
         .unwrap();
     spool
-        .suppress("annoyed@example.net", "bulk", "complaint".into())
+        .suppress("annoyed@example.net", "a", "bulk", "complaint".into(), None)
         .await
         .unwrap();
-    assert_eq!(
+    spool
+        .suppress(
+            "later@example.net",
+            "a",
+            ALL_CLASSES,
+            "bounce".into(),
+            Some(START + 1_000),
+        )
+        .await
+        .unwrap();
+    let reason = |addr: &str, account: &str, class: &str| {
         spool
-            .suppressed("gone@example.net", "transactional")
+            .suppressed(addr, account, class)
             .unwrap()
-            .unwrap()
-            .reason,
-        "hard bounce"
+            .map(|s| s.reason)
+    };
+    assert_eq!(
+        reason("gone@example.net", "b", "transactional").as_deref(),
+        Some("hard bounce")
     );
-    assert!(spool
-        .suppressed("annoyed@example.net", "bulk")
-        .unwrap()
-        .is_some());
-    assert!(spool
-        .suppressed("annoyed@example.net", "transactional")
-        .unwrap()
-        .is_none());
+    assert!(reason("annoyed@example.net", "a", "bulk").is_some());
+    assert!(
+        reason("annoyed@example.net", "a", "transactional").is_none(),
+        "a bulk complaint must not block transactional mail"
+    );
+    assert!(
+        reason("annoyed@example.net", "b", "bulk").is_none(),
+        "another account's suppression does not apply"
+    );
+    assert!(reason("later@example.net", "a", "bulk").is_some());
+    clock.advance_ms(1_000);
+    assert!(
+        reason("later@example.net", "a", "bulk").is_none(),
+        "expired"
+    );
     assert_eq!(spool.suppressions().unwrap().len(), 2);
+    let stored = || {
+        use redb::ReadableTableMetadata;
+        let txn = spool.db.begin_read().unwrap();
+        txn.open_table(SUPPRESSIONS).unwrap().len().unwrap()
+    };
+    assert_eq!(stored(), 3, "expired but not yet purged");
+    spool.purge_dead().await.unwrap();
+    assert_eq!(stored(), 2, "the janitor removed the expired entry");
     assert!(spool
-        .unsuppress("annoyed@example.net", "bulk")
+        .unsuppress("annoyed@example.net", "a", "bulk")
         .await
         .unwrap());
     assert!(!spool
-        .unsuppress("annoyed@example.net", "bulk")
+        .unsuppress("annoyed@example.net", "a", "bulk")
         .await
         .unwrap());
+    assert!(reason("annoyed@example.net", "a", "bulk").is_none());
+}
+
+fn event(outcome: Outcome, rcpts: &[&str], at_ms: u64) -> FeedbackEvent {
+    FeedbackEvent {
+        provider_id: Some("ses-1".into()),
+        submission_id: None,
+        outcome,
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        detail: Some(format!("{outcome:?}")),
+        at_ms,
+        tag_account: None,
+        tag_class: None,
+        suppress: None,
+    }
+}
+
+/// Enqueues a two-recipient message and records it sent as `ses-1`.
+async fn sent_submission(spool: &Spool) -> QueueId {
+    let id = spool.allocate_id();
+    let mut new = new_submission("m");
+    new.recipients = vec!["bob@example.net".into(), "Carol@example.net".into()];
+    new.message_class = "bulk".into();
+    spool.enqueue(id, new).await.unwrap();
+    let lease = spool.lease().await.unwrap().unwrap();
+    spool.complete(&lease, "ses-1".into()).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn feedback_finds_the_submission_by_provider_id_and_derives_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let spool = open(dir.path(), &clock, options());
+    let id = sent_submission(&spool).await;
+    let mut changes = spool.subscribe();
+
+    let applied = spool
+        .apply_feedback(
+            Some("sns-1".into()),
+            vec![event(Outcome::Delivered, &["bob@example.net"], START + 10)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.matched, vec![id]);
+    assert_eq!(changes.recv().await.unwrap(), id);
+    let record = spool.get(id).unwrap().unwrap();
+    assert_eq!(record.state, State::Sent, "carol not delivered yet");
+    assert_eq!(
+        record.delivery["bob@example.net"].outcome,
+        Outcome::Delivered
+    );
+
+    spool
+        .apply_feedback(
+            Some("sns-2".into()),
+            vec![event(
+                Outcome::Delivered,
+                &["carol@example.net"],
+                START + 20,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Delivered);
+
+    // The same SNS message again: acknowledged, nothing applied.
+    let again = spool
+        .apply_feedback(
+            Some("sns-2".into()),
+            vec![event(Outcome::Bounced, &["carol@example.net"], START + 30)],
+        )
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Delivered);
+}
+
+#[tokio::test]
+async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let spool = open(dir.path(), &clock, options());
+    let id = sent_submission(&spool).await;
+    let mut bounce = event(Outcome::Bounced, &["bob@example.net"], START + 50);
+    bounce.suppress = Some(("bounce Permanent/General".into(), Some(START + 86_400_000)));
+    let applied = spool
+        .apply_feedback(Some("sns-b".into()), vec![bounce])
+        .await
+        .unwrap();
+    assert_eq!(applied.suppressed.len(), 1);
+    assert_eq!(applied.suppressed[0].class, "bulk");
+    assert_eq!(applied.suppressed[0].account, "a");
+    spool
+        .apply_feedback(
+            Some("sns-d".into()),
+            vec![event(Outcome::Delivered, &["bob@example.net"], START + 10)],
+        )
+        .await
+        .unwrap();
+    let record = spool.get(id).unwrap().unwrap();
+    assert_eq!(record.delivery["bob@example.net"].outcome, Outcome::Bounced);
+    assert_eq!(record.state, State::Bounced);
     assert!(spool
-        .suppressed("annoyed@example.net", "bulk")
+        .suppressed("bob@example.net", "a", "bulk")
+        .unwrap()
+        .is_some());
+    assert!(spool
+        .suppressed("bob@example.net", "a", "transactional")
         .unwrap()
         .is_none());
+
+    // A complaint outranks the bounce state of the submission.
+    spool
+        .apply_feedback(
+            Some("sns-c".into()),
+            vec![event(
+                Outcome::Complained,
+                &["carol@example.net"],
+                START + 60,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Complained);
+}
+
+#[tokio::test]
+async fn feedback_for_an_unknown_message_matches_nothing_but_is_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START);
+    let spool = open(dir.path(), &clock, options());
+    let mut unknown = event(Outcome::Bounced, &["x@example.net"], START);
+    unknown.provider_id = Some("not-ours".into());
+    unknown.suppress = Some(("bounce".into(), None));
+    let applied = spool
+        .apply_feedback(Some("sns-x".into()), vec![unknown])
+        .await
+        .unwrap();
+    assert_eq!(applied.unmatched, 1);
+    assert!(applied.matched.is_empty());
+    assert!(
+        spool
+            .suppressed("x@example.net", "any", "bulk")
+            .unwrap()
+            .is_some(),
+        "no account or class known: the entry covers all"
+    );
+    // A wrong submission_id tag whose provider id disagrees matches nothing.
+    let id = sent_submission(&spool).await;
+    let mut forged = event(Outcome::Bounced, &["bob@example.net"], START);
+    forged.submission_id = Some(id);
+    forged.provider_id = Some("someone-else".into());
+    let applied = spool
+        .apply_feedback(Some("sns-y".into()), vec![forged])
+        .await
+        .unwrap();
+    assert_eq!(applied.unmatched, 1);
+    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Sent);
 }

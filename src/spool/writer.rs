@@ -17,8 +17,9 @@ use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
-    Lease, QueueId, RetryOutcome, SpoolError, SpoolOptions, State, SubmissionRecord, Usage, BLOBS,
-    DEAD, QUEUE, SUBMISSIONS, SUPPRESSIONS,
+    FeedbackApplied, FeedbackEvent, Lease, QueueId, RecipientStatus, RetryOutcome, SpoolError,
+    SpoolOptions, State, SubmissionRecord, Suppression, Usage, ALL_ACCOUNTS, ALL_CLASSES, BLOBS,
+    DEAD, FEEDBACK_DEDUPE_MS, FEEDBACK_SEEN, PROVIDER_IDS, QUEUE, SUBMISSIONS, SUPPRESSIONS,
 };
 
 /// Most operations folded into one transaction.
@@ -52,6 +53,12 @@ pub(super) enum Op {
     PurgeDead {
         now: u64,
         reply: Reply<u64>,
+    },
+    Feedback {
+        now: u64,
+        message_id: Option<String>,
+        events: Vec<FeedbackEvent>,
+        reply: Reply<FeedbackApplied>,
     },
 }
 
@@ -87,6 +94,7 @@ enum Done {
     Change(Reply<RetryOutcome>, Result<RetryOutcome, SpoolError>),
     Count(Reply<u64>, Result<u64, SpoolError>),
     Flag(Reply<bool>, Result<bool, SpoolError>),
+    Feedback(Reply<FeedbackApplied>, Result<FeedbackApplied, SpoolError>),
 }
 
 impl Done {
@@ -107,6 +115,7 @@ impl Done {
             Done::Change(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
             Done::Count(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
             Done::Flag(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
+            Done::Feedback(tx, r) => tx.send(pick(r, commit)).map_err(|_| ()),
         };
     }
 }
@@ -120,6 +129,8 @@ pub(super) fn init(db: &Database) -> Result<(u64, Usage), SpoolError> {
         txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         txn.open_table(DEAD).map_err(SpoolError::storage)?;
         txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+        txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
+        txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
         txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
         let blobs = txn.open_table(BLOBS).map_err(SpoolError::storage)?;
         for entry in blobs.iter().map_err(SpoolError::storage)? {
@@ -147,6 +158,7 @@ pub(super) fn start(
     options: SpoolOptions,
     usage: Arc<Usage>,
     work: Arc<Notify>,
+    changed: tokio::sync::broadcast::Sender<QueueId>,
 ) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>), SpoolError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = Writer {
@@ -156,6 +168,8 @@ pub(super) fn start(
         options,
         usage,
         work,
+        changed,
+        touched: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("spool-writer".into())
@@ -171,6 +185,9 @@ struct Writer {
     usage: Arc<Usage>,
     work: Arc<Notify>,
     rng: StdRng,
+    /// Announced after the commit: records this batch changed.
+    changed: tokio::sync::broadcast::Sender<QueueId>,
+    touched: Vec<QueueId>,
 }
 
 impl Writer {
@@ -224,6 +241,12 @@ impl Writer {
         if wake && result.is_ok() {
             self.work.notify_waiters();
         }
+        for id in self.touched.drain(..) {
+            if result.is_ok() {
+                // No receivers is fine.
+                let _ = self.changed.send(id);
+            }
+        }
     }
 
     fn apply(
@@ -262,6 +285,12 @@ impl Writer {
                 Done::Change(reply, self.change(txn, now, id, lease, change))
             }
             Op::PurgeDead { now, reply } => Done::Count(reply, self.purge_dead(txn, now)),
+            Op::Feedback {
+                now,
+                message_id,
+                events,
+                reply,
+            } => Done::Feedback(reply, self.feedback(txn, now, message_id, events)),
             Op::Suppress {
                 entry,
                 remove,
@@ -282,7 +311,7 @@ impl Writer {
     }
 
     fn enqueue(
-        &self,
+        &mut self,
         txn: &WriteTransaction,
         record: &SubmissionRecord,
         mime: &[u8],
@@ -307,6 +336,7 @@ impl Writer {
             .map_err(SpoolError::storage)?;
         let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         queue.insert((due, id), ()).map_err(SpoolError::storage)?;
+        self.touched.push(record.id);
         self.usage.messages.fetch_add(1, Ordering::Relaxed);
         self.usage.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(())
@@ -324,14 +354,19 @@ impl Writer {
             .transpose()
     }
 
-    fn store(&self, txn: &WriteTransaction, record: &SubmissionRecord) -> Result<(), SpoolError> {
+    fn store(
+        &mut self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
+        self.touched.push(record.id);
         let mut subs = txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
         subs.insert(record.id.0, record.encode().as_slice())
             .map_err(SpoolError::storage)?;
         Ok(())
     }
 
-    fn lease(&self, txn: &WriteTransaction, now: u64) -> Result<Option<Lease>, SpoolError> {
+    fn lease(&mut self, txn: &WriteTransaction, now: u64) -> Result<Option<Lease>, SpoolError> {
         let mut queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         let first = queue
             .first()
@@ -420,7 +455,9 @@ impl Writer {
                 // Sent is sent, even if the lease ran out and another attempt meanwhile
                 // failed or dead-lettered it: the record must say what really happened.
                 match record.state {
-                    State::Sent => return Ok(RetryOutcome::Stale),
+                    State::Sent | State::Delivered | State::Bounced | State::Complained => {
+                        return Ok(RetryOutcome::Stale)
+                    }
                     State::Dead => {
                         self.remove_dead(txn, id)?;
                         self.delete_blob(txn, id)?;
@@ -429,8 +466,19 @@ impl Writer {
                         self.dequeue(txn, &mut record, false)?
                     }
                 }
+                if !provider_id.is_empty() {
+                    let mut index = txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
+                    index
+                        .insert(provider_id.as_str(), id.0)
+                        .map_err(SpoolError::storage)?;
+                }
                 record.provider_id = Some(provider_id.clone());
                 record.transition(now, State::Sent, Some(provider_id));
+                // Feedback that overtook the send record (a crash window) applies now.
+                let derived = record.derive_state();
+                if derived != State::Sent {
+                    record.transition(now, derived, None);
+                }
                 RetryOutcome::Applied
             }
             Change::Fail { reason } => {
@@ -514,7 +562,11 @@ impl Writer {
                         self.remove_dead(txn, id)?;
                         self.delete_blob(txn, id)?;
                     }
-                    State::Sent | State::Failed => return Err(SpoolError::NotFound(id)),
+                    State::Sent
+                    | State::Failed
+                    | State::Delivered
+                    | State::Bounced
+                    | State::Complained => return Err(SpoolError::NotFound(id)),
                 }
                 let reason = "deleted by the operator".to_string();
                 record.last_error = Some(reason.clone());
@@ -566,7 +618,128 @@ impl Writer {
             let mut subs = txn.open_table(SUBMISSIONS).map_err(SpoolError::storage)?;
             subs.remove(*id).map_err(SpoolError::storage)?;
         }
+        let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+        suppressions
+            .retain(|_, v| {
+                serde_json::from_slice::<Suppression>(v).map_or(true, |e| e.active_at(now))
+            })
+            .map_err(SpoolError::storage)?;
+        let forget = now.saturating_sub(FEEDBACK_DEDUPE_MS);
+        let mut seen = txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
+        seen.retain(|_, at| at >= forget)
+            .map_err(SpoolError::storage)?;
         Ok(expired.len() as u64)
+    }
+
+    /// Applies provider feedback: per-recipient outcomes on the submission (precedence in
+    /// [`SubmissionRecord::report`]), the derived submission state, and suppressions.
+    fn feedback(
+        &mut self,
+        txn: &WriteTransaction,
+        now: u64,
+        message_id: Option<String>,
+        events: Vec<FeedbackEvent>,
+    ) -> Result<FeedbackApplied, SpoolError> {
+        let mut applied = FeedbackApplied::default();
+        if let Some(message_id) = &message_id {
+            let mut seen = txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
+            if seen
+                .insert(message_id.as_str(), now)
+                .map_err(SpoolError::storage)?
+                .is_some()
+            {
+                applied.duplicate = true;
+                return Ok(applied);
+            }
+        }
+        for event in events {
+            let id = match event.submission_id {
+                Some(id) => Some(id),
+                None => match &event.provider_id {
+                    Some(pid) => txn
+                        .open_table(PROVIDER_IDS)
+                        .map_err(SpoolError::storage)?
+                        .get(pid.as_str())
+                        .map_err(SpoolError::storage)?
+                        .map(|v| QueueId(v.value())),
+                    None => None,
+                },
+            };
+            let record = match id {
+                Some(id) => self.load(txn, id.0)?,
+                None => None,
+            };
+            // A tag can name a submission that is not ours (another Outbox sharing the
+            // configuration set): the provider id must then agree.
+            let record = record.filter(|r| match (&event.provider_id, &r.provider_id) {
+                (Some(event_pid), Some(ours)) => event_pid == ours,
+                _ => true,
+            });
+            let (account, class) = match &record {
+                Some(r) => (r.account_id.clone(), r.message_class.clone()),
+                None => (
+                    event
+                        .tag_account
+                        .clone()
+                        .unwrap_or_else(|| ALL_ACCOUNTS.into()),
+                    event
+                        .tag_class
+                        .clone()
+                        .unwrap_or_else(|| ALL_CLASSES.into()),
+                ),
+            };
+            let recipients: Vec<String> = if event.recipients.is_empty() {
+                record
+                    .as_ref()
+                    .map(|r| r.recipients.clone())
+                    .unwrap_or_default()
+            } else {
+                event.recipients.clone()
+            };
+            if let Some(mut record) = record {
+                let mut changed = false;
+                for rcpt in &recipients {
+                    changed |= record.report(
+                        rcpt,
+                        RecipientStatus {
+                            outcome: event.outcome,
+                            detail: event.detail.clone(),
+                            at_ms: event.at_ms,
+                        },
+                    );
+                }
+                if changed {
+                    let derived = record.derive_state();
+                    if derived != record.state {
+                        let detail = format!(
+                            "{} {}",
+                            event.outcome.as_str(),
+                            event.detail.as_deref().unwrap_or("")
+                        );
+                        record.transition(now, derived, Some(detail.trim_end().to_string()));
+                    }
+                    self.store(txn, &record)?;
+                }
+                applied.matched.push(record.id);
+            } else {
+                applied.unmatched += 1;
+            }
+            if let Some((reason, expires_ms)) = &event.suppress {
+                for rcpt in &recipients {
+                    let entry = Suppression {
+                        address: rcpt.trim().to_lowercase(),
+                        account: account.clone(),
+                        class: class.clone(),
+                        reason: reason.clone(),
+                        at_ms: now,
+                        expires_ms: *expires_ms,
+                    };
+                    suppress(txn, &entry, false)?;
+                    applied.suppressed.push(entry);
+                }
+            }
+        }
+        Ok(applied)
     }
 }
 
@@ -576,7 +749,11 @@ fn suppress(
     remove: bool,
 ) -> Result<bool, SpoolError> {
     let mut table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
-    let key = (entry.address.as_str(), entry.class.as_str());
+    let key = (
+        entry.address.as_str(),
+        entry.account.as_str(),
+        entry.class.as_str(),
+    );
     if remove {
         return Ok(table.remove(key).map_err(SpoolError::storage)?.is_some());
     }

@@ -123,6 +123,7 @@ def default_config(hashes: dict[str, str]) -> dict:
         "sender": {"workers": 4, "transport": {"kind": "dir", "path": "mail"}},
         "log": {"format": "text", "level": "info"},
         "metrics": {"listen": "127.0.0.1:0"},
+        "http": {"listen": ["127.0.0.1:0"]},
         "account": [
             {
                 "login": "alice",
@@ -250,6 +251,7 @@ class Server:
         self.submission = [_parse_addr(a) for a in ready.get("submission", [])]
         self.submissions = [_parse_addr(a) for a in ready.get("submissions", [])]
         self.metrics = _parse_addr(ready["metrics"]) if ready.get("metrics") else None
+        self.https = [_parse_addr(a) for a in ready.get("https", [])]
         assert self.submission and self.submissions, f"ready line lacks listeners: {ready}"
         for _host, port in self.submission + self.submissions:
             assert port != 0, f"ready line did not resolve port 0: {ready}"
