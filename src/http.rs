@@ -104,7 +104,17 @@ async fn accept_loop(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(router.into_service());
+            // Handlers that need the client's address (e.g. a JMAP submission's Received
+            // header) read it as `ConnectInfo<SocketAddr>`.
+            let service = tower::ServiceExt::map_request(
+                router.into_service(),
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                },
+            );
+            let service = TowerToHyperService::new(service);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -13,6 +13,7 @@
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
+//! - [`jmap`]: the JMAP bridge (RFC 8620/8621): drafts, identities, EmailSubmission, push.
 //! - [`feedback`]: SES events over SNS (HTTPS or an SQS queue) → submission status, suppressions.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod feedback;
 pub mod http;
+pub mod jmap;
 pub mod live;
 pub mod message;
 pub mod metrics;

@@ -92,6 +92,12 @@ pub async fn run(
         TransportConfig::Smtp(relay) => (Arc::new(SmtpTransport::new(relay.clone())?), 0.0),
         TransportConfig::Sqs(sqs) => (Arc::new(SqsTransport::new(sqs.clone()).await), 0.0),
     };
+    // JMAP's own store (drafts, blobs, identity overrides); the sender reads signatures a
+    // client set through Identity/set from it.
+    let jmap_store = Arc::new(
+        crate::jmap::Store::open(&config.state_dir.join("jmap.redb"))
+            .context("opening the JMAP store")?,
+    );
     let mut sender = Sender::new(
         spool.clone(),
         transport,
@@ -103,6 +109,7 @@ pub async fn run(
     sender.dkim = DkimKeys::load(&config.dkim)?;
     let metrics = Metrics::new();
     sender.metrics = metrics.clone();
+    sender.signatures = Some(jmap_store.clone());
     let sender = Arc::new(sender);
 
     let smtp = &config.smtp;
@@ -175,6 +182,21 @@ pub async fn run(
     // HTTPS: one router, each part adding its routes (JMAP under /.well-known/jmap and /jmap,
     // SNS feedback at /sns).
     let router = axum::Router::new();
+    let router = router.merge(crate::jmap::router(crate::jmap::Jmap::new(
+        crate::jmap::Parts {
+            store: jmap_store,
+            spool: spool.clone(),
+            directory: directory.clone(),
+            passwords: ctx.passwords.clone(),
+            submitter: ctx.submitter.clone(),
+            clock: clock.clone(),
+            max_message_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            max_hold_secs: config.smtp.max_hold_secs,
+            hostname: config.hostname.clone(),
+            stop: stop_rx.clone(),
+        },
+    )));
     let (https, https_tasks) =
         crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
     tasks.extend(https_tasks);

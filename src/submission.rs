@@ -75,9 +75,27 @@ impl Submitter {
 
     /// Checks, traces and durably stores a message; returns once it is fsync'd.
     pub async fn submit(&self, req: SubmitRequest) -> Result<QueueId, SubmitError> {
+        self.submit_in_class(req, None).await
+    }
+
+    /// [`submit`](Self::submit) with the message class chosen by the caller (JMAP's
+    /// `messageClass` property) instead of read from the `X-Outbox-Class` header.
+    pub async fn submit_in_class(
+        &self,
+        req: SubmitRequest,
+        class: Option<&str>,
+    ) -> Result<QueueId, SubmitError> {
         let identity = sender_identity(&req.account, &req.mail_from)?;
         check_header_senders(&req.account, &req.mime)?;
-        let message_class = message_class(&req.mime)?;
+        let message_class = match class {
+            Some(c) if MESSAGE_CLASSES.contains(&c) => c.to_string(),
+            Some(_) => {
+                return Err(SubmitError::BadMessage(
+                    "message class must be transactional, mailing_list or bulk",
+                ))
+            }
+            None => message_class(&req.mime)?,
+        };
         let id = self.spool.allocate_id();
         let received = self.received_header(&req, id);
         let mut mime = req.mime;

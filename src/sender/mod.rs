@@ -24,6 +24,18 @@ use flow::{Breaker, InFlight, Pace};
 /// Longest nap when nothing is due, so a clock jump is noticed eventually.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
+/// Signatures set outside the config (JMAP `Identity/set`) that replace an identity's
+/// configured ones at send time.
+pub trait SignatureSource: Send + Sync {
+    /// `(text, html)` to use for `identity` (as configured) of `account_id`, or `None` to
+    /// keep the configured ones.
+    fn signatures(
+        &self,
+        account_id: &str,
+        identity: &crate::accounts::Identity,
+    ) -> Option<(Option<String>, Option<String>)>;
+}
+
 /// Everything the workers share.
 pub struct Sender {
     pub spool: Arc<Spool>,
@@ -35,6 +47,8 @@ pub struct Sender {
     pub breaker: Breaker,
     pub dkim: dkim::DkimKeys,
     pub metrics: Arc<Metrics>,
+    /// Signature overrides (JMAP); `None`: the configured signatures.
+    pub signatures: Option<Arc<dyn SignatureSource>>,
 }
 
 impl Sender {
@@ -55,6 +69,7 @@ impl Sender {
             breaker: Breaker::new(Duration::from_secs(5), Duration::from_secs(300)),
             dkim: dkim::DkimKeys::default(),
             metrics: Metrics::new(),
+            signatures: None,
         }
     }
 }
@@ -179,6 +194,16 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
             reason: format!("loading message: {e}"),
             after: None,
         })?;
+    let overridden = sender
+        .signatures
+        .as_ref()
+        .and_then(|s| s.signatures(&record.account_id, identity))
+        .map(|(text, html)| crate::accounts::Identity {
+            text_signature: text,
+            html_signature: html,
+            ..identity.clone()
+        });
+    let identity = overridden.as_ref().unwrap_or(identity);
     let mime = prepare::outgoing_mime(record, &stored, identity, &sender.hostname);
     let domain = record.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
     let mime = sender

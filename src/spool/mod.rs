@@ -422,6 +422,13 @@ impl Spool {
         self.operate(id, Change::Delete).await
     }
 
+    /// Withdraws a queued or held message at its submitter's request (JMAP undo): out of the
+    /// queue, MIME deleted, the submission failed with `reason`. `NotFound` once it has left
+    /// the queue (sent, failed, dead).
+    pub async fn cancel(&self, id: QueueId, reason: String) -> Result<(), SpoolError> {
+        self.operate(id, Change::Cancel { reason }).await
+    }
+
     async fn operate(&self, id: QueueId, change: Change) -> Result<(), SpoolError> {
         let now = self.clock.now_ms();
         self.call(|reply| Op::Change {

@@ -82,6 +82,11 @@ pub(super) enum Change {
     RetryNow,
     /// An operator: take a queued or dead message out; it fails with that reason.
     Delete,
+    /// The submitting client withdraws a queued or held message (JMAP `undoStatus: canceled`);
+    /// like `Delete`, with the client's reason and without touching dead letters.
+    Cancel {
+        reason: String,
+    },
     /// An operator: keep a queued message from being sent until released.
     Hold,
     ReleaseHeld,
@@ -569,6 +574,15 @@ impl Writer {
                     | State::Complained => return Err(SpoolError::NotFound(id)),
                 }
                 let reason = "deleted by the operator".to_string();
+                record.last_error = Some(reason.clone());
+                record.transition(now, State::Failed, Some(reason));
+                RetryOutcome::Applied
+            }
+            Change::Cancel { reason } => {
+                if !matches!(record.state, State::Queued | State::Held) {
+                    return Err(SpoolError::NotFound(id));
+                }
+                self.dequeue(txn, &mut record, false)?;
                 record.last_error = Some(reason.clone());
                 record.transition(now, State::Failed, Some(reason));
                 RetryOutcome::Applied

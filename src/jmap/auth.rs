@@ -1,0 +1,267 @@
+//! Who is calling: HTTP Basic with the SMTP accounts, or a bearer token.
+//!
+//! Basic runs argon2 (deliberately ~tens of ms) on the shared password-check threads; a
+//! successful check is remembered for [`BASIC_CACHE_MS`] under an HMAC of login and password
+//! with a per-process random key (the password itself is never kept), and only while the
+//! directory still holds the same account object — a reload (SIGHUP) forgets every entry.
+//!
+//! Bearer tokens are minted by `POST /jmap/token` (authenticated with Basic): 32 random
+//! bytes, shown once; only their SHA-256 is stored (jmap.redb), with an expiry of
+//! [`TOKEN_LIFETIME_MS`]. `DELETE /jmap/token` with the token revokes it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lc_rs::{digest, hmac};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::store::{Store, T_TOKEN};
+use super::{problem, Jmap};
+use crate::accounts::{Account, Directory, PasswordChecker};
+use crate::clock::Clock;
+use crate::live::Live;
+
+/// How long a verified Basic credential is trusted without another argon2 check.
+pub const BASIC_CACHE_MS: u64 = 5 * 60 * 1000;
+/// Bound on remembered credentials; the cache is emptied when it is full.
+const BASIC_CACHE_MAX: usize = 10_000;
+/// Lifetime of a bearer token.
+pub const TOKEN_LIFETIME_MS: u64 = 30 * 86_400_000;
+const TOKEN_PREFIX: &str = "obx_";
+
+#[derive(Serialize, Deserialize)]
+struct TokenRecord {
+    login: String,
+    created_ms: u64,
+    expires_ms: u64,
+}
+
+pub struct Authenticator {
+    directory: Arc<Live<Directory>>,
+    passwords: Arc<PasswordChecker>,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    key: hmac::Key,
+    cache: Mutex<HashMap<Vec<u8>, (Arc<Account>, u64)>>,
+}
+
+impl Authenticator {
+    pub fn new(
+        directory: Arc<Live<Directory>>,
+        passwords: Arc<PasswordChecker>,
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let key_bytes: [u8; 32] = rand::random();
+        Authenticator {
+            directory,
+            passwords,
+            store,
+            clock,
+            key: hmac::Key::new(hmac::HMAC_SHA256, &key_bytes),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The caller's account, or the 401 to answer.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Account>, Response> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let found = if scheme.eq_ignore_ascii_case("basic") {
+            self.basic(rest.trim()).await
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            self.bearer(rest.trim())
+        } else {
+            None
+        };
+        found.ok_or_else(unauthorized)
+    }
+
+    async fn basic(&self, encoded: &str) -> Option<Arc<Account>> {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (login, password) = text.split_once(':')?;
+        if login.is_empty() || login.len() > 256 || password.len() > 1024 {
+            return None;
+        }
+        let mut mac = hmac::Context::with_key(&self.key);
+        mac.update(login.to_lowercase().as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        let tag = mac.sign().as_ref().to_vec();
+        let now = self.clock.now_ms();
+        let current = self.directory.get().get(login);
+        if let Some((account, expires)) = self.cache.lock().unwrap().get(&tag) {
+            if *expires > now && current.as_ref().is_some_and(|c| Arc::ptr_eq(c, account)) {
+                return Some(account.clone());
+            }
+        }
+        let account = self
+            .passwords
+            .check(login.to_string(), password.to_string())
+            .await?;
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= BASIC_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(tag, (account.clone(), now + BASIC_CACHE_MS));
+        Some(account)
+    }
+
+    fn bearer(&self, token: &str) -> Option<Arc<Account>> {
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 200 {
+            return None;
+        }
+        let record: TokenRecord = self
+            .store
+            .read()
+            .ok()?
+            .get("", T_TOKEN, &token_key(token))
+            .ok()??;
+        if record.expires_ms <= self.clock.now_ms() {
+            return None;
+        }
+        self.directory.get().get(&record.login)
+    }
+}
+
+fn token_key(token: &str) -> String {
+    digest::digest(&digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn unauthorized() -> Response {
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        "about:blank",
+        "authentication required (HTTP Basic with the account's login, or a bearer token)",
+        None,
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"Outbox JMAP\", charset=\"UTF-8\""),
+    );
+    r.headers_mut().append(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"Outbox JMAP\""),
+    );
+    r
+}
+
+/// `POST /jmap/token` (HTTP Basic): a new bearer token for the caller's account.
+pub async fn issue_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // A token cannot mint tokens: the password is needed.
+    if !value
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+    {
+        return unauthorized();
+    }
+    let account = match jmap.auth.authenticate(&headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let secret: [u8; 32] = rand::random();
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+    );
+    let now = jmap.now_ms();
+    let record = TokenRecord {
+        login: account.login.clone(),
+        created_ms: now,
+        expires_ms: now + TOKEN_LIFETIME_MS,
+    };
+    let key = token_key(&token);
+    if let Err(e) = jmap.store.write(|tx| tx.put("", T_TOKEN, &key, &record)) {
+        tracing::error!(error = %e, "storing a token failed");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    tracing::info!(login = %account.login, "JMAP bearer token issued");
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({
+            "accessToken": token,
+            "tokenType": "Bearer",
+            "accountId": account.account_id,
+            "expiresAt": crate::clock::rfc3339(record.expires_ms),
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// `DELETE /jmap/token` with `Authorization: Bearer TOKEN`: revokes that token.
+pub async fn revoke_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let Some(token) = token else {
+        return unauthorized();
+    };
+    if jmap.auth.authenticate(&headers).await.is_err() {
+        return unauthorized();
+    }
+    let key = token_key(&token);
+    match jmap.store.write(|tx| tx.remove("", T_TOKEN, &key)) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Counts requests in progress per account (maxConcurrentRequests).
+#[derive(Default)]
+pub struct InFlight(Arc<Mutex<HashMap<String, usize>>>);
+
+pub struct Slot {
+    map: Arc<Mutex<HashMap<String, usize>>>,
+    account: String,
+}
+
+impl InFlight {
+    pub fn enter(&self, account: &str, max: usize) -> Option<Slot> {
+        let mut map = self.0.lock().unwrap();
+        let n = map.entry(account.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            map: self.0.clone(),
+            account: account.to_string(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.account);
+            }
+        }
+    }
+}

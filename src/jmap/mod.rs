@@ -1,0 +1,434 @@
+//! The JMAP bridge (RFC 8620 core, RFC 8621 mail and submission, as far as sending needs):
+//! a JMAP client puts a draft in Drafts, picks an identity, calls `EmailSubmission/set`, and
+//! watches the submission go from queued to sent to delivered — through the same submitter,
+//! spool and senders as SMTP.
+//!
+//! - [`store`]: `<state_dir>/jmap.redb` — Emails, blobs, identity overrides, submission links,
+//!   bearer tokens, states and change logs.
+//! - [`auth`]: HTTP Basic (the SMTP accounts, with a short in-memory cache) and bearer tokens.
+//! - [`api`]: the API endpoint — request-level errors, result references, dispatch.
+//! - [`mailbox`], [`email`], [`identity`], [`submission`]: one module per data type.
+//! - [`push`]: EventSource, and the spool watcher that moves sent drafts to Sent.
+//!
+//! Routes: `GET /.well-known/jmap` (session), `POST /jmap/api`, `POST /jmap/upload/{account}/`,
+//! `GET /jmap/download/{account}/{blob}/{name}`, `GET /jmap/eventsource`, `POST|DELETE
+//! /jmap/token` (bearer tokens). Everything needs authentication.
+
+pub mod api;
+pub mod auth;
+pub mod email;
+pub mod identity;
+pub mod mailbox;
+pub mod mime;
+pub mod push;
+pub mod store;
+pub mod submission;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::Uri;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::accounts::{Account, Directory, PasswordChecker};
+use crate::clock::Clock;
+use crate::live::Live;
+use crate::spool::Spool;
+use crate::submission::{Submitter, MESSAGE_CLASSES};
+
+pub use store::Store;
+
+/// Our capability: the `messageClass` property of EmailSubmission.
+pub const CAP_MESSAGE_CLASS: &str = "urn:outbox:params:jmap:message-class";
+pub const CAP_CORE: &str = "urn:ietf:params:jmap:core";
+pub const CAP_MAIL: &str = "urn:ietf:params:jmap:mail";
+pub const CAP_SUBMISSION: &str = "urn:ietf:params:jmap:submission";
+
+/// RFC 8620 §2 core limits we announce and enforce.
+pub mod limits {
+    /// Largest API request body (octets): a generous Email/set with inline bodies.
+    pub const MAX_SIZE_REQUEST: usize = 10_000_000;
+    /// Parallel API requests per account (each holds a storage transaction or a submission).
+    pub const MAX_CONCURRENT_REQUESTS: usize = 4;
+    /// Parallel uploads per account (announced; each is bounded by maxSizeUpload).
+    pub const MAX_CONCURRENT_UPLOAD: usize = 4;
+    /// Method calls in one request.
+    pub const MAX_CALLS_IN_REQUEST: usize = 16;
+    /// Ids in one `/get`.
+    pub const MAX_OBJECTS_IN_GET: usize = 500;
+    /// create + update + destroy in one `/set`.
+    pub const MAX_OBJECTS_IN_SET: usize = 500;
+    /// Longest page of a `/changes`.
+    pub const MAX_CHANGES: usize = 500;
+}
+
+/// Everything the JMAP handlers share.
+pub struct Jmap {
+    pub store: Arc<Store>,
+    pub spool: Arc<Spool>,
+    pub directory: Arc<Live<Directory>>,
+    pub submitter: Arc<Submitter>,
+    pub clock: Arc<dyn Clock>,
+    pub auth: auth::Authenticator,
+    /// SES v2: 40 MB per message; also our upload limit.
+    pub max_message_size: usize,
+    /// SES: 50 recipients per message.
+    pub max_recipients: usize,
+    /// Longest `sendAt` delay (the SMTP FUTURERELEASE limit).
+    pub max_hold_secs: u64,
+    pub hostname: String,
+    pub stop: watch::Receiver<bool>,
+    requests: auth::InFlight,
+}
+
+/// What the composition root hands over.
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub spool: Arc<Spool>,
+    pub directory: Arc<Live<Directory>>,
+    pub passwords: Arc<PasswordChecker>,
+    pub submitter: Arc<Submitter>,
+    pub clock: Arc<dyn Clock>,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_hold_secs: u64,
+    pub hostname: String,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Jmap {
+    pub fn new(parts: Parts) -> Arc<Jmap> {
+        let auth = auth::Authenticator::new(
+            parts.directory.clone(),
+            parts.passwords,
+            parts.store.clone(),
+            parts.clock.clone(),
+        );
+        Arc::new(Jmap {
+            store: parts.store,
+            spool: parts.spool,
+            directory: parts.directory,
+            submitter: parts.submitter,
+            clock: parts.clock,
+            auth,
+            max_message_size: parts.max_message_size,
+            max_recipients: parts.max_recipients,
+            max_hold_secs: parts.max_hold_secs,
+            hostname: parts.hostname,
+            stop: parts.stop,
+            requests: auth::InFlight::default(),
+        })
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+/// The JMAP routes; also starts the spool watcher (Drafts → Sent, push on delivery status).
+pub fn router(jmap: Arc<Jmap>) -> Router {
+    tokio::spawn(push::watch_spool(jmap.clone()));
+    Router::new()
+        .route("/.well-known/jmap", get(session))
+        .route("/jmap/session", get(session))
+        .route("/jmap/api", post(api_endpoint))
+        .route("/jmap/upload/{account}", post(upload))
+        .route("/jmap/upload/{account}/", post(upload))
+        .route("/jmap/download/{account}/{blob}/{name}", get(download))
+        .route("/jmap/eventsource", get(push::eventsource))
+        .route(
+            "/jmap/token",
+            post(auth::issue_token).delete(auth::revoke_token),
+        )
+        .with_state(jmap)
+}
+
+/// RFC 7807 problem details, as RFC 8620 §3.6.1 uses them.
+pub fn problem(
+    status: StatusCode,
+    kind: &str,
+    detail: &str,
+    extra: Option<(&str, Value)>,
+) -> Response {
+    let mut body = json!({"type": kind, "status": status.as_u16(), "detail": detail});
+    if let Some((k, v)) = extra {
+        body[k] = v;
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(value: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+        ],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// `https://HOST` as the client reached us (a sane Host header), else our hostname.
+fn base_url(headers: &HeaderMap, hostname: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })
+        .unwrap_or(hostname);
+    format!("https://{host}")
+}
+
+async fn session(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
+    let account = match jmap.auth.authenticate(&headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    json_response(&session_object(
+        &jmap,
+        &account,
+        &base_url(&headers, &jmap.hostname),
+    ))
+}
+
+/// The session resource (RFC 8620 §2) for `account`.
+pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
+    let id = &account.account_id;
+    let core = json!({
+        "maxSizeUpload": jmap.max_message_size,
+        "maxConcurrentUpload": limits::MAX_CONCURRENT_UPLOAD,
+        "maxSizeRequest": limits::MAX_SIZE_REQUEST,
+        "maxConcurrentRequests": limits::MAX_CONCURRENT_REQUESTS,
+        "maxCallsInRequest": limits::MAX_CALLS_IN_REQUEST,
+        "maxObjectsInGet": limits::MAX_OBJECTS_IN_GET,
+        "maxObjectsInSet": limits::MAX_OBJECTS_IN_SET,
+        "collationAlgorithms": ["i;ascii-casemap", "i;octet"],
+    });
+    let mail = json!({
+        "maxMailboxesPerEmail": 1,
+        "maxMailboxDepth": 1,
+        "maxSizeMailboxName": 255,
+        "maxSizeAttachmentsPerEmail": jmap.max_message_size,
+        "emailQuerySortOptions": ["receivedAt", "size", "id"],
+        "mayCreateTopLevelMailbox": false,
+    });
+    let submission = json!({
+        "maxDelayedSend": jmap.max_hold_secs,
+        "submissionExtensions": {"FUTURERELEASE": [jmap.max_hold_secs.to_string()]},
+    });
+    let class = json!({"classes": MESSAGE_CLASSES, "default": MESSAGE_CLASSES[0]});
+    // Changes whenever the account's identities (from the config) change.
+    let state = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for i in &account.identities {
+            i.id.hash(&mut h);
+            format!("{:?}", i.scope).hash(&mut h);
+        }
+        format!("{:x}", h.finish())
+    };
+    json!({
+        "capabilities": {
+            CAP_CORE: core,
+            CAP_MAIL: {},
+            CAP_SUBMISSION: {},
+            CAP_MESSAGE_CLASS: {},
+        },
+        "accounts": {
+            id: {
+                "name": account.login,
+                "isPersonal": true,
+                "isReadOnly": false,
+                "accountCapabilities": {
+                    CAP_MAIL: mail,
+                    CAP_SUBMISSION: submission,
+                    CAP_MESSAGE_CLASS: class,
+                },
+            }
+        },
+        "primaryAccounts": {CAP_MAIL: id, CAP_SUBMISSION: id, CAP_MESSAGE_CLASS: id},
+        "username": account.login,
+        "apiUrl": format!("{base}/jmap/api"),
+        "downloadUrl": format!("{base}/jmap/download/{{accountId}}/{{blobId}}/{{name}}?accept={{type}}"),
+        "uploadUrl": format!("{base}/jmap/upload/{{accountId}}/"),
+        "eventSourceUrl": format!("{base}/jmap/eventsource?types={{types}}&closeafter={{closeafter}}&ping={{ping}}"),
+        "state": state,
+    })
+}
+
+async fn api_endpoint(State(jmap): State<Arc<Jmap>>, request: Request) -> Response {
+    let account = match jmap.auth.authenticate(request.headers()).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(_slot) = jmap
+        .requests
+        .enter(&account.account_id, limits::MAX_CONCURRENT_REQUESTS)
+    else {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:ietf:params:jmap:error:limit",
+            "too many concurrent requests",
+            Some(("limit", json!("maxConcurrentRequests"))),
+        );
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let body = match axum::body::to_bytes(request.into_body(), limits::MAX_SIZE_REQUEST).await {
+        Ok(b) => b,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "urn:ietf:params:jmap:error:limit",
+                "the request is larger than maxSizeRequest",
+                Some(("limit", json!("maxSizeRequest"))),
+            )
+        }
+    };
+    match api::handle(&jmap, &account, peer, &body).await {
+        Ok(value) => json_response(&value),
+        Err(r) => r,
+    }
+}
+
+/// The account in the path must be the caller's own (no cross-account access).
+fn own_account(account: &Account, path_account: &str) -> Result<(), Response> {
+    if account.account_id == path_account {
+        Ok(())
+    } else {
+        Err(problem(
+            StatusCode::NOT_FOUND,
+            "urn:ietf:params:jmap:error:accountNotFound",
+            "no such account",
+            None,
+        ))
+    }
+}
+
+async fn upload(
+    State(jmap): State<Arc<Jmap>>,
+    Path(path_account): Path<String>,
+    request: Request,
+) -> Response {
+    let account = match jmap.auth.authenticate(request.headers()).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Err(r) = own_account(&account, &path_account) {
+        return r;
+    }
+    let kind = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let body = match axum::body::to_bytes(request.into_body(), jmap.max_message_size).await {
+        Ok(b) => b,
+        Err(_) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "urn:ietf:params:jmap:error:limit",
+                "the upload is larger than maxSizeUpload",
+                Some(("limit", json!("maxSizeUpload"))),
+            )
+        }
+    };
+    let id = &account.account_id;
+    let stored = jmap.store.write(|tx| {
+        let blob_id = tx.next_id("B")?;
+        tx.put_blob(id, &blob_id, &body)?;
+        Ok(blob_id)
+    });
+    match stored {
+        Ok(blob_id) => (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"accountId": id, "blobId": blob_id, "type": kind, "size": body.len()})
+                .to_string(),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "storing an upload failed");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "about:blank",
+                "the upload could not be stored",
+                None,
+            )
+        }
+    }
+}
+
+async fn download(
+    State(jmap): State<Arc<Jmap>>,
+    Path((path_account, blob_id, name)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let account = match jmap.auth.authenticate(&headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Err(r) = own_account(&account, &path_account) {
+        return r;
+    }
+    let found = email::read_blob(&jmap, &account.account_id, &blob_id);
+    match found {
+        Ok(Some(bytes)) => {
+            let kind = push::query_pairs(&uri)
+                .into_iter()
+                .find(|(k, _)| k == "accept")
+                .map(|(_, v)| v)
+                .filter(|t| t.len() < 200 && t.contains('/') && !t.contains(['\r', '\n']))
+                .unwrap_or_else(|| "application/octet-stream".into());
+            let name: String = name
+                .chars()
+                .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+                .take(200)
+                .collect();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, kind)
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{name}\""),
+                )
+                .header(
+                    header::CACHE_CONTROL,
+                    "private, immutable, max-age=31536000",
+                )
+                .body(Body::from(bytes))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Ok(None) => problem(StatusCode::NOT_FOUND, "about:blank", "no such blob", None),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a blob failed");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "about:blank",
+                "the blob could not be read",
+                None,
+            )
+        }
+    }
+}
