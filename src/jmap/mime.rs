@@ -228,7 +228,7 @@ pub fn build(
                 let value = v.as_str().filter(|s| !s.contains(['\r', '\n']));
                 match (valid_name, form, parts.next(), value) {
                     (true, None | Some("asRaw"), None, Some(s)) => {
-                        b.header(name.to_string(), Raw::new(format!(" {}", s.trim_start())))
+                        b.header(name.to_string(), Raw::new(s.trim_start().to_string()))
                     }
                     (true, Some("asText"), None, Some(s)) => {
                         b.header(name.to_string(), Text::new(s.to_string()))
