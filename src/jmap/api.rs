@@ -19,6 +19,22 @@ use crate::accounts::Account;
 
 const ERR: &str = "urn:ietf:params:jmap:error:";
 
+/// IANA-registered JMAP capabilities we do not serve but accept in `using` (their methods are
+/// `unknownMethod`): Stalwart's jmap-client names all of them in every request, and refusing
+/// the whole request for a capability no call uses would lock that client out.
+const TOLERATED_CAPABILITIES: [&str; 10] = [
+    "urn:ietf:params:jmap:vacationresponse",
+    "urn:ietf:params:jmap:contacts",
+    "urn:ietf:params:jmap:calendars",
+    "urn:ietf:params:jmap:websocket",
+    "urn:ietf:params:jmap:sieve",
+    "urn:ietf:params:jmap:blob",
+    "urn:ietf:params:jmap:quota",
+    "urn:ietf:params:jmap:principals",
+    "urn:ietf:params:jmap:principals:owner",
+    "urn:ietf:params:jmap:mdn",
+];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Request {
@@ -200,7 +216,9 @@ pub async fn handle(
         )
     })?;
     for cap in &request.using {
-        if ![CAP_CORE, CAP_MAIL, CAP_SUBMISSION, CAP_MESSAGE_CLASS].contains(&cap.as_str()) {
+        let served =
+            [CAP_CORE, CAP_MAIL, CAP_SUBMISSION, CAP_MESSAGE_CLASS].contains(&cap.as_str());
+        if !served && !TOLERATED_CAPABILITIES.contains(&cap.as_str()) {
             return Err(problem(
                 StatusCode::BAD_REQUEST,
                 &format!("{ERR}unknownCapability"),
@@ -306,6 +324,14 @@ fn resolve_references(
     args: Map<String, Value>,
     responses: &[(String, Value, String)],
 ) -> Result<Map<String, Value>, MethodError> {
+    for key in args.keys() {
+        if key.starts_with('#') && args.contains_key(&key[1..]) {
+            return Err(MethodError::invalid(format!(
+                "{} is given both directly and as a result reference",
+                &key[1..]
+            )));
+        }
+    }
     let mut out = Map::new();
     for (key, value) in args {
         let Some(plain) = key.strip_prefix('#') else {
@@ -329,7 +355,6 @@ fn resolve_references(
             pointer(response, path).ok_or_else(|| bad("the path matches nothing in the result"))?;
         out.insert(plain.to_string(), resolved);
     }
-    // An argument given both plainly and as a reference is ambiguous.
     Ok(out)
 }
 

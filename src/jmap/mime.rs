@@ -373,6 +373,7 @@ mod tests {
     fn dates() {
         assert_eq!(parse_date("1970-01-01T00:00:10Z"), Some(10_000));
         assert_eq!(parse_date("1970-01-01T01:00:10+01:00"), Some(10_000));
+        assert_eq!(parse_date("1970-01-01T00:00:10.250Z"), Some(10_000));
         assert_eq!(parse_date("not a date"), None);
     }
 }
