@@ -813,3 +813,128 @@ pub async fn set(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::RecipientStatus;
+
+    fn record(state: State, rcpts: &[&str]) -> SubmissionRecord {
+        SubmissionRecord {
+            id: QueueId(1),
+            login: "alice".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "u".into(),
+            identity_id: "i".into(),
+            mail_from: "alice@example.com".into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            message_class: "transactional".into(),
+            size: 1,
+            state,
+            created_ms: 0,
+            due_ms: None,
+            receive_count: 0,
+            last_error: None,
+            provider_id: Some("ses-1".into()),
+            history: vec![],
+            delivery: Default::default(),
+        }
+    }
+
+    fn meta(canceled: bool) -> SubmissionMeta {
+        SubmissionMeta {
+            email_id: "M1".into(),
+            identity_id: "i".into(),
+            envelope: Value::Null,
+            send_at: 0,
+            message_class: "transactional".into(),
+            canceled,
+            settled: false,
+        }
+    }
+
+    fn status(v: &Value, rcpt: &str) -> (String, String) {
+        let s = &v[rcpt];
+        assert_eq!(s["displayed"], "unknown");
+        (
+            s["delivered"].as_str().unwrap().to_string(),
+            s["smtpReply"].as_str().unwrap().to_string(),
+        )
+    }
+
+    #[test]
+    fn undo_status_table() {
+        let m = meta(false);
+        assert_eq!(
+            undo_status(&m, Some(&record(State::Queued, &[]))),
+            "pending"
+        );
+        assert_eq!(undo_status(&m, Some(&record(State::Held, &[]))), "pending");
+        for s in [
+            State::Sent,
+            State::Delivered,
+            State::Bounced,
+            State::Failed,
+            State::Dead,
+        ] {
+            assert_eq!(undo_status(&m, Some(&record(s, &[]))), "final");
+        }
+        assert_eq!(
+            undo_status(&meta(true), Some(&record(State::Failed, &[]))),
+            "canceled"
+        );
+    }
+
+    #[test]
+    fn delivery_status_table() {
+        let m = meta(false);
+        let queued = record(State::Queued, &["a@x.test"]);
+        assert_eq!(
+            status(&delivery_status(&m, Some(&queued)), "a@x.test").0,
+            "queued"
+        );
+
+        let mut r = record(
+            State::Sent,
+            &["a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test"],
+        );
+        let report = |outcome, detail: &str| RecipientStatus {
+            outcome,
+            detail: Some(detail.into()),
+            at_ms: 1,
+        };
+        r.delivery
+            .insert("a@x.test".into(), report(Outcome::Delivered, "250 ok"));
+        r.delivery.insert(
+            "b@x.test".into(),
+            report(Outcome::Bounced, "Permanent/General 550 no such user"),
+        );
+        r.delivery.insert(
+            "c@x.test".into(),
+            report(Outcome::Suppressed, "on the suppression list"),
+        );
+        r.delivery
+            .insert("d@x.test".into(), report(Outcome::Delayed, "mailbox full"));
+        let v = delivery_status(&m, Some(&r));
+        assert_eq!(status(&v, "a@x.test").0, "yes");
+        let (d, reply) = status(&v, "b@x.test");
+        assert_eq!(d, "no");
+        assert!(reply.contains("no such user"), "{reply}");
+        assert_eq!(status(&v, "c@x.test").0, "no");
+        assert_eq!(status(&v, "d@x.test").0, "queued");
+        // Handed to SES, no report yet.
+        let (d, reply) = status(&v, "e@x.test");
+        assert_eq!(d, "unknown");
+        assert!(
+            reply.starts_with("250") && reply.contains("ses-1"),
+            "{reply}"
+        );
+
+        let mut failed = record(State::Failed, &["a@x.test"]);
+        failed.last_error = Some("554 Message rejected".into());
+        let (d, reply) = status(&delivery_status(&m, Some(&failed)), "a@x.test");
+        assert_eq!(d, "no");
+        assert!(reply.contains("Message rejected"));
+    }
+}

@@ -272,7 +272,8 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
     try:
         events.wait(lambda k, d: k == "state", "initial state")
         email_id, sub_id = create_and_submit(
-            c, draft(drafts, identity, ["rcpt@example.net"], f"JMAP {marker}", "Hello from jmapc"),
+            c, draft(drafts, identity, ["rcpt@example.net"], f"JMAP {marker}", "Hello from jmapc",
+                     bcc=[EmailAddress(email="hidden@example.org")]),
             identity.id)
         assert len(sub_id) == 16
 
@@ -280,6 +281,8 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
         assert "Hello from jmapc" in sent["raw_data"]
         assert f"Sent via JMAP {marker}" in sent["raw_data"]  # the JMAP signature
         assert "X-Mailer: jmapc e2e" in sent["raw_data"]
+        # Bcc: in the envelope, not in the message.
+        assert "hidden@example.org" in sent["destinations"] and "hidden@example.org" not in sent["raw_data"]
 
         # Drafts -> Sent, $draft gone, and the change was pushed.
         moved = poll(lambda: email_state(c, email_id),
@@ -292,6 +295,7 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
         events.close()
 
     s = poll(lambda: submission(c, sub_id), lambda s: s.undo_status.value == "final", "final")
+    assert set(s.delivery_status) == {"rcpt@example.net", "hidden@example.org"}
     status = s.delivery_status["rcpt@example.net"]
     assert status.delivered.value == "unknown" and status.displayed.value == "unknown"
     assert status.smtp_reply.startswith("250")
