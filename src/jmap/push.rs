@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::email::mark_sent;
 use super::store::{state_string, Kind, StateChange, T_SUBMISSION};
-use super::submission::SubmissionMeta;
+use super::submission::{view_hash, SubmissionMeta};
 use super::Jmap;
 use crate::spool::QueueId;
 
@@ -47,18 +47,34 @@ fn try_settle(jmap: &Jmap, id: QueueId) -> anyhow::Result<()> {
         return Ok(());
     };
     let sub_id = id.to_string();
+    // Most changes (enqueue, lease) change nothing a client sees: skip the write then.
+    let unchanged = |meta: &SubmissionMeta| {
+        meta.view == view_hash(meta, Some(&record)) && (meta.settled || !record.state.was_sent())
+    };
+    match jmap
+        .store
+        .read()?
+        .get::<SubmissionMeta>(&account, T_SUBMISSION, &sub_id)?
+    {
+        Some(meta) if !unchanged(&meta) => {}
+        _ => return Ok(()),
+    }
     jmap.store.write(|tx| {
         let Some(mut meta) = tx.get::<SubmissionMeta>(&account, T_SUBMISSION, &sub_id)? else {
             return Ok(());
         };
+        if unchanged(&meta) {
+            return Ok(());
+        }
         tx.touch(&account, "EmailSubmission", &sub_id, Kind::Updated);
         if record.state.was_sent() && !meta.settled {
             if mark_sent(tx, &account, &meta.email_id)? {
                 tracing::info!(%id, email = %meta.email_id, "sent: Email moved from Drafts to Sent");
             }
             meta.settled = true;
-            tx.put(&account, T_SUBMISSION, &sub_id, &meta)?;
         }
+        meta.view = view_hash(&meta, Some(&record));
+        tx.put(&account, T_SUBMISSION, &sub_id, &meta)?;
         Ok(())
     })
 }

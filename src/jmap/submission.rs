@@ -36,6 +36,19 @@ pub struct SubmissionMeta {
     /// Drafts → Sent has been applied (or is no longer wanted).
     #[serde(default)]
     pub settled: bool,
+    /// Hash of the undoStatus and deliveryStatus last published: a spool change that leaves
+    /// them as they were (a lease, a retry) does not bump the EmailSubmission state.
+    #[serde(default)]
+    pub view: u64,
+}
+
+/// A fingerprint of what a client sees change on a submission.
+pub fn view_hash(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    undo_status(meta, record).hash(&mut h);
+    delivery_status(meta, record).to_string().hash(&mut h);
+    h.finish()
 }
 
 const PROPERTIES: [&str; 11] = [
@@ -601,7 +614,7 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         }
     };
     let sub_id = id.to_string();
-    let meta = SubmissionMeta {
+    let mut meta = SubmissionMeta {
         email_id: plan.email_id,
         identity_id: plan.identity_id,
         envelope: plan.envelope,
@@ -609,7 +622,9 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         message_class: plan.class,
         canceled: false,
         settled: false,
+        view: 0,
     };
+    meta.view = view_hash(&meta, jmap.spool.get(id).ok().flatten().as_ref());
     let account = ctx.account_id().to_string();
     let stored = jmap.store.write(|tx| {
         tx.put(&account, T_SUBMISSION, &sub_id, &meta)?;
@@ -673,6 +688,7 @@ async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(
         let mut meta = meta.clone();
         meta.canceled = true;
         meta.settled = true;
+        meta.view = view_hash(&meta, ctx.jmap.spool.get(queue_id).ok().flatten().as_ref());
         tx.put(&account, T_SUBMISSION, id, &meta)?;
         tx.touch(&account, "EmailSubmission", id, Kind::Updated);
         Ok(())
@@ -851,6 +867,7 @@ mod tests {
             message_class: "transactional".into(),
             canceled,
             settled: false,
+            view: 0,
         }
     }
 

@@ -302,6 +302,29 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
     assert s.email_id == email_id and s.identity_id == identity.id
 
 
+def test_permanent_failure_leaves_the_draft_with_the_reason(moto, start_ses_server, monkeypatch):
+    # No SES identity for alice in moto: SendEmail answers MessageRejected, a permanent error.
+    server = start_ses_server(moto.url)
+    c = client(server, monkeypatch)
+    drafts, identity = draft_and_identity(c)
+    events = Events(server)
+    try:
+        email_id, sub_id = create_and_submit(
+            c, draft(drafts, identity, ["rcpt@example.net"], "refused", "x"), identity.id)
+        acct = c.account_id
+        s = poll(lambda: submission(c, sub_id), lambda s: s.undo_status.value == "final", "final")
+        status = s.delivery_status["rcpt@example.net"]
+        assert status.delivered.value == "no", status
+        assert "MessageRejected" in status.smtp_reply or "rejected" in status.smtp_reply.lower(), status
+        events.wait(lambda k, d: k == "state" and "EmailSubmission" in d["changed"].get(acct, {}),
+                    "EmailSubmission state change")
+    finally:
+        events.close()
+    assert email_state(c, email_id).mailbox_ids == {drafts: True}
+    assert "$draft" in email_state(c, email_id).keywords
+    assert moto.raw_messages() == []
+
+
 # --------------------------------------------------------------------------- undo, rules
 
 
@@ -324,6 +347,17 @@ def test_send_at_is_pending_and_cancel_removes_it_from_the_spool(server, monkeyp
     assert record["state"] == "failed" and "canceled" in record["last_error"]
     # The draft stays a draft.
     assert email_state(c, email_id).mailbox_ids == {drafts: True}
+
+    # The query and its changes see the cancel.
+    acct = c.account_id
+    [q] = call(server, [["EmailSubmission/query", {"accountId": acct,
+                                                   "filter": {"undoStatus": "canceled"}}, "q"]])
+    assert q[1]["ids"] == [sub_id]
+    [qc] = call(server, [["EmailSubmission/queryChanges", {"accountId": acct, "sinceQueryState": "s1",
+                                                           "filter": {"undoStatus": "canceled"}}, "c"]])
+    assert qc[1]["removed"] == [sub_id] and qc[1]["added"] == [{"id": sub_id, "index": 0}], qc
+    [ch] = call(server, [["EmailSubmission/changes", {"accountId": acct, "sinceState": "s1"}, "c"]])
+    assert ch[1]["updated"] == [sub_id] and ch[1]["created"] == [], ch
 
     # A message already sent cannot be unsent.
     _, sent_id = create_and_submit(c, draft(drafts, identity, ["now@example.net"], "now", "x"), identity.id)
@@ -469,6 +503,11 @@ def test_bad_requests_get_rfc_errors(server):
     assert kinds["d"] == ("error", "invalidResultReference")
     assert kinds["e"] == ("error", "invalidArguments")
     assert kinds["f"] == ("error", "cannotCalculateChanges")
+    [big] = call(server, [["Email/set", {"accountId": acct, "destroy": [f"M{i}" for i in range(501)]}, "0"]])
+    assert big[0] == "error" and big[1]["type"] == "requestTooLarge"
+    [both] = call(server, [["Email/get", {"accountId": acct, "ids": [], "#ids": {
+        "resultOf": "x", "name": "Email/query", "path": "/ids"}}, "0"]])
+    assert both[1]["type"] == "invalidArguments"
     assert responses[-1] == ["Core/echo", {"hello": [1, 2]}, "g"]
     # A method whose capability is not in "using".
     [resp] = call(server, [["Email/get", {"accountId": acct}, "0"]], using=[CORE])
