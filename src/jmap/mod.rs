@@ -23,6 +23,8 @@ pub mod mime;
 pub mod push;
 pub mod store;
 pub mod submission;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

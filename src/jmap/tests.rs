@@ -1,0 +1,208 @@
+//! The bridge in process: a real spool, submitter and store, API requests through
+//! [`api::handle`], the sender's part played by hand (lease, complete) and feedback applied
+//! to the spool as the SES path does — so Drafts → Sent and deliveryStatus from feedback are
+//! checked without a network.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{api, push, Jmap, Parts, Store};
+use crate::accounts::{test_account, Directory, PasswordChecker};
+use crate::clock::{Clock, SystemClock};
+use crate::config::SpoolConfig;
+use crate::live::Live;
+use crate::spool::{FeedbackEvent, Outcome, QueueId, Spool, SpoolOptions};
+use crate::submission::Submitter;
+
+struct Fixture {
+    jmap: Arc<Jmap>,
+    account: Arc<crate::accounts::Account>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let directory = Live::new(
+        Directory::from_config(&[test_account("alice", "pw", "alice", "alice@example.com")])
+            .unwrap(),
+    );
+    let spool = Spool::open(
+        &dir.path().join("spool"),
+        SpoolOptions::from(&SpoolConfig::default()),
+        clock.clone(),
+    )
+    .unwrap();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let jmap = Jmap::new(Parts {
+        store: Arc::new(Store::open(&dir.path().join("jmap.redb")).unwrap()),
+        spool: spool.clone(),
+        directory: directory.clone(),
+        passwords: Arc::new(PasswordChecker::new(directory.clone(), 1)),
+        submitter: Arc::new(Submitter::new(spool, "mx.test".into(), clock.clone())),
+        clock,
+        max_message_size: 1 << 20,
+        max_recipients: 50,
+        max_hold_secs: 3600,
+        hostname: "mx.test".into(),
+        stop,
+    });
+    let account = directory.get().get("alice").unwrap();
+    Fixture {
+        jmap,
+        account,
+        _dir: dir,
+    }
+}
+
+async fn request(f: &Fixture, calls: Value) -> Vec<Value> {
+    let body = json!({
+        "using": ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail",
+                  "urn:ietf:params:jmap:submission"],
+        "methodCalls": calls,
+    });
+    let out = api::handle(&f.jmap, &f.account, None, body.to_string().as_bytes())
+        .await
+        .unwrap_or_else(|_| panic!("request refused"));
+    out["methodResponses"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let responses = request(
+        &f,
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true},
+                "from": [{"email": "alice@example.com"}],
+                "to": [{"email": "ok@example.net"}, {"email": "gone@example.net"}],
+                "subject": "hi", "bodyValues": {"b": {"value": "body"}},
+                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
+        ]),
+    )
+    .await;
+    let email_id = responses[0][1]["created"]["d"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sub_id = responses[1][1]["created"]["s"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queue_id: QueueId = sub_id.parse().unwrap();
+    let mut pushes = f.jmap.store.subscribe();
+
+    // The sender's part: lease and report the transport's acceptance.
+    let lease = f.jmap.spool.lease().await.unwrap().unwrap();
+    assert_eq!(lease.record.id, queue_id);
+    f.jmap
+        .spool
+        .complete(&lease, "ses-42".into())
+        .await
+        .unwrap();
+    push::settle(&f.jmap, queue_id);
+    let pushed = pushes.try_recv().unwrap();
+    assert!(pushed.changed.contains_key("EmailSubmission") && pushed.changed.contains_key("Email"));
+
+    let got = request(
+        &f,
+        json!([
+            ["Email/get", {"accountId": acct, "ids": [email_id], "properties": ["mailboxIds", "keywords"]}, "e"],
+            ["EmailSubmission/get", {"accountId": acct, "ids": [sub_id]}, "s"],
+        ]),
+    )
+    .await;
+    assert_eq!(got[0][1]["list"][0]["mailboxIds"], json!({"sent": true}));
+    assert_eq!(got[0][1]["list"][0]["keywords"], json!({}));
+    let sub = &got[1][1]["list"][0];
+    assert_eq!(sub["undoStatus"], "final");
+    assert_eq!(
+        sub["deliveryStatus"]["ok@example.net"]["delivered"],
+        "unknown"
+    );
+
+    // Feedback, as the SES path applies it: one delivery, one bounce.
+    let event = |rcpt: &str, outcome, detail: &str| FeedbackEvent {
+        provider_id: Some("ses-42".into()),
+        submission_id: None,
+        outcome,
+        recipients: vec![rcpt.into()],
+        detail: Some(detail.into()),
+        at_ms: 1,
+        tag_account: None,
+        tag_class: None,
+        suppress: None,
+    };
+    f.jmap
+        .spool
+        .apply_feedback(
+            Some("sns-1".into()),
+            vec![
+                event("ok@example.net", Outcome::Delivered, "250 2.0.0 OK"),
+                event(
+                    "gone@example.net",
+                    Outcome::Bounced,
+                    "550 5.1.1 user unknown",
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    push::settle(&f.jmap, queue_id);
+    let pushed = pushes.try_recv().unwrap();
+    assert!(pushed.changed.contains_key("EmailSubmission"));
+    assert!(
+        !pushed.changed.contains_key("Email"),
+        "the Email did not change again"
+    );
+    // Settling again without a change publishes nothing.
+    push::settle(&f.jmap, queue_id);
+    assert!(pushes.try_recv().is_err());
+
+    let got = request(
+        &f,
+        json!([["EmailSubmission/get", {"accountId": acct, "ids": [sub_id]}, "s"]]),
+    )
+    .await;
+    let status = &got[0][1]["list"][0]["deliveryStatus"];
+    assert_eq!(status["ok@example.net"]["delivered"], "yes");
+    assert_eq!(status["gone@example.net"]["delivered"], "no");
+    assert!(status["gone@example.net"]["smtpReply"]
+        .as_str()
+        .unwrap()
+        .contains("user unknown"));
+}
+
+#[tokio::test]
+async fn wrong_account_and_missing_objects() {
+    let f = fixture();
+    let responses = request(
+        &f,
+        json!([
+            ["Email/get", {"accountId": "someone-else", "ids": ["M1"]}, "0"],
+            ["Email/get", {"accountId": f.account.account_id, "ids": ["M1"]}, "1"],
+            ["Identity/get", {"accountId": f.account.account_id}, "2"],
+        ]),
+    )
+    .await;
+    assert_eq!(responses[0][1]["type"], "accountNotFound");
+    assert_eq!(responses[1][1]["notFound"], json!(["M1"]));
+    let identity = &responses[2][1]["list"][0];
+    for key in [
+        "id",
+        "name",
+        "email",
+        "replyTo",
+        "bcc",
+        "textSignature",
+        "htmlSignature",
+        "mayDelete",
+    ] {
+        assert!(identity.get(key).is_some(), "Identity lacks {key}");
+    }
+}
