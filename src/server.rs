@@ -188,6 +188,7 @@ pub async fn run(
             spool: spool.clone(),
             directory: directory.clone(),
             passwords: ctx.passwords.clone(),
+            auth_throttle: ctx.auth_throttle.clone(),
             submitter: ctx.submitter.clone(),
             clock: clock.clone(),
             max_message_size: config.smtp.max_message_size,

@@ -13,8 +13,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::{digest, hmac};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,7 @@ use super::{problem, Jmap};
 use crate::accounts::{Account, Directory, PasswordChecker};
 use crate::clock::Clock;
 use crate::live::Live;
+use crate::smtp::guard::AuthThrottle;
 
 /// How long a verified Basic credential is trusted without another argon2 check.
 pub const BASIC_CACHE_MS: u64 = 5 * 60 * 1000;
@@ -46,6 +50,7 @@ pub struct Authenticator {
     passwords: Arc<PasswordChecker>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    throttle: Arc<AuthThrottle>,
     key: hmac::Key,
     cache: Mutex<HashMap<Vec<u8>, (Arc<Account>, u64)>>,
 }
@@ -56,6 +61,7 @@ impl Authenticator {
         passwords: Arc<PasswordChecker>,
         store: Arc<Store>,
         clock: Arc<dyn Clock>,
+        throttle: Arc<AuthThrottle>,
     ) -> Self {
         let key_bytes: [u8; 32] = rand::random();
         Authenticator {
@@ -63,17 +69,38 @@ impl Authenticator {
             passwords,
             store,
             clock,
+            throttle,
             key: hmac::Key::new(hmac::HMAC_SHA256, &key_bytes),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The caller's account, or the 401 to answer.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Account>, Response> {
+    /// The caller's account, or the 401 to answer. Failed credentials count against the
+    /// client's address in the same per-IP AUTH budget as SMTP; while it cools down, no
+    /// password is checked and the answer is 429.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<Arc<Account>, Response> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        if value.is_empty() {
+            return Err(unauthorized());
+        }
+        let ip = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if ip.is_some_and(|ip| self.throttle.is_blocked(ip)) {
+            return Err(problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "about:blank",
+                "too many failed logins from this address; try again later",
+                None,
+            ));
+        }
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         let found = if scheme.eq_ignore_ascii_case("basic") {
             self.basic(rest.trim()).await
@@ -82,6 +109,12 @@ impl Authenticator {
         } else {
             None
         };
+        if found.is_none() {
+            if let Some(ip) = ip {
+                self.throttle.record_failure(ip);
+            }
+            tracing::info!(client = ?ip, scheme, "JMAP authentication failed");
+        }
         found.ok_or_else(unauthorized)
     }
 
@@ -162,7 +195,8 @@ pub fn unauthorized() -> Response {
 }
 
 /// `POST /jmap/token` (HTTP Basic): a new bearer token for the caller's account.
-pub async fn issue_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
+pub async fn issue_token(State(jmap): State<Arc<Jmap>>, parts: Parts) -> Response {
+    let headers = &parts.headers;
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -174,7 +208,7 @@ pub async fn issue_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> R
     {
         return unauthorized();
     }
-    let account = match jmap.auth.authenticate(&headers).await {
+    let account = match jmap.auth.authenticate(headers, &parts.extensions).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -210,8 +244,9 @@ pub async fn issue_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> R
 }
 
 /// `DELETE /jmap/token` with `Authorization: Bearer TOKEN`: revokes that token.
-pub async fn revoke_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
-    let token = headers
+pub async fn revoke_token(State(jmap): State<Arc<Jmap>>, parts: Parts) -> Response {
+    let token = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
@@ -220,7 +255,12 @@ pub async fn revoke_token(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> 
     let Some(token) = token else {
         return unauthorized();
     };
-    if jmap.auth.authenticate(&headers).await.is_err() {
+    if jmap
+        .auth
+        .authenticate(&parts.headers, &parts.extensions)
+        .await
+        .is_err()
+    {
         return unauthorized();
     }
     let key = token_key(&token);

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::Uri;
+use axum::http::request::Parts as RequestParts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,7 +59,7 @@ pub mod limits {
     pub const MAX_SIZE_REQUEST: usize = 10_000_000;
     /// Parallel API requests per account (each holds a storage transaction or a submission).
     pub const MAX_CONCURRENT_REQUESTS: usize = 4;
-    /// Parallel uploads per account (announced; each is bounded by maxSizeUpload).
+    /// Parallel uploads per account (each is bounded by maxSizeUpload).
     pub const MAX_CONCURRENT_UPLOAD: usize = 4;
     /// Method calls in one request.
     pub const MAX_CALLS_IN_REQUEST: usize = 16;
@@ -88,6 +88,7 @@ pub struct Jmap {
     pub hostname: String,
     pub stop: watch::Receiver<bool>,
     requests: auth::InFlight,
+    uploads: auth::InFlight,
 }
 
 /// What the composition root hands over.
@@ -96,6 +97,8 @@ pub struct Parts {
     pub spool: Arc<Spool>,
     pub directory: Arc<Live<Directory>>,
     pub passwords: Arc<PasswordChecker>,
+    /// The per-IP failed-login budget shared with SMTP AUTH.
+    pub auth_throttle: Arc<crate::smtp::guard::AuthThrottle>,
     pub submitter: Arc<Submitter>,
     pub clock: Arc<dyn Clock>,
     pub max_message_size: usize,
@@ -112,6 +115,7 @@ impl Jmap {
             parts.passwords,
             parts.store.clone(),
             parts.clock.clone(),
+            parts.auth_throttle,
         );
         Arc::new(Jmap {
             store: parts.store,
@@ -126,6 +130,7 @@ impl Jmap {
             hostname: parts.hostname,
             stop: parts.stop,
             requests: auth::InFlight::default(),
+            uploads: auth::InFlight::default(),
         })
     }
 
@@ -198,8 +203,9 @@ fn base_url(headers: &HeaderMap, hostname: &str) -> String {
     format!("https://{host}")
 }
 
-async fn session(State(jmap): State<Arc<Jmap>>, headers: HeaderMap) -> Response {
-    let account = match jmap.auth.authenticate(&headers).await {
+async fn session(State(jmap): State<Arc<Jmap>>, parts: RequestParts) -> Response {
+    let headers = parts.headers;
+    let account = match jmap.auth.authenticate(&headers, &parts.extensions).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -276,7 +282,11 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
 }
 
 async fn api_endpoint(State(jmap): State<Arc<Jmap>>, request: Request) -> Response {
-    let account = match jmap.auth.authenticate(request.headers()).await {
+    let account = match jmap
+        .auth
+        .authenticate(request.headers(), request.extensions())
+        .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -331,13 +341,28 @@ async fn upload(
     Path(path_account): Path<String>,
     request: Request,
 ) -> Response {
-    let account = match jmap.auth.authenticate(request.headers()).await {
+    let account = match jmap
+        .auth
+        .authenticate(request.headers(), request.extensions())
+        .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };
     if let Err(r) = own_account(&account, &path_account) {
         return r;
     }
+    let Some(_slot) = jmap
+        .uploads
+        .enter(&account.account_id, limits::MAX_CONCURRENT_UPLOAD)
+    else {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:ietf:params:jmap:error:limit",
+            "too many concurrent uploads",
+            Some(("limit", json!("maxConcurrentUpload"))),
+        );
+    };
     let kind = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -384,10 +409,14 @@ async fn upload(
 async fn download(
     State(jmap): State<Arc<Jmap>>,
     Path((path_account, blob_id, name)): Path<(String, String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
+    parts: RequestParts,
 ) -> Response {
-    let account = match jmap.auth.authenticate(&headers).await {
+    let uri = parts.uri;
+    let account = match jmap
+        .auth
+        .authenticate(&parts.headers, &parts.extensions)
+        .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::Uri;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -251,10 +251,18 @@ impl Stream {
 }
 
 /// `GET /jmap/eventsource?types=…&closeafter=state|no&ping=N`.
-pub async fn eventsource(State(jmap): State<Arc<Jmap>>, uri: Uri, headers: HeaderMap) -> Response {
-    let pairs = query_pairs(&uri);
+pub async fn eventsource(
+    State(jmap): State<Arc<Jmap>>,
+    parts: axum::http::request::Parts,
+) -> Response {
+    let uri = &parts.uri;
+    let pairs = query_pairs(uri);
     let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let account = match jmap.auth.authenticate(&headers).await {
+    let account = match jmap
+        .auth
+        .authenticate(&parts.headers, &parts.extensions)
+        .await
+    {
         Ok(a) => a,
         Err(r) => return r,
     };

@@ -40,6 +40,11 @@ fn fixture() -> Fixture {
         spool: spool.clone(),
         directory: directory.clone(),
         passwords: Arc::new(PasswordChecker::new(directory.clone(), 1)),
+        auth_throttle: Arc::new(crate::smtp::guard::AuthThrottle::new(
+            10,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+        )),
         submitter: Arc::new(Submitter::new(spool, "mx.test".into(), clock.clone())),
         clock,
         max_message_size: 1 << 20,

@@ -232,6 +232,15 @@ def test_session_is_complete_and_needs_auth(server, monkeypatch):
     assert {CORE, MAIL, SUBMISSION} <= c.jmap_session.capabilities.urns
 
 
+def test_failed_logins_cool_down_the_address(server):
+    # The SMTP per-IP AUTH budget (auth_failures_per_ip = 10 in the test config) applies here too.
+    statuses = [raw(server, None, password="wrong", path="/.well-known/jmap", method="GET").status_code
+                for _ in range(12)]
+    assert statuses[0] == 401 and statuses[-1] == 429, statuses
+    # While the address cools down even the right password is not checked.
+    assert raw(server, None, path="/.well-known/jmap", method="GET").status_code == 429
+
+
 def test_bearer_token_is_issued_used_and_revoked(server):
     r = raw(server, None, path="/jmap/token", method="POST")
     assert r.status_code == 201, r.text
