@@ -289,7 +289,7 @@ fn capability_of(method: &str) -> Option<&'static str> {
 }
 
 async fn dispatch(ctx: &mut Ctx<'_>, name: &str, args: Args) -> MethodResult {
-    use super::{email, identity, mailbox, submission};
+    use super::{email, email_set, identity, mailbox, submission};
     match name {
         "Core/echo" => Ok(vec![("Core/echo", Value::Object(args.0))]),
         "Mailbox/get" => mailbox::get(ctx, args),
@@ -298,8 +298,8 @@ async fn dispatch(ctx: &mut Ctx<'_>, name: &str, args: Args) -> MethodResult {
         "Email/get" => email::get(ctx, args),
         "Email/query" => email::query(ctx, args),
         "Email/changes" => changes(ctx, args, "Email", "Email/changes"),
-        "Email/set" => email::set(ctx, args),
-        "Email/import" => email::import(ctx, args),
+        "Email/set" => email_set::set(ctx, args),
+        "Email/import" => email_set::import(ctx, args),
         "Thread/get" => email::thread_get(ctx, args),
         "Thread/changes" => changes(ctx, args, "Email", "Thread/changes"),
         "Identity/get" => identity::get(ctx, args),

@@ -7,7 +7,10 @@
 //!   bearer tokens, states and change logs.
 //! - [`auth`]: HTTP Basic (the SMTP accounts, with a short in-memory cache) and bearer tokens.
 //! - [`api`]: the API endpoint — request-level errors, result references, dispatch.
-//! - [`mailbox`], [`email`], [`identity`], [`submission`]: one module per data type.
+//! - [`mailbox`], [`email`] (reading) and [`email_set`] (writing, import), [`identity`],
+//!   [`submission`] with [`submission_rules`] (the checks before queueing) and
+//!   [`submission_status`] (undoStatus, deliveryStatus): one module per data type.
+//! - [`mime`]: an Email/set create object turned into MIME.
 //! - [`push`]: EventSource, and the spool watcher that moves sent drafts to Sent.
 //!
 //! Routes: `GET /.well-known/jmap` (session), `POST /jmap/api`, `POST /jmap/upload/{account}/`,
@@ -17,12 +20,15 @@
 pub mod api;
 pub mod auth;
 pub mod email;
+pub mod email_set;
 pub mod identity;
 pub mod mailbox;
 pub mod mime;
 pub mod push;
 pub mod store;
 pub mod submission;
+pub mod submission_rules;
+pub mod submission_status;
 #[cfg(test)]
 mod tests;
 

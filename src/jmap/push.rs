@@ -20,9 +20,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::email::mark_sent;
+use super::email_set::mark_sent;
 use super::store::{state_string, Kind, StateChange, T_SUBMISSION};
-use super::submission::{view_hash, SubmissionMeta};
+use super::submission_status::{view_hash, SubmissionMeta};
 use super::Jmap;
 use crate::spool::QueueId;
 
