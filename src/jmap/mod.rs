@@ -75,6 +75,9 @@ pub mod limits {
     pub const MAX_OBJECTS_IN_SET: usize = 500;
     /// Longest page of a `/changes`.
     pub const MAX_CHANGES: usize = 500;
+    /// How long an uploaded blob is kept (RFC 8620 §6: at least an hour). Email/set and
+    /// Email/import copy what they use, so an expired upload takes no Email with it.
+    pub const UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
 }
 
 /// Everything the JMAP handlers share.
@@ -148,6 +151,7 @@ impl Jmap {
 /// The JMAP routes; also starts the spool watcher (Drafts → Sent, push on delivery status).
 pub fn router(jmap: Arc<Jmap>) -> Router {
     tokio::spawn(push::watch_spool(jmap.clone()));
+    tokio::spawn(push::expire_uploads(jmap.clone()));
     Router::new()
         .route("/.well-known/jmap", get(session))
         .route("/jmap/session", get(session))
@@ -387,9 +391,11 @@ async fn upload(
         }
     };
     let id = &account.account_id;
+    let now = jmap.now_ms();
     let stored = jmap.store.write(|tx| {
         let blob_id = tx.next_id("B")?;
         tx.put_blob(id, &blob_id, &body)?;
+        tx.put("", store::T_UPLOAD, &format!("{id}/{blob_id}"), &now)?;
         Ok(blob_id)
     });
     match stored {

@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::email_set::mark_sent;
-use super::store::{state_string, Kind, StateChange, T_SUBMISSION};
+use super::store::{state_string, Kind, StateChange, T_SUBMISSION, T_UPLOAD};
 use super::submission_status::{view_hash, SubmissionMeta};
 use super::Jmap;
 use crate::spool::QueueId;
@@ -125,6 +125,51 @@ pub async fn watch_spool(jmap: Arc<Jmap>) {
         };
         let _ = work.await;
     }
+}
+
+/// Deletes uploads older than [`UPLOAD_TTL_MS`](super::limits::UPLOAD_TTL_MS), hourly.
+pub async fn expire_uploads(jmap: Arc<Jmap>) {
+    let mut stop = jmap.stop.clone();
+    loop {
+        let j = jmap.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = expire_uploads_now(&j) {
+                tracing::warn!(error = %format!("{e:#}"), "expiring JMAP uploads failed");
+            }
+        })
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One pass of [`expire_uploads`]; returns how many went.
+pub fn expire_uploads_now(jmap: &Jmap) -> anyhow::Result<usize> {
+    let cutoff = jmap.now_ms().saturating_sub(super::limits::UPLOAD_TTL_MS);
+    let old: Vec<String> = jmap
+        .store
+        .read()?
+        .list::<u64>("", T_UPLOAD)?
+        .into_iter()
+        .filter(|(_, at)| *at < cutoff)
+        .map(|(key, _)| key)
+        .collect();
+    if old.is_empty() {
+        return Ok(0);
+    }
+    jmap.store.write(|tx| {
+        for key in &old {
+            if let Some((account, blob)) = key.rsplit_once('/') {
+                tx.remove_blob(account, blob)?;
+            }
+            tx.remove("", T_UPLOAD, key)?;
+        }
+        Ok(())
+    })?;
+    tracing::info!(count = old.len(), "expired JMAP uploads");
+    Ok(old.len())
 }
 
 /// `key=value` pairs of a query string, percent-decoded.

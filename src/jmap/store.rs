@@ -33,6 +33,8 @@ pub const T_SUBMISSION: &str = "submission";
 pub const T_IDENTITY: &str = "identity";
 /// Tokens live under the pseudo-account `""` keyed by the token's SHA-256.
 pub const T_TOKEN: &str = "token";
+/// Uploads, under the pseudo-account `""` keyed `account/blobId`, with their upload time.
+pub const T_UPLOAD: &str = "upload";
 
 /// A change-log entry kind (RFC 8620 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -211,3 +211,42 @@ async fn wrong_account_and_missing_objects() {
         assert!(identity.get(key).is_some(), "Identity lacks {key}");
     }
 }
+
+#[tokio::test]
+async fn old_uploads_expire_and_imports_keep_their_copy() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let mime = b"From: alice@example.com\r\nTo: b@example.net\r\nSubject: up\r\n\r\nbody\r\n";
+    let now = f.jmap.now_ms();
+    f.jmap
+        .store
+        .write(|tx| {
+            tx.put_blob(&acct, "Bold", mime)?;
+            tx.put("", super::store::T_UPLOAD, &format!("{acct}/Bold"), &0u64)?;
+            tx.put_blob(&acct, "Bnew", mime)?;
+            tx.put("", super::store::T_UPLOAD, &format!("{acct}/Bnew"), &now)?;
+            Ok(())
+        })
+        .unwrap();
+    let imported = request(
+        &f,
+        json!([["Email/import", {"accountId": acct, "emails": {
+            "i": {"blobId": "Bold", "mailboxIds": {"drafts": true}}}}, "0"]]),
+    )
+    .await;
+    let email_id = imported[0][1]["created"]["i"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    assert_eq!(push::expire_uploads_now(&f.jmap).unwrap(), 1);
+    let rx = f.jmap.store.read().unwrap();
+    assert!(rx.blob(&acct, "Bold").unwrap().is_none());
+    assert!(rx.blob(&acct, "Bnew").unwrap().is_some());
+    let got = request(
+        &f,
+        json!([["Email/get", {"accountId": acct, "ids": [email_id], "properties": ["subject"]}, "0"]]),
+    )
+    .await;
+    assert_eq!(got[0][1]["list"][0]["subject"], "up");
+}
