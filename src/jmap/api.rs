@@ -402,7 +402,7 @@ pub fn changes(ctx: &mut Ctx, args: Args, ty: &str, name: &'static str) -> Metho
     let current = rx.state(ctx.account_id(), ty)?;
     let cannot = || MethodError::new("cannotCalculateChanges", "unknown sinceState");
     let since_n = parse_state(since).ok_or_else(cannot)?;
-    if since_n > current {
+    if since_n > current || current - since_n > super::store::CHANGE_LOG_KEEP {
         return Err(cannot());
     }
     let mut created: Vec<String> = Vec::new();

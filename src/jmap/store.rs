@@ -28,6 +28,10 @@ const QUEUE_INDEX: TableDefinition<u64, &str> = TableDefinition::new("queue_inde
 /// Counters for ids.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
+/// States of change log kept per account and type; `/changes` from an older state answers
+/// `cannotCalculateChanges` (the client re-fetches).
+pub const CHANGE_LOG_KEEP: u64 = 10_000;
+
 pub const T_EMAIL: &str = "email";
 pub const T_SUBMISSION: &str = "submission";
 pub const T_IDENTITY: &str = "identity";
@@ -118,6 +122,12 @@ impl Store {
                 changes
                     .insert((account.as_str(), ty, next), json.as_slice())
                     .map_err(storage)?;
+                // One in, one out: the log keeps the last CHANGE_LOG_KEEP states.
+                if next > CHANGE_LOG_KEEP {
+                    changes
+                        .remove((account.as_str(), ty, next - CHANGE_LOG_KEEP))
+                        .map_err(storage)?;
+                }
                 pushes
                     .entry(account)
                     .or_default()

@@ -206,7 +206,7 @@ pub fn query_changes(ctx: &mut Ctx, args: Args) -> MethodResult {
     let rx = ctx.jmap.store.read()?;
     let current = rx.state(&account, "EmailSubmission")?;
     let since_n = parse_state(&since)
-        .filter(|n| *n <= current)
+        .filter(|n| *n <= current && current - n <= super::store::CHANGE_LOG_KEEP)
         .ok_or_else(|| MethodError::new("cannotCalculateChanges", "unknown sinceQueryState"))?;
     let mut changed: Vec<String> = Vec::new();
     for (_, entries) in rx.changes(&account, "EmailSubmission", since_n)? {
