@@ -439,6 +439,32 @@ def test_envelope_override_and_class(server, monkeypatch):
     assert got[0][1]["list"][0]["messageClass"] == "bulk"
 
 
+def test_jmapc_documented_flow_with_on_success_destroy(server, monkeypatch):
+    """jmapc's README example verbatim in shape: envelope given, and the draft destroyed by
+    onSuccessDestroyEmail once the submission is created (RFC 8621 §7.5 implicit Email/set)."""
+    c = client(server, monkeypatch)
+    drafts, identity = draft_and_identity(c)
+    results = c.request([
+        EmailSet(create=dict(draft=draft(drafts, identity, ["dest@example.net"], "destroy me", "x"))),
+        EmailSubmissionSet(
+            on_success_destroy_email=["#emailToSend"],
+            create=dict(emailToSend=EmailSubmission(
+                email_id="#draft", identity_id=identity.id,
+                envelope=Envelope(mail_from=Address(email=identity.email),
+                                  rcpt_to=[Address(email="dest@example.net")])))),
+    ])
+    assert [type(r.response).__name__ for r in results] == [
+        "EmailSetResponse", "EmailSubmissionSetResponse", "EmailSetResponse"], results
+    email_id = results[0].response.created["draft"].id
+    assert results[2].response.destroyed == [email_id]
+    sub_id = results[1].response.created["emailToSend"].id
+    envelope, mime = server.delivery(sub_id)
+    assert envelope["recipients"] == ["dest@example.net"] and b"destroy me" in mime
+    assert email_state(c, email_id) is None
+    # The submission outlives its Email.
+    assert poll(lambda: submission(c, sub_id), lambda s: s.undo_status.value == "final", "final")
+
+
 # --------------------------------------------------------------------------- isolation
 
 
