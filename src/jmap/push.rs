@@ -86,7 +86,8 @@ fn settle_all(jmap: &Jmap) {
         for (q, account) in rx.queue_ids()? {
             let meta: Option<SubmissionMeta> =
                 rx.get(&account, T_SUBMISSION, &QueueId(q).to_string())?;
-            if meta.is_some_and(|m| !m.settled && !m.canceled) {
+            // Canceled ones too: a cancel can race a send already in progress.
+            if meta.is_some_and(|m| !m.settled) {
                 out.push(QueueId(q));
             }
         }

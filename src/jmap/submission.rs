@@ -337,10 +337,11 @@ async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(
         .get(&account, T_SUBMISSION, id)
         .map_err(server)?
         .ok_or_else(|| set_error("notFound", format!("no EmailSubmission {id}")))?;
-    if meta.canceled {
-        return Ok(());
-    }
     let queue_id = queue_id(id).ok_or_else(|| set_error("notFound", "bad id"))?;
+    let record = ctx.jmap.spool.get(queue_id).ok().flatten();
+    if meta.canceled && !record.is_some_and(|r| r.state.was_sent()) {
+        return Ok(()); // already canceled: nothing to do
+    }
     match ctx
         .jmap
         .spool
@@ -359,7 +360,6 @@ async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(
     let stored = ctx.jmap.store.write(|tx| {
         let mut meta = meta.clone();
         meta.canceled = true;
-        meta.settled = true;
         meta.view = view_hash(&meta, ctx.jmap.spool.get(queue_id).ok().flatten().as_ref());
         tx.put(&account, T_SUBMISSION, id, &meta)?;
         tx.touch(&account, "EmailSubmission", id, Kind::Updated);

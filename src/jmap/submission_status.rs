@@ -37,6 +37,8 @@ pub fn view_hash(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> u6
 
 pub fn undo_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> &'static str {
     match record.map(|r| r.state) {
+        // A cancel that raced a send in progress loses: the message went.
+        Some(s) if s.was_sent() => "final",
         _ if meta.canceled => "canceled",
         Some(State::Queued | State::Held) => "pending",
         _ => "final",

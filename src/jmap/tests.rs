@@ -250,3 +250,101 @@ async fn old_uploads_expire_and_imports_keep_their_copy() {
     .await;
     assert_eq!(got[0][1]["list"][0]["subject"], "up");
 }
+
+async fn draft_and_submit(f: &Fixture, send_at: Option<&str>) -> (String, QueueId) {
+    let acct = f.account.account_id.clone();
+    let mut submission = json!({"emailId": "#d", "identityId": "alice"});
+    if let Some(t) = send_at {
+        submission["sendAt"] = json!(t);
+    }
+    let responses = request(
+        f,
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
+                "to": [{"email": "x@example.net"}], "subject": "s"}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct, "create": {"s": submission}}, "1"],
+        ]),
+    )
+    .await;
+    let email = responses[0][1]["created"]["d"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sub = responses[1][1]["created"]["s"]["id"].as_str().unwrap();
+    (email, sub.parse().unwrap())
+}
+
+async fn cancel(f: &Fixture, id: QueueId) -> Value {
+    let r = request(
+        f,
+        json!([["EmailSubmission/set", {"accountId": f.account.account_id,
+            "update": {id.to_string(): {"undoStatus": "canceled"}}}, "0"]]),
+    )
+    .await;
+    r[0][1].clone()
+}
+
+async fn undo_status(f: &Fixture, id: QueueId) -> Value {
+    let r = request(
+        f,
+        json!([["EmailSubmission/get", {"accountId": f.account.account_id,
+            "ids": [id.to_string()], "properties": ["undoStatus"]}, "0"]]),
+    )
+    .await;
+    r[0][1]["list"][0]["undoStatus"].clone()
+}
+
+#[tokio::test]
+async fn cancel_takes_a_queued_message_out_and_a_racing_send_wins() {
+    let f = fixture();
+    // Delayed: canceled, the spool record fails with the client's reason, the MIME is gone.
+    // Further ahead than maxDelayedSend: refused.
+    let far = request(
+        &f,
+        json!([
+            ["Email/set", {"accountId": f.account.account_id, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
+                "to": [{"email": "x@example.net"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": f.account.account_id, "create": {"s": {
+                "emailId": "#d", "identityId": "alice", "sendAt": "2999-01-01T00:00:00Z"}}}, "1"],
+        ]),
+    )
+    .await;
+    assert_eq!(far[1][1]["notCreated"]["s"]["type"], "invalidProperties");
+    let (_, later) =
+        draft_and_submit(&f, Some(&crate::clock::rfc3339(f.jmap.now_ms() + 600_000))).await;
+    assert!(cancel(&f, later).await["updated"]
+        .get(later.to_string())
+        .is_some());
+    assert_eq!(undo_status(&f, later).await, "canceled");
+    let record = f.jmap.spool.get(later).unwrap().unwrap();
+    assert_eq!(record.state, crate::spool::State::Failed);
+    assert!(record.last_error.unwrap().contains("canceled"));
+    assert!(f.jmap.spool.load_mime(later).await.is_err());
+
+    // Being sent while the client cancels: the send completes and wins.
+    let (email, now) = draft_and_submit(&f, None).await;
+    let lease = f.jmap.spool.lease().await.unwrap().unwrap();
+    assert_eq!(lease.record.id, now);
+    let canceled = cancel(&f, now).await;
+    assert!(
+        canceled["updated"].get(now.to_string()).is_some(),
+        "{canceled}"
+    );
+    f.jmap.spool.complete(&lease, "ses-1".into()).await.unwrap();
+    push::settle(&f.jmap, now);
+    assert_eq!(undo_status(&f, now).await, "final");
+    let got = request(
+        &f,
+        json!([["Email/get", {"accountId": f.account.account_id, "ids": [email],
+            "properties": ["mailboxIds"]}, "0"]]),
+    )
+    .await;
+    assert_eq!(got[0][1]["list"][0]["mailboxIds"], json!({"sent": true}));
+    // Now it is gone for good.
+    assert_eq!(
+        cancel(&f, now).await["notUpdated"][now.to_string()]["type"],
+        "cannotUnsend"
+    );
+}
