@@ -467,7 +467,9 @@ pub fn select(
         return Ok(objects);
     };
     for p in &props {
-        if !known.contains(&p.as_str()) && !p.starts_with("header:") {
+        // `header:…` properties exist only where raw headers do (Email).
+        let header = p.starts_with("header:") && known.contains(&"headers");
+        if !known.contains(&p.as_str()) && !header {
             return Err(MethodError::invalid(format!("unknown property {p}")));
         }
     }

@@ -202,9 +202,7 @@ fn email_object(id: &str, meta: &EmailMeta, mime: &[u8], opts: &BodyValueOptions
     }
     let headers: Vec<Value> = crate::message::header_fields(mime)
         .into_iter()
-        .map(|(n, v)| {
-            json!({"name": String::from_utf8_lossy(n), "value": String::from_utf8_lossy(v)})
-        })
+        .map(|(n, field)| json!({"name": String::from_utf8_lossy(n), "value": raw_value(field)}))
         .collect();
     let extra = json!({
         "messageId": m.message_id().map_or(Value::Null, |i| json!([i])),
@@ -230,6 +228,56 @@ fn email_object(id: &str, meta: &EmailMeta, mime: &[u8], opts: &BodyValueOptions
         o.extend(extra);
     }
     o
+}
+
+/// A header field's raw value (RFC 8621 §4.1.2 Raw form): after the colon, folding kept,
+/// without the final CRLF.
+fn raw_value(field: &[u8]) -> String {
+    let value = field
+        .iter()
+        .position(|b| *b == b':')
+        .map_or(&field[..0], |i| &field[i + 1..]);
+    let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+    String::from_utf8_lossy(value).into_owned()
+}
+
+/// `header:Name[:asRaw|:asText][:all]` (RFC 8621 §4.1.3) for Email/get; other forms are not
+/// offered (`invalidArguments`).
+fn header_property(mime: &[u8], prop: &str) -> Result<Value, MethodError> {
+    let mut parts = prop["header:".len()..].split(':');
+    let name = parts.next().unwrap_or_default();
+    let mut form = "asRaw";
+    let mut all = false;
+    for p in parts {
+        match p {
+            "all" => all = true,
+            "asRaw" | "asText" if !all => form = p,
+            _ => {
+                return Err(MethodError::invalid(format!(
+                    "unsupported header form in {prop}"
+                )))
+            }
+        }
+    }
+    if name.is_empty() {
+        return Err(MethodError::invalid(format!("invalid property {prop}")));
+    }
+    let values: Vec<Value> = crate::message::header_fields(mime)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, field)| {
+            let raw = raw_value(field);
+            match form {
+                "asText" => json!(raw.replace("\r\n", "").trim()),
+                _ => json!(raw),
+            }
+        })
+        .collect();
+    Ok(if all {
+        Value::Array(values)
+    } else {
+        values.last().cloned().unwrap_or(Value::Null)
+    })
 }
 
 pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
@@ -269,6 +317,12 @@ pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
             .map(|(id, m)| (id, Some(m)))
             .collect(),
     };
+    let header_props: Vec<String> = args
+        .ids("properties")?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.starts_with("header:"))
+        .collect();
     let mut list = Vec::new();
     let mut not_found = Vec::new();
     for (id, meta) in wanted {
@@ -276,7 +330,11 @@ pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
             None => not_found.push(id),
             Some(meta) => {
                 let mime = rx.blob(&account, &meta.blob_id)?.unwrap_or_default();
-                list.push(email_object(&id, &meta, &mime, &opts));
+                let mut o = email_object(&id, &meta, &mime, &opts);
+                for p in header_props.iter() {
+                    o[p.as_str()] = header_property(&mime, p)?;
+                }
+                list.push(o);
             }
         }
     }

@@ -348,3 +348,39 @@ async fn cancel_takes_a_queued_message_out_and_a_racing_send_wins() {
         "cannotUnsend"
     );
 }
+
+#[tokio::test]
+async fn header_properties_on_get() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let created = request(
+        &f,
+        json!([["Email/set", {"accountId": acct, "create": {"d": {
+            "mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
+            "subject": "Hello there", "header:X-Tag:asText": "one",
+            "bodyValues": {"b": {"value": "body"}}, "textBody": [{"partId": "b"}]}}}, "0"]]),
+    )
+    .await;
+    let id = created[0][1]["created"]["d"]["id"].clone();
+    let got = request(
+        &f,
+        json!([
+            ["Email/get", {"accountId": acct, "ids": [id],
+                "properties": ["header:Subject:asText", "header:X-Tag:all", "header:X-None", "headers"]}, "0"],
+            ["Mailbox/get", {"accountId": acct, "properties": ["header:Subject"]}, "1"],
+        ]),
+    )
+    .await;
+    let email = &got[0][1]["list"][0];
+    assert_eq!(email["header:Subject:asText"], "Hello there");
+    assert_eq!(email["header:X-Tag:all"], json!([" one"]));
+    assert_eq!(email["header:X-None"], Value::Null);
+    let subject = email["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "Subject")
+        .unwrap();
+    assert_eq!(subject["value"], " Hello there");
+    assert_eq!(got[1][1]["type"], "invalidArguments");
+}
