@@ -442,7 +442,9 @@ async fn download(
                 .into_iter()
                 .find(|(k, _)| k == "accept")
                 .map(|(_, v)| v)
-                .filter(|t| t.len() < 200 && t.contains('/') && !t.contains(['\r', '\n']))
+                .filter(|t| {
+                    t.len() < 200 && t.contains('/') && t.chars().all(|c| c.is_ascii_graphic())
+                })
                 .unwrap_or_else(|| "application/octet-stream".into());
             let name: String = name
                 .chars()

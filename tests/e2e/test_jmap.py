@@ -600,6 +600,9 @@ def test_upload_import_download_and_send(server, monkeypatch, tmp_path):
     r = raw(server, None, method="GET", path=f"/jmap/download/{acct}/{blob.id}/m.eml?accept=message/rfc822")
     assert r.status_code == 200 and r.content == eml.read_bytes()
     assert r.headers["content-type"] == "message/rfc822"
+    # A hostile accept type or file name is neutralised, never a 500.
+    r = raw(server, None, method="GET", path=f"/jmap/download/{acct}/{blob.id}/a%00b%0D%0A.eml?accept=text/x%00y")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
 
     # An import of a blob that does not exist, and of one that is not a message.
     [bad] = call(server, [["Email/import", {"accountId": acct, "emails": {
