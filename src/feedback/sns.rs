@@ -344,7 +344,7 @@ fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
 }
 
 /// Parses an SNS timestamp (`2022-07-28T21:23:58.317Z`, RFC 3339 in UTC) to Unix seconds.
-fn parse_timestamp(s: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = b.get(r)?;
