@@ -103,6 +103,19 @@ pub async fn run(
     sender.dkim = DkimKeys::load(&config.dkim)?;
     let metrics = Metrics::new();
     sender.metrics = metrics.clone();
+    let feedback = crate::feedback::service::FeedbackService::new(
+        &config.feedback,
+        spool.clone(),
+        metrics.clone(),
+        clock.clone(),
+    )?;
+    if config.feedback.simulate && matches!(config.sender.transport, TransportConfig::Dir { .. }) {
+        let simulator = crate::feedback::simulator::Simulator::new(feedback.clone());
+        sender.on_sent = Some(Arc::new(move |notice| simulator.sent(notice)));
+        tracing::info!(
+            "SES mailbox simulator on: mail to *@simulator.amazonses.com produces SES events"
+        );
+    }
     let sender = Arc::new(sender);
 
     let smtp = &config.smtp;
@@ -174,7 +187,14 @@ pub async fn run(
 
     // HTTPS: one router, each part adding its routes (JMAP under /.well-known/jmap and /jmap,
     // SNS feedback at /sns).
-    let router = axum::Router::new();
+    if let Some(sqs) = &config.feedback.sqs {
+        workers.push(tokio::spawn(crate::feedback::sqs::poll(
+            sqs.clone(),
+            feedback.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let router = axum::Router::new().merge(crate::feedback::service::router(feedback.clone()));
     let (https, https_tasks) =
         crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
     tasks.extend(https_tasks);

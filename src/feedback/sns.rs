@@ -441,6 +441,11 @@ fn sns_https_url(url: &str) -> bool {
     matches!(sns_https_rest(url), Some(tail) if tail.starts_with('/'))
 }
 
+/// Whether a `SubscribeURL` may be visited: `https` on an allowed SNS host, with a path.
+pub fn subscribe_url_allowed(url: &str) -> bool {
+    sns_https_url(url)
+}
+
 /// Whether a `SigningCertURL` may be fetched: `https`, host `sns.<region>.amazonaws.com` (or
 /// `.com.cn`), no userinfo or port, and a path of one segment `[A-Za-z0-9._-]+` ending in `.pem`,
 /// with no query or fragment.
