@@ -377,8 +377,8 @@ pub struct FeedbackConfig {
     /// SNS over HTTPS.
     pub sqs: Option<FeedbackSqsConfig>,
     /// TESTS ONLY: fetch SNS certificates and confirm subscriptions at `base_url` instead of
-    /// `https://sns.<region>.amazonaws.com`, trusting only `ca_file`. Refused at load unless the
-    /// environment has `OUTBOX_ALLOW_TEST_TRUST_OVERRIDE=yes`.
+    /// `https://sns.<region>.amazonaws.com`, trusting only `ca_file`. The server refuses to start
+    /// with it unless the environment has `OUTBOX_ALLOW_TEST_TRUST_OVERRIDE=yes`.
     pub test_trust_override: Option<TrustOverride>,
 }
 
@@ -645,13 +645,6 @@ impl Config {
             {
                 problem!("sender.transport: username needs password_file or password_env");
             }
-        }
-        if self.feedback.test_trust_override.is_some()
-            && std::env::var(TRUST_OVERRIDE_ENV).as_deref() != Ok("yes")
-        {
-            problem!(
-                "feedback.test_trust_override is for tests only: it needs {TRUST_OVERRIDE_ENV}=yes in the environment"
-            );
         }
         if let Some(sqs) = &self.feedback.sqs {
             if sqs.wait_secs > 20 {

@@ -46,6 +46,11 @@ pub fn check(config: &Config) -> Vec<String> {
     if let Err(e) = DkimKeys::load(&config.dkim) {
         problems.push(format!("dkim: {e:#}"));
     }
+    if let Err(e) =
+        crate::feedback::fetch::SnsFetcher::new(config.feedback.test_trust_override.as_ref())
+    {
+        problems.push(format!("{e:#}"));
+    }
     if config.tls.cert.exists() && config.tls.key.exists() {
         if let Err(e) = tls::server_config(&config.tls) {
             problems.push(format!("tls: {e:#}"));

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::TrustOverride;
+use crate::config::{TrustOverride, TRUST_OVERRIDE_ENV};
 
 /// A signing certificate is a few KiB; a confirmation answer is small XML.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -54,6 +54,10 @@ impl SnsFetcher {
                 .with_provider_and_webpki_roots(provider)
                 .context("TLS client for SNS")?,
             Some(o) => {
+                anyhow::ensure!(
+                    std::env::var(TRUST_OVERRIDE_ENV).as_deref() == Ok("yes"),
+                    "feedback.test_trust_override is for tests only: it needs {TRUST_OVERRIDE_ENV}=yes in the environment"
+                );
                 tracing::warn!(
                     base_url = %o.base_url,
                     ca = %o.ca_file.display(),

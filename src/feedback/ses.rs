@@ -90,7 +90,6 @@ pub fn events(payload: &str, policy: SuppressionPolicy) -> Result<Vec<FeedbackEv
         tag_class: tag("message_class"),
         suppress: None,
     };
-    let expiry = |at_ms: u64, duration: Option<u64>| duration.map(|d| at_ms.saturating_add(d));
     let mut out = Vec::new();
     match kind.as_str() {
         "Delivery" => {
@@ -122,8 +121,7 @@ pub fn events(payload: &str, policy: SuppressionPolicy) -> Result<Vec<FeedbackEv
                 out.push(FeedbackEvent {
                     outcome: Outcome::Bounced,
                     recipients: vec![address.to_owned()],
-                    suppress: permanent
-                        .then(|| (format!("bounce {detail}"), expiry(at_ms, policy.bounce_ms))),
+                    suppress: permanent.then(|| (format!("bounce {detail}"), policy.bounce_ms)),
                     detail: Some(detail),
                     at_ms,
                     ..base.clone()
@@ -158,7 +156,7 @@ pub fn events(payload: &str, policy: SuppressionPolicy) -> Result<Vec<FeedbackEv
             out.push(FeedbackEvent {
                 outcome: Outcome::Complained,
                 recipients,
-                suppress: (!not_spam).then(|| (detail.clone(), expiry(at_ms, policy.complaint_ms))),
+                suppress: (!not_spam).then(|| (detail.clone(), policy.complaint_ms)),
                 detail: Some(detail),
                 at_ms,
                 ..base

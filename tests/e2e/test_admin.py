@@ -8,21 +8,7 @@ import os
 import smtplib
 import subprocess
 
-from conftest import PASSWORDS, submit_as_alice, make_message, queue_id_of, wait_for_log
-
-
-def cli(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(server.binary), *args, "--config", str(server.config_path)],
-        capture_output=True, text=True, timeout=30,
-    )
-    if check:
-        assert proc.returncode == 0, f"{args}: {proc.stderr}"
-    return proc
-
-
-def records(server, *args: str) -> list[dict]:
-    return json.loads(cli(server, *args, "--json").stdout)["records"]
+from conftest import PASSWORDS, cli, records, submit_as_alice, make_message, queue_id_of, wait_for_log
 
 
 def submit(server, subject: str) -> str:

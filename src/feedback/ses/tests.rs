@@ -35,9 +35,13 @@ fn configuration_set_bounce_is_permanent_and_suppresses_for_the_policy_period() 
     );
     // 2017-08-05T00:41:02.669Z
     assert_eq!(e.at_ms, 1_501_893_662_669);
-    let (reason, expires) = e.suppress.clone().expect("a hard bounce suppresses");
+    let (reason, lasts) = e.suppress.clone().expect("a hard bounce suppresses");
     assert!(reason.contains("550 5.1.1"), "{reason}");
-    assert_eq!(expires, Some(1_501_893_662_669 + 14 * 86_400_000));
+    assert_eq!(
+        lasts,
+        Some(14 * 86_400_000),
+        "counted from when it is applied"
+    );
     assert_eq!(e.submission_id, None, "the AWS sample has no tags of ours");
 }
 
