@@ -131,7 +131,7 @@ impl SnsFetcher {
         let response = tokio::time::timeout(TIMEOUT, self.client.get(uri))
             .await
             .map_err(|_| failed("timed out".into()))?
-            .map_err(|e| failed(format!("{e}")))?;
+            .map_err(|e| failed(chain(&e)))?;
         if !response.status().is_success() {
             return Err(failed(format!("HTTP {}", response.status())));
         }
@@ -143,5 +143,87 @@ impl SnsFetcher {
         .map_err(|_| failed("timed out reading the body".into()))?
         .map_err(|e| failed(format!("{e}")))?;
         Ok(body.to_bytes().to_vec())
+    }
+}
+
+/// An error and its causes ("client error (Connect): invalid peer certificate: UnknownIssuer").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HttpConfig, TlsConfig};
+    use crate::live::Live;
+    use axum::routing::get;
+
+    const NAME: &str = "SimpleNotificationService-0123.pem";
+
+    #[tokio::test]
+    async fn public_roots_only_unless_the_test_override_is_switched_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsConfig {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            ca: dir.path().join("ca.pem"),
+            generate_dev_cert: true,
+        };
+        let server_tls = crate::tls::server_config(&tls).unwrap();
+        let router = axum::Router::new().route(&format!("/{NAME}"), get(|| async { "PEM" }));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let config = HttpConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..HttpConfig::default()
+        };
+        let (addrs, tasks) = crate::http::serve(&config, Live::new(server_tls), router, stop_rx)
+            .await
+            .unwrap();
+        let base = format!("https://127.0.0.1:{}", addrs[0].port());
+
+        // The default client trusts the public WebPKI roots, not a private CA.
+        let public = SnsFetcher::new(None).unwrap();
+        let err = public.get(&format!("{base}/{NAME}")).await.unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+        let trust = TrustOverride {
+            base_url: base,
+            ca_file: tls.ca.clone(),
+        };
+        std::env::remove_var(TRUST_OVERRIDE_ENV);
+        assert!(
+            SnsFetcher::new(Some(&trust)).is_err(),
+            "the override needs the environment switch"
+        );
+        std::env::set_var(TRUST_OVERRIDE_ENV, "yes");
+        let fetcher = SnsFetcher::new(Some(&trust)).unwrap();
+        let url = format!("https://sns.us-east-1.amazonaws.com/{NAME}");
+        assert_eq!(&fetcher.certificate(&url).await.unwrap()[..], b"PEM");
+        assert!(matches!(
+            fetcher
+                .certificate("https://evil.example.com/x.pem")
+                .await
+                .unwrap_err(),
+            FetchError::NotAllowed(_)
+        ));
+
+        // Cached: the server can go away.
+        stop_tx.send(true).unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(&fetcher.certificate(&url).await.unwrap()[..], b"PEM");
+        let gone = format!("https://sns.us-east-1.amazonaws.com/Other-{NAME}");
+        assert!(matches!(
+            fetcher.certificate(&gone).await.unwrap_err(),
+            FetchError::Failed { .. }
+        ));
     }
 }
