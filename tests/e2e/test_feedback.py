@@ -261,6 +261,7 @@ def test_forged_foreign_replayed_and_malformed_messages_are_refused_and_store_no
     assert after["state"] == "sent" and not after.get("delivery"), after
     assert feedback.suppressions() == []
     assert not any("evil" in path for path in feedback.certs.requests), feedback.certs.requests
+    assert feedback.certs.requests.count(f"/{CERT_NAME}") == 1, "the certificate is fetched once, then cached"
     metrics = requests.get(f"http://{feedback.server.metrics[0]}:{feedback.server.metrics[1]}/metrics", timeout=10).text
     assert 'outbox_feedback_messages_total{reason="forbidden"} 12' in metrics, metrics
     assert 'outbox_feedback_messages_total{reason="malformed"} 6' in metrics
