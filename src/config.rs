@@ -117,6 +117,9 @@ pub struct SmtpConfig {
     /// Every AUTH answer, success or failure, takes at least this long, so timing tells nothing
     /// about which accounts exist.
     pub auth_min_duration_ms: u64,
+    /// A successful login is remembered this long, so the same client logging in again skips
+    /// the argon2 check (failures are never remembered; a changed password misses). 0: off.
+    pub auth_cache_secs: u64,
 }
 
 impl Default for SmtpConfig {
@@ -141,6 +144,7 @@ impl Default for SmtpConfig {
             auth_failure_window_secs: 600,
             auth_cooldown_secs: 900,
             auth_min_duration_ms: 200,
+            auth_cache_secs: 300,
         }
     }
 }

@@ -127,10 +127,13 @@ pub async fn run(
     let ctx = Arc::new(ConnContext {
         hostname: config.hostname.clone(),
         smtp: smtp.clone(),
-        passwords: Arc::new(PasswordChecker::new(
-            directory.clone(),
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        )),
+        passwords: Arc::new(
+            PasswordChecker::new(
+                directory.clone(),
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )
+            .with_cache(Duration::from_secs(smtp.auth_cache_secs)),
+        ),
         submitter,
         metrics: metrics.clone(),
         auth_throttle: Arc::new(AuthThrottle::new(
