@@ -180,10 +180,17 @@ fn resolve_uid(user: &str) -> Option<u32> {
 pub struct PasswordChecker {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<CheckJob>>,
     directory: Arc<Live<Directory>>,
-    cache: std::sync::Mutex<HashMap<[u8; 32], std::time::Instant>>,
+    cache: std::sync::Mutex<HashMap<[u8; 32], Cached>>,
     cache_key: aws_lc_rs::hmac::Key,
     cache_ttl: std::time::Duration,
     verifications: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A remembered success, or a check of the same credentials under way (which a burst of
+/// identical logins waits for instead of running its own).
+enum Cached {
+    Verified(std::time::Instant),
+    Pending(tokio::sync::watch::Receiver<Option<bool>>),
 }
 
 /// Remembered successes at most (the map is cleared when full).
@@ -242,17 +249,55 @@ impl PasswordChecker {
 
     /// The account, if the password is right.
     pub async fn check(&self, login: String, password: String) -> Option<Arc<Account>> {
-        let cached = self.cache_tag(&login, &password);
-        if let Some((tag, account)) = &cached {
+        let Some((tag, account)) = self.cache_tag(&login, &password) else {
+            return self.verify(login, password).await;
+        };
+        let pending = {
             let mut cache = self.cache.lock().unwrap();
-            match cache.get(tag) {
-                Some(at) if at.elapsed() < self.cache_ttl => return Some(account.clone()),
-                Some(_) => {
-                    cache.remove(tag);
+            match cache.get(&tag) {
+                Some(Cached::Verified(at)) if at.elapsed() < self.cache_ttl => {
+                    return Some(account)
                 }
-                None => {}
+                Some(Cached::Pending(rx)) => Err(rx.clone()),
+                _ => {
+                    if cache.len() >= AUTH_CACHE_MAX {
+                        cache.clear();
+                    }
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    cache.insert(tag, Cached::Pending(rx));
+                    Ok(tx)
+                }
+            }
+        };
+        match pending {
+            // Someone is checking these very credentials: share the answer.
+            Err(mut rx) => {
+                let shared = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|ok| ok.unwrap_or(false));
+                match shared {
+                    Ok(ok) => ok.then_some(account),
+                    // The checking task went away (its client hung up): check ourselves.
+                    Err(_) => self.verify(login, password).await,
+                }
+            }
+            Ok(tx) => {
+                let verified = self.verify(login, password).await;
+                let mut cache = self.cache.lock().unwrap();
+                if verified.is_some() {
+                    cache.insert(tag, Cached::Verified(std::time::Instant::now()));
+                } else {
+                    cache.remove(&tag);
+                }
+                let _ = tx.send(Some(verified.is_some()));
+                verified
             }
         }
+    }
+
+    /// One argon2 verification on the checker's threads.
+    async fn verify(&self, login: String, password: String) -> Option<Arc<Account>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = CheckJob {
             login,
@@ -260,15 +305,7 @@ impl PasswordChecker {
             reply,
         };
         self.jobs.lock().unwrap().send(job).ok()?;
-        let account = answer.await.ok().flatten()?;
-        if let Some((tag, _)) = cached {
-            let mut cache = self.cache.lock().unwrap();
-            if cache.len() >= AUTH_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(tag, std::time::Instant::now());
-        }
-        Some(account)
+        answer.await.ok().flatten()
     }
 
     /// The cache key for a login and password against the account's current hash.
@@ -373,8 +410,9 @@ mod tests {
     #[tokio::test]
     async fn successes_are_cached_until_the_hash_changes_failures_never() {
         let live = Live::new(directory());
-        let checker =
-            PasswordChecker::new(live.clone(), 1).with_cache(std::time::Duration::from_secs(60));
+        let checker = Arc::new(
+            PasswordChecker::new(live.clone(), 1).with_cache(std::time::Duration::from_secs(60)),
+        );
         assert!(checker
             .check("alice".into(), "s3cret".into())
             .await
@@ -399,6 +437,26 @@ mod tests {
             .await
             .is_some());
         assert_eq!(checker.verifications(), 4);
+        // A burst of identical logins runs one verification; a wrong password in the burst
+        // is checked on its own.
+        live.set(directory());
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let checker = checker.clone();
+            burst.spawn(async move { checker.check("alice".into(), "s3cret".into()).await });
+        }
+        assert!(checker
+            .check("alice".into(), "wrong".into())
+            .await
+            .is_none());
+        while let Some(result) = burst.join_next().await {
+            assert!(result.unwrap().is_some());
+        }
+        assert_eq!(
+            checker.verifications(),
+            6,
+            "one for the burst, one for the wrong password"
+        );
         // Without a cache every check verifies.
         let uncached = PasswordChecker::new(live, 1);
         for _ in 0..2 {
