@@ -170,9 +170,31 @@ fn resolve_uid(user: &str) -> Option<u32> {
 /// `spawn_blocking`'s many threads, glibc keeps a freed block in each thread's arena, and a
 /// burst of logins (valid or not) grew the server by hundreds of MiB. A few dedicated threads
 /// bound both the memory and the CPU spent on logins; further checks queue.
+///
+/// Successful checks can be remembered for a while ([`PasswordChecker::with_cache`]), as
+/// Dovecot's auth cache does: a client that logs in again and again (an application sending
+/// every few seconds, a reconnecting mail client) then costs one argon2 verification per period
+/// instead of one per connection. Only successes are cached, keyed by an HMAC (per-process
+/// random key) of the login, the password *and the stored hash*, so a changed password or a
+/// reload that changes the hash misses; wrong passwords always pay the full price.
 pub struct PasswordChecker {
     jobs: std::sync::Mutex<std::sync::mpsc::Sender<CheckJob>>,
+    directory: Arc<Live<Directory>>,
+    cache: std::sync::Mutex<HashMap<[u8; 32], Cached>>,
+    cache_key: aws_lc_rs::hmac::Key,
+    cache_ttl: std::time::Duration,
+    verifications: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// A remembered success, or a check of the same credentials under way (which a burst of
+/// identical logins waits for instead of running its own).
+enum Cached {
+    Verified(std::time::Instant),
+    Pending(tokio::sync::watch::Receiver<Option<bool>>),
+}
+
+/// Remembered successes at most (the map is cleared when full).
+const AUTH_CACHE_MAX: usize = 10_000;
 
 struct CheckJob {
     login: String,
@@ -185,26 +207,97 @@ impl PasswordChecker {
     pub fn new(directory: Arc<Live<Directory>>, threads: usize) -> PasswordChecker {
         let (tx, rx) = std::sync::mpsc::channel::<CheckJob>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
+        let verifications = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for i in 0..threads.max(1) {
             let (rx, directory) = (rx.clone(), directory.clone());
+            let verifications = verifications.clone();
             std::thread::Builder::new()
                 .name(format!("password-check-{i}"))
                 .spawn(move || loop {
                     let job = rx.lock().unwrap().recv();
                     let Ok(job) = job else { return };
+                    verifications.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = job
                         .reply
                         .send(directory.get().verify(&job.login, &job.password));
                 })
                 .expect("spawning a password-check thread");
         }
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
         PasswordChecker {
             jobs: std::sync::Mutex::new(tx),
+            directory,
+            cache: std::sync::Mutex::new(HashMap::new()),
+            cache_key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
+            cache_ttl: std::time::Duration::ZERO,
+            verifications,
         }
+    }
+
+    /// Remembers successful checks for `ttl` (zero: never).
+    pub fn with_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// argon2 verifications run so far.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The account, if the password is right.
     pub async fn check(&self, login: String, password: String) -> Option<Arc<Account>> {
+        let Some((tag, account)) = self.cache_tag(&login, &password) else {
+            return self.verify(login, password).await;
+        };
+        let pending = {
+            let mut cache = self.cache.lock().unwrap();
+            match cache.get(&tag) {
+                Some(Cached::Verified(at)) if at.elapsed() < self.cache_ttl => {
+                    return Some(account)
+                }
+                Some(Cached::Pending(rx)) => Err(rx.clone()),
+                _ => {
+                    if cache.len() >= AUTH_CACHE_MAX {
+                        cache.clear();
+                    }
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    cache.insert(tag, Cached::Pending(rx));
+                    Ok(tx)
+                }
+            }
+        };
+        match pending {
+            // Someone is checking these very credentials: share the answer.
+            Err(mut rx) => {
+                let shared = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|ok| ok.unwrap_or(false));
+                match shared {
+                    Ok(ok) => ok.then_some(account),
+                    // The checking task went away (its client hung up): check ourselves.
+                    Err(_) => self.verify(login, password).await,
+                }
+            }
+            Ok(tx) => {
+                let verified = self.verify(login, password).await;
+                let mut cache = self.cache.lock().unwrap();
+                if verified.is_some() {
+                    cache.insert(tag, Cached::Verified(std::time::Instant::now()));
+                } else {
+                    cache.remove(&tag);
+                }
+                let _ = tx.send(Some(verified.is_some()));
+                verified
+            }
+        }
+    }
+
+    /// One argon2 verification on the checker's threads.
+    async fn verify(&self, login: String, password: String) -> Option<Arc<Account>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = CheckJob {
             login,
@@ -213,6 +306,26 @@ impl PasswordChecker {
         };
         self.jobs.lock().unwrap().send(job).ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// The cache key for a login and password against the account's current hash.
+    fn cache_tag(&self, login: &str, password: &str) -> Option<([u8; 32], Arc<Account>)> {
+        if self.cache_ttl.is_zero() {
+            return None;
+        }
+        let account = self.directory.get().get(login)?;
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.cache_key);
+        for part in [
+            account.login.to_lowercase().as_bytes(),
+            password.as_bytes(),
+            account.password_hash.as_bytes(),
+        ] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part);
+        }
+        let mut tag = [0u8; 32];
+        tag.copy_from_slice(ctx.sign().as_ref());
+        Some((tag, account))
     }
 }
 
@@ -292,6 +405,67 @@ mod tests {
         assert!(dir.verify("", "").is_none());
         assert_eq!(dir.for_uid(0).unwrap().login, "Alice");
         assert!(dir.for_uid(4242).is_none());
+    }
+
+    #[tokio::test]
+    async fn successes_are_cached_until_the_hash_changes_failures_never() {
+        let live = Live::new(directory());
+        let checker = Arc::new(
+            PasswordChecker::new(live.clone(), 1).with_cache(std::time::Duration::from_secs(60)),
+        );
+        assert!(checker
+            .check("alice".into(), "s3cret".into())
+            .await
+            .is_some());
+        assert_eq!(checker.verifications(), 1);
+        assert!(checker
+            .check("ALICE".into(), "s3cret".into())
+            .await
+            .is_some());
+        assert_eq!(checker.verifications(), 1, "served from the cache");
+        for _ in 0..2 {
+            assert!(checker
+                .check("alice".into(), "wrong".into())
+                .await
+                .is_none());
+        }
+        assert_eq!(checker.verifications(), 3, "failures are never cached");
+        // A reload with a new hash (the same password, re-hashed) misses the cache.
+        live.set(directory());
+        assert!(checker
+            .check("alice".into(), "s3cret".into())
+            .await
+            .is_some());
+        assert_eq!(checker.verifications(), 4);
+        // A burst of identical logins runs one verification; a wrong password in the burst
+        // is checked on its own.
+        live.set(directory());
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let checker = checker.clone();
+            burst.spawn(async move { checker.check("alice".into(), "s3cret".into()).await });
+        }
+        assert!(checker
+            .check("alice".into(), "wrong".into())
+            .await
+            .is_none());
+        while let Some(result) = burst.join_next().await {
+            assert!(result.unwrap().is_some());
+        }
+        assert_eq!(
+            checker.verifications(),
+            6,
+            "one for the burst, one for the wrong password"
+        );
+        // Without a cache every check verifies.
+        let uncached = PasswordChecker::new(live, 1);
+        for _ in 0..2 {
+            assert!(uncached
+                .check("alice".into(), "s3cret".into())
+                .await
+                .is_some());
+        }
+        assert_eq!(uncached.verifications(), 2);
     }
 
     #[tokio::test]

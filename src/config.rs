@@ -44,6 +44,9 @@ pub struct Config {
     /// The HTTPS listener for JMAP and the SNS feedback endpoint.
     #[serde(default)]
     pub http: HttpConfig,
+    /// SES feedback (bounces, complaints, deliveries) over SNS, and the suppression policy.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
@@ -114,6 +117,9 @@ pub struct SmtpConfig {
     /// Every AUTH answer, success or failure, takes at least this long, so timing tells nothing
     /// about which accounts exist.
     pub auth_min_duration_ms: u64,
+    /// A successful login is remembered this long, so the same client logging in again skips
+    /// the argon2 check (failures are never remembered; a changed password misses). 0: off.
+    pub auth_cache_secs: u64,
 }
 
 impl Default for SmtpConfig {
@@ -138,6 +144,7 @@ impl Default for SmtpConfig {
             auth_failure_window_secs: 600,
             auth_cooldown_secs: 900,
             auth_min_duration_ms: 200,
+            auth_cache_secs: 300,
         }
     }
 }
@@ -352,6 +359,76 @@ impl Default for MetricsConfig {
     }
 }
 
+/// SES feedback: which SNS topics are trusted, how long suppressions last, where to poll.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    /// SNS topic ARNs whose messages are accepted (exact match); empty refuses every message.
+    pub topics: Vec<String>,
+    /// SNS messages older than this (their `Timestamp`) are refused as replays.
+    pub max_message_age_secs: u64,
+    /// A hard bounce suppresses the address (for that account and class) this long; 0: until
+    /// removed. SES's own account-level list keeps entries for up to 14 days.
+    pub bounce_suppression_days: u64,
+    /// A complaint suppresses the address (for that account and class) this long; 0: until
+    /// removed.
+    pub complaint_suppression_days: u64,
+    /// With the `dir` transport, mail to the SES mailbox-simulator addresses
+    /// (`success@`, `bounce@`, `ooto@`, `complaint@`, `suppressionlist@simulator.amazonses.com`)
+    /// produces the events SES would, through the same feedback path.
+    pub simulate: bool,
+    /// Poll this SQS queue (subscribed to the SES topics) instead of, or as well as, receiving
+    /// SNS over HTTPS.
+    pub sqs: Option<FeedbackSqsConfig>,
+    /// TESTS ONLY: fetch SNS certificates and confirm subscriptions at `base_url` instead of
+    /// `https://sns.<region>.amazonaws.com`, trusting only `ca_file`. The server refuses to start
+    /// with it unless the environment has `OUTBOX_ALLOW_TEST_TRUST_OVERRIDE=yes`.
+    pub test_trust_override: Option<TrustOverride>,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            topics: Vec::new(),
+            max_message_age_secs: 3600,
+            bounce_suppression_days: 14,
+            complaint_suppression_days: 0,
+            simulate: true,
+            sqs: None,
+            test_trust_override: None,
+        }
+    }
+}
+
+/// The environment variable (and value) that must accompany `feedback.test_trust_override`.
+pub const TRUST_OVERRIDE_ENV: &str = "OUTBOX_ALLOW_TEST_TRUST_OVERRIDE";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustOverride {
+    pub base_url: String,
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackSqsConfig {
+    pub queue_url: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The subscription delivers the SES event itself (SNS "raw message delivery"); otherwise
+    /// each body is an SNS envelope, verified like an HTTPS one.
+    #[serde(default)]
+    pub raw_message_delivery: bool,
+    /// Long-poll wait per ReceiveMessage (SQS allows up to 20).
+    #[serde(default = "default_sqs_wait")]
+    pub wait_secs: u64,
+}
+
+fn default_sqs_wait() -> u64 {
+    20
+}
+
 /// The HTTPS listener (same certificate as SMTP) serving JMAP (`/.well-known/jmap`, `/jmap/…`)
 /// and SNS feedback (`POST /sns`).
 #[derive(Debug, Clone, Deserialize)]
@@ -527,6 +604,9 @@ impl Config {
         for dkim in &mut self.dkim {
             abs(&mut dkim.private_key_file);
         }
+        if let Some(o) = &mut self.feedback.test_trust_override {
+            abs(&mut o.ca_file);
+        }
         for account in &mut self.accounts {
             if let Some(file) = &mut account.password_hash_file {
                 abs(file);
@@ -568,6 +648,16 @@ impl Config {
                 && relay.password_env.is_none()
             {
                 problem!("sender.transport: username needs password_file or password_env");
+            }
+        }
+        if let Some(sqs) = &self.feedback.sqs {
+            if sqs.wait_secs > 20 {
+                problem!("feedback.sqs.wait_secs: SQS long polling waits at most 20 seconds");
+            }
+        }
+        for topic in &self.feedback.topics {
+            if !topic.starts_with("arn:aws") || topic.split(':').count() != 6 {
+                problem!("feedback.topics: {topic:?} is not an SNS topic ARN");
             }
         }
         if self.sender.workers == 0 {

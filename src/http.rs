@@ -145,6 +145,6 @@ async fn accept_loop(
 
 /// Resolves once shutdown is signalled (the borrow of the flag ends here, keeping the callers'
 /// futures `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }

@@ -355,7 +355,7 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
 
 fn print_table(records: &[SubmissionRecord]) {
     println!(
-        "{:<16}  {:<7}  {:>3}  {:<20}  {:<28}  {:<28}  LAST ERROR",
+        "{:<16}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  LAST ERROR",
         "ID", "STATE", "TRY", "DUE (UTC)", "FROM", "TO"
     );
     for r in records {
@@ -366,7 +366,7 @@ fn print_table(records: &[SubmissionRecord]) {
             [] => "-".into(),
         };
         println!(
-            "{:<16}  {:<7}  {:>3}  {:<20}  {:<28}  {:<28}  {}",
+            "{:<16}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  {}",
             r.id.to_string(),
             format!("{:?}", r.state).to_lowercase(),
             r.receive_count,
@@ -416,7 +416,7 @@ fn print_record(r: &SubmissionRecord) {
     println!("history:");
     for t in &r.history {
         println!(
-            "  {}  {:<7}  {}",
+            "  {}  {:<10}  {}",
             rfc3339(t.at_ms),
             format!("{:?}", t.state).to_lowercase(),
             t.detail.as_deref().unwrap_or("")

@@ -50,6 +50,12 @@ pub struct Metrics {
     /// Recipients left out because they are on the suppression list.
     pub suppressed: Counter,
     pub send_seconds: Family<Transport, Histogram, fn() -> Histogram>,
+    /// SNS/SQS feedback messages by what became of them (applied, duplicate, refused, ...).
+    pub feedback_messages: Family<Reason, Counter>,
+    /// SES events applied, by outcome (delivered, bounced, complained, delayed, rejected).
+    pub feedback_events: Family<Reason, Counter>,
+    /// Suppression entries added by feedback.
+    pub suppressions_added: Counter,
     queue_length: Gauge,
     dead_letters: Gauge,
     spool_messages: Gauge,
@@ -72,6 +78,9 @@ impl Metrics {
             deliveries: Family::default(),
             suppressed: Counter::default(),
             send_seconds: Family::new_with_constructor(send_histogram),
+            feedback_messages: Family::default(),
+            feedback_events: Family::default(),
+            suppressions_added: Counter::default(),
             queue_length: Gauge::default(),
             dead_letters: Gauge::default(),
             spool_messages: Gauge::default(),
@@ -153,6 +162,21 @@ impl Metrics {
             "send_duration_seconds",
             "Time a transport took per message",
             m.send_seconds.clone(),
+        );
+        registry.register(
+            "feedback_messages",
+            "SES feedback messages (SNS over HTTPS or SQS) by result",
+            m.feedback_messages.clone(),
+        );
+        registry.register(
+            "feedback_events",
+            "SES events applied to submissions, by outcome",
+            m.feedback_events.clone(),
+        );
+        registry.register(
+            "suppressions_added",
+            "Suppression entries added from bounces and complaints",
+            m.suppressions_added.clone(),
         );
         registry.register(
             "queue_length",

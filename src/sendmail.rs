@@ -271,6 +271,7 @@ async fn submit(
         Err(SubmitError::BadMessage(m)) => LocalAnswer::new(exit::DATAERR, m),
         Err(SubmitError::SpoolFull) => LocalAnswer::new(exit::TEMPFAIL, "queue full, try later"),
         Err(SubmitError::Storage) => LocalAnswer::new(exit::TEMPFAIL, "local error, try later"),
+        Err(e @ SubmitError::Suppressed { .. }) => LocalAnswer::new(exit::NOPERM, e.to_string()),
     }
 }
 

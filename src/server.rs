@@ -46,6 +46,11 @@ pub fn check(config: &Config) -> Vec<String> {
     if let Err(e) = DkimKeys::load(&config.dkim) {
         problems.push(format!("dkim: {e:#}"));
     }
+    if let Err(e) =
+        crate::feedback::fetch::SnsFetcher::new(config.feedback.test_trust_override.as_ref())
+    {
+        problems.push(format!("{e:#}"));
+    }
     if config.tls.cert.exists() && config.tls.key.exists() {
         if let Err(e) = tls::server_config(&config.tls) {
             problems.push(format!("tls: {e:#}"));
@@ -110,16 +115,32 @@ pub async fn run(
     let metrics = Metrics::new();
     sender.metrics = metrics.clone();
     sender.signatures = Some(jmap_store.clone());
+    let feedback = crate::feedback::service::FeedbackService::new(
+        &config.feedback,
+        spool.clone(),
+        metrics.clone(),
+        clock.clone(),
+    )?;
+    if config.feedback.simulate && matches!(config.sender.transport, TransportConfig::Dir { .. }) {
+        let simulator = crate::feedback::simulator::Simulator::new(feedback.clone());
+        sender.on_sent = Some(Arc::new(move |notice| simulator.sent(notice)));
+        tracing::info!(
+            "SES mailbox simulator on: mail to *@simulator.amazonses.com produces SES events"
+        );
+    }
     let sender = Arc::new(sender);
 
     let smtp = &config.smtp;
     let ctx = Arc::new(ConnContext {
         hostname: config.hostname.clone(),
         smtp: smtp.clone(),
-        passwords: Arc::new(PasswordChecker::new(
-            directory.clone(),
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        )),
+        passwords: Arc::new(
+            PasswordChecker::new(
+                directory.clone(),
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )
+            .with_cache(Duration::from_secs(smtp.auth_cache_secs)),
+        ),
         submitter,
         metrics: metrics.clone(),
         auth_throttle: Arc::new(AuthThrottle::new(
@@ -181,7 +202,14 @@ pub async fn run(
 
     // HTTPS: one router, each part adding its routes (JMAP under /.well-known/jmap and /jmap,
     // SNS feedback at /sns).
-    let router = axum::Router::new();
+    if let Some(sqs) = &config.feedback.sqs {
+        workers.push(tokio::spawn(crate::feedback::sqs::poll(
+            sqs.clone(),
+            feedback.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let router = axum::Router::new().merge(crate::feedback::service::router(feedback.clone()));
     let router = router.merge(crate::jmap::router(crate::jmap::Jmap::new(
         crate::jmap::Parts {
             store: jmap_store,

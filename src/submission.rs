@@ -26,6 +26,13 @@ pub enum SubmitError {
     /// The message itself is unacceptable; the text is safe to show the client.
     #[error("{0}")]
     BadMessage(&'static str),
+    /// A recipient is on the suppression list for this account and message class.
+    #[error("recipient {address} is suppressed for {class} mail: {reason}")]
+    Suppressed {
+        address: String,
+        class: String,
+        reason: String,
+    },
     #[error("spool full")]
     SpoolFull,
     #[error("storage failure")]
@@ -96,6 +103,26 @@ impl Submitter {
             }
             None => message_class(&req.mime)?,
         };
+        // Refused up front, with the reason, rather than accepted and dropped at send time.
+        for rcpt in &req.recipients {
+            match self
+                .spool
+                .suppressed(rcpt, &req.account.account_id, &message_class)
+            {
+                Ok(Some(s)) => {
+                    return Err(SubmitError::Suppressed {
+                        address: rcpt.clone(),
+                        class: message_class,
+                        reason: s.reason,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the suppression list failed");
+                    return Err(SubmitError::Storage);
+                }
+            }
+        }
         let id = self.spool.allocate_id();
         let received = self.received_header(&req, id);
         let mut mime = req.mime;

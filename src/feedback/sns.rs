@@ -344,7 +344,7 @@ fn first_certificate_der(pem: &[u8]) -> Result<Vec<u8>, SnsError> {
 }
 
 /// Parses an SNS timestamp (`2022-07-28T21:23:58.317Z`, RFC 3339 in UTC) to Unix seconds.
-fn parse_timestamp(s: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = b.get(r)?;
@@ -439,6 +439,11 @@ fn sns_https_rest(url: &str) -> Option<&str> {
 /// An `https` URL on an allowed SNS host with a path (used for `SubscribeURL`).
 fn sns_https_url(url: &str) -> bool {
     matches!(sns_https_rest(url), Some(tail) if tail.starts_with('/'))
+}
+
+/// Whether a `SubscribeURL` may be visited: `https` on an allowed SNS host, with a path.
+pub fn subscribe_url_allowed(url: &str) -> bool {
+    sns_https_url(url)
 }
 
 /// Whether a `SigningCertURL` may be fetched: `https`, host `sns.<region>.amazonaws.com` (or

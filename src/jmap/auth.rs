@@ -1,9 +1,8 @@
 //! Who is calling: HTTP Basic with the SMTP accounts, or a bearer token.
 //!
-//! Basic runs argon2 (deliberately ~tens of ms) on the shared password-check threads; a
-//! successful check is remembered for [`BASIC_CACHE_MS`] under an HMAC of login and password
-//! with a per-process random key (the password itself is never kept), and only while the
-//! directory still holds the same account object — a reload (SIGHUP) forgets every entry.
+//! Basic runs argon2 (deliberately slow) on the password-check threads shared with SMTP AUTH,
+//! and so shares their login cache (`smtp.auth_cache_secs`: an HMAC of login, password and
+//! stored hash, successes only) and the per-IP failed-login budget.
 //!
 //! Bearer tokens are minted by `POST /jmap/token` (authenticated with Basic): 32 random
 //! bytes, shown once; only their SHA-256 is stored (jmap.redb), with an expiry of
@@ -12,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::{digest, hmac};
+use aws_lc_rs::digest;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
@@ -30,10 +29,6 @@ use crate::clock::Clock;
 use crate::live::Live;
 use crate::smtp::guard::AuthThrottle;
 
-/// How long a verified Basic credential is trusted without another argon2 check.
-pub const BASIC_CACHE_MS: u64 = 5 * 60 * 1000;
-/// Bound on remembered credentials; the cache is emptied when it is full.
-const BASIC_CACHE_MAX: usize = 10_000;
 /// Lifetime of a bearer token.
 pub const TOKEN_LIFETIME_MS: u64 = 30 * 86_400_000;
 const TOKEN_PREFIX: &str = "obx_";
@@ -51,8 +46,6 @@ pub struct Authenticator {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     throttle: Arc<AuthThrottle>,
-    key: hmac::Key,
-    cache: Mutex<HashMap<Vec<u8>, (Arc<Account>, u64)>>,
 }
 
 impl Authenticator {
@@ -63,15 +56,12 @@ impl Authenticator {
         clock: Arc<dyn Clock>,
         throttle: Arc<AuthThrottle>,
     ) -> Self {
-        let key_bytes: [u8; 32] = rand::random();
         Authenticator {
             directory,
             passwords,
             store,
             clock,
             throttle,
-            key: hmac::Key::new(hmac::HMAC_SHA256, &key_bytes),
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +108,8 @@ impl Authenticator {
         found.ok_or_else(unauthorized)
     }
 
+    /// argon2 runs on the shared password-check threads, whose login cache (`auth_cache_secs`,
+    /// as for SMTP AUTH) spares a client that sends many requests one check per request.
     async fn basic(&self, encoded: &str) -> Option<Arc<Account>> {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded)
@@ -127,28 +119,9 @@ impl Authenticator {
         if login.is_empty() || login.len() > 256 || password.len() > 1024 {
             return None;
         }
-        let mut mac = hmac::Context::with_key(&self.key);
-        mac.update(login.to_lowercase().as_bytes());
-        mac.update(&[0]);
-        mac.update(password.as_bytes());
-        let tag = mac.sign().as_ref().to_vec();
-        let now = self.clock.now_ms();
-        let current = self.directory.get().get(login);
-        if let Some((account, expires)) = self.cache.lock().unwrap().get(&tag) {
-            if *expires > now && current.as_ref().is_some_and(|c| Arc::ptr_eq(c, account)) {
-                return Some(account.clone());
-            }
-        }
-        let account = self
-            .passwords
+        self.passwords
             .check(login.to_string(), password.to_string())
-            .await?;
-        let mut cache = self.cache.lock().unwrap();
-        if cache.len() >= BASIC_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(tag, (account.clone(), now + BASIC_CACHE_MS));
-        Some(account)
+            .await
     }
 
     fn bearer(&self, token: &str) -> Option<Arc<Account>> {

@@ -275,6 +275,9 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
             ))
         }
         Err(SubmitError::BadMessage(m)) => return Err(set_error("invalidEmail", m)),
+        Err(e @ SubmitError::Suppressed { .. }) => {
+            return Err(set_error("forbiddenToSend", e.to_string()))
+        }
         Err(SubmitError::SpoolFull) => {
             return Err(set_error(
                 "overQuota",

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::accounts::Directory;
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::spool::{FeedbackEvent, Lease, Outcome, RetryOutcome, Spool};
+use crate::spool::{FeedbackEvent, Lease, Outcome, RetryOutcome, Spool, SubmissionRecord};
 use crate::transport::{Delivery, OutboundMessage, Transport};
 use flow::{Breaker, InFlight, Pace};
 
@@ -49,6 +49,19 @@ pub struct Sender {
     pub metrics: Arc<Metrics>,
     /// Signature overrides (JMAP); `None`: the configured signatures.
     pub signatures: Option<Arc<dyn SignatureSource>>,
+    /// Told about every message the transport accepted (after the spool recorded it).
+    pub on_sent: Option<Arc<dyn Fn(SentNotice) + Send + Sync>>,
+}
+
+/// A message the transport accepted, as it went out.
+#[derive(Debug, Clone)]
+pub struct SentNotice {
+    pub record: SubmissionRecord,
+    /// The recipients it was actually sent to (suppressed ones left out).
+    pub recipients: Vec<String>,
+    pub provider_id: String,
+    pub tags: Vec<(String, String)>,
+    pub at_ms: u64,
 }
 
 impl Sender {
@@ -70,6 +83,7 @@ impl Sender {
             dkim: dkim::DkimKeys::default(),
             metrics: Metrics::new(),
             signatures: None,
+            on_sent: None,
         }
     }
 }
@@ -239,7 +253,8 @@ async fn deliver(sender: &Sender, lease: Lease) {
         Err(refusal) => {
             // Decided here, without asking the provider: says nothing about its health.
             sender.breaker.probe_unused();
-            return record(sender, &lease, refusal).await;
+            record(sender, &lease, refusal).await;
+            return;
         }
     };
     sender.pace.wait().await;
@@ -251,7 +266,8 @@ async fn deliver(sender: &Sender, lease: Lease) {
         return;
     }
     let started = std::time::Instant::now();
-    let delivery = sender.transport.send(Arc::new(message)).await;
+    let message = Arc::new(message);
+    let delivery = sender.transport.send(message.clone()).await;
     let outcome = match &delivery {
         Delivery::Sent { .. } => "sent",
         Delivery::Retry { .. } => "retry",
@@ -266,11 +282,24 @@ async fn deliver(sender: &Sender, lease: Lease) {
         _ => sender.breaker.reachable(),
     }
     tracing::debug!(%id, transport, attempt, "transport answered");
-    record(sender, &lease, delivery).await;
+    let sent = match &delivery {
+        Delivery::Sent { provider_id } => Some(provider_id.clone()),
+        _ => None,
+    };
+    let recorded = record(sender, &lease, delivery).await;
+    if let (Some(provider_id), Some(on_sent), true) = (sent, &sender.on_sent, recorded) {
+        on_sent(SentNotice {
+            record: lease.record.clone(),
+            recipients: message.recipients.clone(),
+            provider_id,
+            tags: message.tags.clone(),
+            at_ms: spool.now_ms(),
+        });
+    }
 }
 
-/// Records what became of one attempt.
-async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) {
+/// Records what became of one attempt; true when the spool took it.
+async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
     let (id, attempt, transport) = (
         lease.record.id,
         lease.record.receive_count,
@@ -308,11 +337,15 @@ async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) {
     };
     match result {
         Ok(RetryOutcome::Stale) => {
-            tracing::warn!(%id, attempt, "outcome not recorded: the message changed hands (lease expired)")
+            tracing::warn!(%id, attempt, "outcome not recorded: the message changed hands (lease expired)");
+            false
         }
-        Ok(_) => {}
+        Ok(_) => true,
         // The lease will expire and the message be tried again: at-least-once.
-        Err(e) => tracing::error!(%id, error = %e, "recording the outcome failed"),
+        Err(e) => {
+            tracing::error!(%id, error = %e, "recording the outcome failed");
+            false
+        }
     }
 }
 

@@ -441,6 +441,7 @@ impl Conn {
                 SubmitError::BadMessage(_) => "bad_message",
                 SubmitError::SpoolFull => "spool_full",
                 SubmitError::Storage => "storage",
+                SubmitError::Suppressed { .. } => "suppressed",
             }),
         }
         match &result {

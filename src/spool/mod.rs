@@ -91,7 +91,8 @@ pub struct FeedbackEvent {
     pub tag_account: Option<String>,
     pub tag_class: Option<String>,
     /// Add the recipients to the suppression list (scoped to the submission's account and
-    /// class) with this reason, until `expires_ms` (`None`: no expiry).
+    /// class) with this reason, for this many milliseconds from when it is applied (`None`:
+    /// until removed).
     pub suppress: Option<(String, Option<u64>)>,
 }
 

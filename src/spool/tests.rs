@@ -503,7 +503,7 @@ async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class() 
     let spool = open(dir.path(), &clock, options());
     let id = sent_submission(&spool).await;
     let mut bounce = event(Outcome::Bounced, &["bob@example.net"], START + 50);
-    bounce.suppress = Some(("bounce Permanent/General".into(), Some(START + 86_400_000)));
+    bounce.suppress = Some(("bounce Permanent/General".into(), Some(86_400_000)));
     let applied = spool
         .apply_feedback(Some("sns-b".into()), vec![bounce])
         .await
@@ -511,6 +511,7 @@ async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class() 
     assert_eq!(applied.suppressed.len(), 1);
     assert_eq!(applied.suppressed[0].class, "bulk");
     assert_eq!(applied.suppressed[0].account, "a");
+    assert_eq!(applied.suppressed[0].expires_ms, Some(START + 86_400_000));
     spool
         .apply_feedback(
             Some("sns-d".into()),

@@ -738,7 +738,7 @@ impl Writer {
             } else {
                 applied.unmatched += 1;
             }
-            if let Some((reason, expires_ms)) = &event.suppress {
+            if let Some((reason, lasts_ms)) = &event.suppress {
                 for rcpt in &recipients {
                     let entry = Suppression {
                         address: rcpt.trim().to_lowercase(),
@@ -746,7 +746,7 @@ impl Writer {
                         class: class.clone(),
                         reason: reason.clone(),
                         at_ms: now,
-                        expires_ms: *expires_ms,
+                        expires_ms: lasts_ms.map(|d| now.saturating_add(d)),
                     };
                     suppress(txn, &entry, false)?;
                     applied.suppressed.push(entry);

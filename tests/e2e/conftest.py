@@ -828,3 +828,34 @@ def submit_as_alice(server, message: bytes, rcpts: list[str], sender: str = "ali
         code, reply = client.data(message)
         assert code == 250, reply
         return queue_id_of(reply)
+
+
+# --------------------------------------------------------------------------- admin CLI
+
+
+def cli(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `outbox ARGS --config ...` against the running server (admin socket)."""
+    proc = subprocess.run(
+        [str(server.binary), *args, "--config", str(server.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    if check:
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    return proc
+
+
+def records(server, *args: str) -> list[dict]:
+    """`outbox queue ... --json` records."""
+    return json.loads(cli(server, *args, "--json").stdout)["records"]
+
+
+def wait_record(server, queue_id: str, predicate, timeout: float = DELIVERY_TIMEOUT) -> dict:
+    """Polls `outbox queue show ID` until `predicate(record)` holds; returns the record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = records(server, "queue", "show", queue_id)[0]
+        if predicate(rec):
+            return rec
+        if time.monotonic() > deadline:
+            raise AssertionError(f"record {queue_id} never matched: {rec}\n{server.log_tail()}")
+        time.sleep(0.05)

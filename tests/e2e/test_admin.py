@@ -8,21 +8,7 @@ import os
 import smtplib
 import subprocess
 
-from conftest import PASSWORDS, submit_as_alice, make_message, queue_id_of, wait_for_log
-
-
-def cli(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(server.binary), *args, "--config", str(server.config_path)],
-        capture_output=True, text=True, timeout=30,
-    )
-    if check:
-        assert proc.returncode == 0, f"{args}: {proc.stderr}"
-    return proc
-
-
-def records(server, *args: str) -> list[dict]:
-    return json.loads(cli(server, *args, "--json").stdout)["records"]
+from conftest import PASSWORDS, cli, records, submit_as_alice, make_message, queue_id_of, wait_for_log
 
 
 def submit(server, subject: str) -> str:
@@ -117,22 +103,46 @@ def test_suppression_by_class(server):
     assert listed == {("gone@example.net", "*"), ("annoyed@example.net", "bulk")}
     assert cli(server, "suppression", "add", "x@example.net", "--class", "spam", check=False).returncode != 0
 
-    def send(subject: str, extra: str, rcpts: list[str]) -> str:
-        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
-            client.starttls(context=server.tls_context())
-            client.login("alice", PASSWORDS["alice"])
-            assert client.sendmail("alice@example.com", rcpts, make_message(subject, extra_headers=extra)) == {}
-        _, envelope, _ = server.wait_for_eml_containing(subject.encode()) if "ok" in subject else (None, None, None)
-        return envelope
+    def session():
+        client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        return client
 
-    # A bulk mail leaves out both; a transactional one still reaches the annoyed reader.
-    envelope = send("bulk ok", "X-Outbox-Class: bulk\r\n", ["gone@example.net", "annoyed@example.net", "fan@example.net"])
+    # At submission: refused with the address and the reason, by class.
+    with session() as client:
+        try:
+            client.sendmail("alice@example.com", ["fan@example.net", "annoyed@example.net"],
+                            make_message("bulk", extra_headers="X-Outbox-Class: bulk\r\n"))
+            raise AssertionError("accepted a bulk mail to a bulk-suppressed address")
+        except smtplib.SMTPDataError as e:
+            assert e.smtp_code == 550 and b"5.7.1" in e.smtp_error and b"annoyed@example.net" in e.smtp_error
+        # A password reset (transactional) still reaches the bulk-suppressed reader.
+        assert client.sendmail("alice@example.com", ["annoyed@example.net"], make_message("reset ok")) == {}
+    server.wait_for_eml_containing(b"reset ok")
+
+    # Suppressed after acceptance: left out at send time, and each left-out recipient says why.
+    def held(subject: str, rcpts: list[str]) -> str:
+        with session() as client:
+            client.ehlo()
+            client.mail("alice@example.com", ["HOLDFOR=3600"])
+            for r in rcpts:
+                client.rcpt(r)
+            code, reply = client.data(make_message(subject))
+            assert code == 250, reply
+            return queue_id_of(reply)
+
+    some = held("late ok", ["fan@example.net", "late@example.net"])
+    nobody = held("nobody", ["late@example.net"])
+    cli(server, "suppression", "add", "late@example.net", "--reason", "complaint")
+    cli(server, "queue", "retry", "--all")
+    _, envelope, _ = server.wait_for_eml_containing(b"late ok")
     assert envelope["recipients"] == ["fan@example.net"]
-    envelope = send("reset ok", "", ["gone@example.net", "annoyed@example.net"])
-    assert envelope["recipients"] == ["annoyed@example.net"]
-    # Nobody left: the submission fails with the reason.
-    send("nobody", "", ["gone@example.net"])
     line = wait_for_log(server, "every recipient is suppressed")[0]
-    assert "hard bounce" in line
+    assert "complaint" in line
+    assert records(server, "queue", "show", nobody)[0]["state"] == "failed"
+    status = records(server, "queue", "show", some)[0]["delivery"]["late@example.net"]
+    assert status["outcome"] == "suppressed" and "complaint" in status["detail"]
     assert cli(server, "suppression", "remove", "gone@example.net").returncode == 0
-    assert [s["address"] for s in json.loads(cli(server, "suppression", "list", "--json").stdout)["suppressions"]] == ["annoyed@example.net"]
+    remaining = {s["address"] for s in json.loads(cli(server, "suppression", "list", "--json").stdout)["suppressions"]}
+    assert remaining == {"annoyed@example.net", "late@example.net"}

@@ -412,7 +412,7 @@ fn spool_full_at_mail() {
 
 #[test]
 fn submission_errors_map_to_replies() {
-    let cases: [(Result<QueueId, SubmitError>, &str); 5] = [
+    let cases: [(Result<QueueId, SubmitError>, &str); 6] = [
         (Ok(QueueId(1)), "250 2.0.0 Ok: queued as 0000000000000001"),
         (Err(SubmitError::NotOwner("x".into())), "550 5.7.1"),
         (
@@ -421,6 +421,14 @@ fn submission_errors_map_to_replies() {
         ),
         (Err(SubmitError::SpoolFull), "452 4.3.1"),
         (Err(SubmitError::Storage), "451 4.3.0"),
+        (
+            Err(SubmitError::Suppressed {
+                address: "gone@example.net".into(),
+                class: "bulk".into(),
+                reason: "bounce Permanent/General".into(),
+            }),
+            "550 5.7.1 recipient gone@example.net is suppressed for bulk mail: bounce Permanent/General",
+        ),
     ];
     for (result, want) in cases {
         let mut s = session(PortKind::Submissions);
