@@ -625,3 +625,42 @@ def test_upload_limit(start_server):
     assert r.status_code == 413 and r.json()["limit"] == "maxSizeUpload"
     r = raw(server, b"x" * 10, path=f"/jmap/upload/{acct}/")
     assert r.status_code == 201
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def test_delivery_status_follows_ses_feedback_with_push(server, monkeypatch):
+    """queued -> sent -> delivered / bounced, seen through JMAP: the offline SES mailbox
+    simulator (dir transport) publishes SES events that take the real feedback path; each
+    change of deliveryStatus is pushed as an EmailSubmission state change."""
+    sim = "simulator.amazonses.com"
+    c = client(server, monkeypatch)
+    drafts, identity = draft_and_identity(c)
+    acct = c.account_id
+    events = Events(server)
+    try:
+        events.wait(lambda k, d: k == "state", "initial state")
+        _, sub_id = create_and_submit(
+            c, draft(drafts, identity, [f"success@{sim}", f"bounce@{sim}"], "feedback", "x"),
+            identity.id)
+        done = lambda s: (s.delivery_status[f"success@{sim}"].delivered.value == "yes"
+                          and s.delivery_status[f"bounce@{sim}"].delivered.value == "no")
+        s = poll(lambda: submission(c, sub_id), done, "delivered yes / bounced no")
+        # At least two pushes: sent (final, unknown), then the feedback (yes / no).
+        for n in range(2):
+            events.wait(lambda k, d: k == "state" and "EmailSubmission" in d["changed"].get(acct, {}),
+                        f"EmailSubmission state change #{n + 1}")
+    finally:
+        events.close()
+    assert s.undo_status.value == "final"
+    bounce = s.delivery_status[f"bounce@{sim}"]
+    assert bounce.smtp_reply.startswith("5"), bounce
+    assert s.delivery_status[f"success@{sim}"].smtp_reply.startswith("250")
+    # The bounce put the address on the suppression list: a new submission is refused, naming it.
+    results = c.request([
+        EmailSet(create=dict(d=draft(drafts, identity, [f"bounce@{sim}"], "again", "x"))),
+        EmailSubmissionSet(create=dict(s=EmailSubmission(email_id="#d", identity_id=identity.id))),
+    ])
+    err = results[1].response.not_created["s"]
+    assert err.type == "forbiddenToSend" and f"bounce@{sim}" in err.description
