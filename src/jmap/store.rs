@@ -96,8 +96,20 @@ impl Store {
         self.push.subscribe()
     }
 
-    /// Runs `f` in one write transaction; commits (fsync) if it returns Ok.
+    /// Runs `f` in one write transaction; commits (fsync) if it returns Ok. On the
+    /// multi-threaded runtime the commit runs under `block_in_place`, so the worker's other
+    /// tasks (other requests, pushes) move on while this one waits for the disk.
     pub fn write<R>(&self, f: impl FnOnce(&mut Tx) -> Result<R>) -> Result<R> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.write_now(f))
+            }
+            _ => self.write_now(f),
+        }
+    }
+
+    fn write_now<R>(&self, f: impl FnOnce(&mut Tx) -> Result<R>) -> Result<R> {
         let txn = self.db.begin_write().map_err(storage)?;
         let mut tx = Tx {
             txn: &txn,
