@@ -509,15 +509,18 @@ pub fn get_ids(args: &Args) -> Result<Option<Vec<String>>, MethodError> {
     Ok(ids)
 }
 
+/// (creation id or id, object or patch) pairs of a `/set`.
+pub type SetObjects = Vec<(String, Map<String, Value>)>;
+
 /// A `/set`'s create, update and destroy, within maxObjectsInSet.
 pub struct SetArgs {
-    pub create: Vec<(String, Map<String, Value>)>,
-    pub update: Vec<(String, Map<String, Value>)>,
+    pub create: SetObjects,
+    pub update: SetObjects,
     pub destroy: Vec<String>,
 }
 
 pub fn set_args(args: &Args) -> Result<SetArgs, MethodError> {
-    let objects = |key: &str| -> Result<Vec<(String, Map<String, Value>)>, MethodError> {
+    let objects = |key: &str| -> Result<SetObjects, MethodError> {
         let Some(map) = args.object(key)? else {
             return Ok(Vec::new());
         };

@@ -350,7 +350,6 @@ pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
 
 fn matches(
     filter: &Map<String, Value>,
-    id: &str,
     meta: &EmailMeta,
     rx: &Rx,
     account: &str,
@@ -365,7 +364,7 @@ fn matches(
             let c = c
                 .as_object()
                 .ok_or_else(|| MethodError::invalid("conditions must be objects"))?;
-            results.push(matches(c, id, meta, rx, account)?);
+            results.push(matches(c, meta, rx, account)?);
         }
         return match op {
             "AND" => Ok(results.iter().all(|r| *r)),
@@ -441,7 +440,7 @@ pub fn query(ctx: &mut Ctx, args: Args) -> MethodResult {
     let filter = args.object("filter")?.cloned().unwrap_or_default();
     let mut found = Vec::new();
     for (id, meta) in load_all(&rx, &account)? {
-        if matches(&filter, &id, &meta, &rx, &account)? {
+        if matches(&filter, &meta, &rx, &account)? {
             found.push((id, meta));
         }
     }

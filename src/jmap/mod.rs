@@ -332,18 +332,17 @@ async fn api_endpoint(State(jmap): State<Arc<Jmap>>, request: Request) -> Respon
     }
 }
 
-/// The account in the path must be the caller's own (no cross-account access).
-fn own_account(account: &Account, path_account: &str) -> Result<(), Response> {
-    if account.account_id == path_account {
-        Ok(())
-    } else {
-        Err(problem(
+/// The account in the path must be the caller's own (no cross-account access); the refusal
+/// otherwise.
+fn foreign_account(account: &Account, path_account: &str) -> Option<Response> {
+    (account.account_id != path_account).then(|| {
+        problem(
             StatusCode::NOT_FOUND,
             "urn:ietf:params:jmap:error:accountNotFound",
             "no such account",
             None,
-        ))
-    }
+        )
+    })
 }
 
 async fn upload(
@@ -359,7 +358,7 @@ async fn upload(
         Ok(a) => a,
         Err(r) => return r,
     };
-    if let Err(r) = own_account(&account, &path_account) {
+    if let Some(r) = foreign_account(&account, &path_account) {
         return r;
     }
     let Some(_slot) = jmap
@@ -432,7 +431,7 @@ async fn download(
         Ok(a) => a,
         Err(r) => return r,
     };
-    if let Err(r) = own_account(&account, &path_account) {
+    if let Some(r) = foreign_account(&account, &path_account) {
         return r;
     }
     let found = email::read_blob(&jmap, &account.account_id, &blob_id);

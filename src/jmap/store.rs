@@ -49,6 +49,9 @@ pub enum Kind {
     Destroyed,
 }
 
+/// Change-log entries: (state, what that state changed).
+pub type ChangeLog = Vec<(u64, Vec<(String, Kind)>)>;
+
 /// New states after a commit, for push.
 #[derive(Debug, Clone)]
 pub struct StateChange {
@@ -232,12 +235,7 @@ impl Rx {
     }
 
     /// Change-log entries of states `since+1 ..= up to`, in order.
-    pub fn changes(
-        &self,
-        account: &str,
-        ty: &str,
-        since: u64,
-    ) -> Result<Vec<(u64, Vec<(String, Kind)>)>> {
+    pub fn changes(&self, account: &str, ty: &str, since: u64) -> Result<ChangeLog> {
         let t = self.txn.open_table(CHANGES).map_err(storage)?;
         let mut out = Vec::new();
         for entry in t.range((account, ty, since + 1)..).map_err(storage)? {
