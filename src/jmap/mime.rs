@@ -370,6 +370,21 @@ mod tests {
     }
 
     #[test]
+    fn extreme_dates_build() {
+        // Built or refused (invalidProperties), never a panic.
+        for date in [
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let create = json!({"sentAt": date, "subject": "x"});
+            let _ = build(create.as_object().unwrap(), |_| None, 0);
+        }
+        let create = json!({"sentAt": "2030-06-01T12:00:00Z"});
+        assert!(build(create.as_object().unwrap(), |_| None, 0).is_ok());
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(parse_date("1970-01-01T00:00:10Z"), Some(10_000));
         assert_eq!(parse_date("1970-01-01T01:00:10+01:00"), Some(10_000));
