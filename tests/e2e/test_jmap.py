@@ -664,3 +664,57 @@ def test_delivery_status_follows_ses_feedback_with_push(server, monkeypatch):
     ])
     err = results[1].response.not_created["s"]
     assert err.type == "forbiddenToSend" and f"bounce@{sim}" in err.description
+
+
+METHODS = [
+    "Core/echo", "Mailbox/get", "Mailbox/query", "Mailbox/changes", "Email/get", "Email/query",
+    "Email/changes", "Email/set", "Email/import", "Thread/get", "Thread/changes", "Identity/get",
+    "Identity/set", "Identity/changes", "EmailSubmission/get", "EmailSubmission/set",
+    "EmailSubmission/query", "EmailSubmission/queryChanges", "EmailSubmission/changes",
+]
+GARBAGE = [None, 0, -1, 1.5, "", "x", [], [None], [1, "a"], {}, {"a": None}, {"a": [1]}, True,
+           "#x", {"operator": "XOR", "conditions": 3}, [{"property": 5}]]
+ARGUMENT_NAMES = ["ids", "properties", "create", "update", "destroy", "filter", "sort", "position",
+                  "anchor", "limit", "sinceState", "sinceQueryState", "maxChanges", "emails",
+                  "ifInState", "onSuccessUpdateEmail", "onSuccessDestroyEmail", "maxBodyValueBytes",
+                  "fetchAllBodyValues", "calculateTotal", "anchorOffset"]
+
+
+def test_methods_survive_garbage_arguments(server):
+    """Every method, every argument name, values of every wrong type: a JSON answer each time
+    (a result or a method error), never an HTTP error or a dead server."""
+    acct = account_id(server)
+    for method in METHODS:
+        for name in ARGUMENT_NAMES:
+            calls = [[method, {"accountId": acct, name: value}, str(i)] for i, value in enumerate(GARBAGE)]
+            for chunk in range(0, len(calls), 16):
+                r = raw(server, {"using": USING, "methodCalls": calls[chunk:chunk + 16]})
+                assert r.status_code == 200, (method, name, r.status_code, r.text[:300])
+                for resp in r.json()["methodResponses"]:
+                    if resp[0] == "error":
+                        assert resp[1]["type"] != "serverFail", (method, name, resp)
+    assert server.alive()
+
+
+def test_set_objects_survive_garbage_properties(server):
+    acct = account_id(server)
+    email_props = ["mailboxIds", "keywords", "from", "to", "cc", "bcc", "replyTo", "sender", "subject",
+                   "sentAt", "messageId", "inReplyTo", "references", "textBody", "htmlBody",
+                   "attachments", "bodyValues", "header:X-A", "header:X-A:asText", "header:X-A:asBogus",
+                   "receivedAt", "bodyStructure", "id"]
+    submission_props = ["emailId", "identityId", "envelope", "sendAt", "messageClass", "undoStatus"]
+    for method, props, base_obj in (
+        ("Email/set", email_props, {"mailboxIds": {"drafts": True}}),
+        ("EmailSubmission/set", submission_props, {"emailId": "Mx", "identityId": "alice"}),
+        ("Email/import", ["blobId", "mailboxIds", "keywords", "receivedAt"], {"blobId": "Bx"}),
+    ):
+        for prop in props:
+            objects = {f"c{i}": {**base_obj, prop: value} for i, value in enumerate(GARBAGE)}
+            key = "emails" if method == "Email/import" else "create"
+            r = raw(server, {"using": USING, "methodCalls": [[method, {"accountId": acct, key: objects}, "0"]]})
+            assert r.status_code == 200, (method, prop, r.status_code, r.text[:300])
+            [resp] = r.json()["methodResponses"]
+            assert resp[0] != "error", (method, prop, resp)
+            for cid, err in resp[1].get("notCreated", {}).items():
+                assert err["type"] != "serverFail", (method, prop, cid, err)
+    assert server.alive()
