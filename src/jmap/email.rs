@@ -49,33 +49,8 @@ const PROPERTIES: [&str; 25] = [
     "headers",
 ];
 
-/// RFC 8621 §4.2 default properties of Email/get.
-const DEFAULT_PROPERTIES: [&str; 24] = [
-    "id",
-    "blobId",
-    "threadId",
-    "mailboxIds",
-    "keywords",
-    "size",
-    "receivedAt",
-    "messageId",
-    "inReplyTo",
-    "references",
-    "sender",
-    "from",
-    "to",
-    "cc",
-    "bcc",
-    "replyTo",
-    "subject",
-    "sentAt",
-    "hasAttachment",
-    "preview",
-    "bodyValues",
-    "textBody",
-    "htmlBody",
-    "attachments",
-];
+/// RFC 8621 §4.2 default properties of Email/get: all of the above but `headers`.
+const DEFAULT_PROPERTIES: &[&str] = PROPERTIES.split_at(PROPERTIES.len() - 1).0;
 
 pub fn thread_id(email_id: &str) -> String {
     format!("T{email_id}")
