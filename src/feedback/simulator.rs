@@ -65,7 +65,7 @@ fn mailbox(address: &str) -> Option<&'static str> {
 
 /// The SES event payloads for one sent message, in the order SES would publish them.
 fn payloads(notice: &SentNotice) -> Vec<Value> {
-    let now = rfc3339(notice.record.created_ms.max(notice.at_ms));
+    let now = rfc3339(notice.at_ms);
     let tags: serde_json::Map<String, Value> = notice
         .tags
         .iter()
