@@ -29,6 +29,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// every verification anyway).
 const CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 const CACHE_MAX: usize = 32;
+/// A URL that could not be fetched is not tried again for this long (a flood of messages
+/// naming a missing certificate costs one GET, not one each).
+const FAILURE_TTL: Duration = Duration::from_secs(60);
+/// Certificate fetches in flight at most; further messages wait (bounded by their deadline).
+const MAX_CONCURRENT_FETCHES: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -43,6 +48,8 @@ pub struct SnsFetcher {
     /// `(SNS origin replaced, by)` under the test trust override.
     redirect: Option<String>,
     cache: Mutex<HashMap<String, (Arc<Vec<u8>>, Instant)>>,
+    failures: Mutex<HashMap<String, Instant>>,
+    fetching: tokio::sync::Semaphore,
 }
 
 impl SnsFetcher {
@@ -83,6 +90,8 @@ impl SnsFetcher {
             client: Client::builder(TokioExecutor::new()).build(connector),
             redirect: trust_override.map(|o| o.base_url.trim_end_matches('/').to_string()),
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Semaphore::new(MAX_CONCURRENT_FETCHES),
         })
     }
 
@@ -96,7 +105,32 @@ impl SnsFetcher {
                 return Ok(pem.clone());
             }
         }
-        let pem = Arc::new(self.get(url).await?);
+        if let Some(at) = self.failures.lock().unwrap().get(url) {
+            if at.elapsed() < FAILURE_TTL {
+                return Err(FetchError::Failed {
+                    url: url.to_string(),
+                    reason: "failed moments ago; not retried yet".into(),
+                });
+            }
+        }
+        let _slot = tokio::time::timeout(TIMEOUT, self.fetching.acquire())
+            .await
+            .map_err(|_| FetchError::Failed {
+                url: url.to_string(),
+                reason: "too many certificate fetches in flight".into(),
+            })?
+            .expect("semaphore never closed");
+        let pem = match self.get(url).await {
+            Ok(pem) => Arc::new(pem),
+            Err(e) => {
+                let mut failures = self.failures.lock().unwrap();
+                if failures.len() >= CACHE_MAX {
+                    failures.clear();
+                }
+                failures.insert(url.to_string(), Instant::now());
+                return Err(e);
+            }
+        };
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -177,7 +211,16 @@ mod tests {
             generate_dev_cert: true,
         };
         let server_tls = crate::tls::server_config(&tls).unwrap();
-        let router = axum::Router::new().route(&format!("/{NAME}"), get(|| async { "PEM" }));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let router = axum::Router::new()
+            .route(&format!("/{NAME}"), get(|| async { "PEM" }))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    next.run(req)
+                },
+            ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let config = HttpConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
@@ -213,6 +256,14 @@ mod tests {
                 .unwrap_err(),
             FetchError::NotAllowed(_)
         ));
+
+        // A missing certificate is asked for once, then refused for a while without a GET.
+        let missing = format!("https://sns.us-east-1.amazonaws.com/Missing-{NAME}");
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            assert!(fetcher.certificate(&missing).await.is_err());
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 
         // Cached: the server can go away.
         stop_tx.send(true).unwrap();
