@@ -104,23 +104,22 @@ impl Submitter {
             None => message_class(&req.mime)?,
         };
         // Refused up front, with the reason, rather than accepted and dropped at send time.
-        for rcpt in &req.recipients {
-            match self
-                .spool
-                .suppressed(rcpt, &req.account.account_id, &message_class)
-            {
-                Ok(Some(s)) => {
+        match self
+            .spool
+            .suppressed_among(&req.recipients, &req.account.account_id, &message_class)
+        {
+            Ok(found) => {
+                if let Some((address, s)) = found.into_iter().next() {
                     return Err(SubmitError::Suppressed {
-                        address: rcpt.clone(),
+                        address,
                         class: message_class,
                         reason: s.reason,
-                    })
+                    });
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the suppression list failed");
-                    return Err(SubmitError::Storage);
-                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the suppression list failed");
+                return Err(SubmitError::Storage);
             }
         }
         let id = self.spool.allocate_id();

@@ -73,6 +73,29 @@ pub fn parse_state(s: &str) -> Option<u64> {
     s.strip_prefix('s')?.parse().ok()
 }
 
+/// One object, from a read or a write transaction's table.
+fn read_object<T: DeserializeOwned>(
+    t: &impl ReadableTable<(&'static str, &'static str, &'static str), &'static [u8]>,
+    account: &str,
+    table: &str,
+    id: &str,
+) -> Result<Option<T>> {
+    let v = t.get((account, table, id)).map_err(storage)?;
+    v.map(|v| serde_json::from_slice(v.value()).map_err(storage))
+        .transpose()
+}
+
+/// One blob's bytes, from a read or a write transaction's table.
+fn read_blob(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    account: &str,
+    blob_id: &str,
+) -> Result<Option<Vec<u8>>> {
+    Ok(t.get((account, blob_id))
+        .map_err(storage)?
+        .map(|v| v.value().to_vec()))
+}
+
 fn storage(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("jmap store: {e}")
 }
@@ -182,10 +205,12 @@ impl Rx {
         table: &str,
         id: &str,
     ) -> Result<Option<T>> {
-        let t = self.txn.open_table(OBJECTS).map_err(storage)?;
-        let v = t.get((account, table, id)).map_err(storage)?;
-        v.map(|v| serde_json::from_slice(v.value()).map_err(storage))
-            .transpose()
+        read_object(
+            &self.txn.open_table(OBJECTS).map_err(storage)?,
+            account,
+            table,
+            id,
+        )
     }
 
     pub fn list<T: DeserializeOwned>(
@@ -210,10 +235,11 @@ impl Rx {
     }
 
     pub fn blob(&self, account: &str, blob_id: &str) -> Result<Option<Vec<u8>>> {
-        let t = self.txn.open_table(BLOBS).map_err(storage)?;
-        Ok(t.get((account, blob_id))
-            .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+        read_blob(
+            &self.txn.open_table(BLOBS).map_err(storage)?,
+            account,
+            blob_id,
+        )
     }
 
     pub fn account_of_queue_id(&self, queue_id: u64) -> Result<Option<String>> {
@@ -278,10 +304,12 @@ impl Tx<'_> {
         table: &str,
         id: &str,
     ) -> Result<Option<T>> {
-        let t = self.txn.open_table(OBJECTS).map_err(storage)?;
-        let v = t.get((account, table, id)).map_err(storage)?;
-        v.map(|v| serde_json::from_slice(v.value()).map_err(storage))
-            .transpose()
+        read_object(
+            &self.txn.open_table(OBJECTS).map_err(storage)?,
+            account,
+            table,
+            id,
+        )
     }
 
     pub fn put<T: Serialize>(
@@ -311,12 +339,11 @@ impl Tx<'_> {
     }
 
     pub fn blob(&self, account: &str, blob_id: &str) -> Result<Option<Vec<u8>>> {
-        let t = self.txn.open_table(BLOBS).map_err(storage)?;
-        let bytes = t
-            .get((account, blob_id))
-            .map_err(storage)?
-            .map(|v| v.value().to_vec());
-        Ok(bytes)
+        read_blob(
+            &self.txn.open_table(BLOBS).map_err(storage)?,
+            account,
+            blob_id,
+        )
     }
 
     pub fn remove_blob(&mut self, account: &str, blob_id: &str) -> Result<()> {

@@ -180,20 +180,22 @@ pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
             "description": "invalid recipient addresses"}),
         );
     }
-    for r in &unique {
-        match jmap.spool.suppressed(r, &account.account_id, &class) {
-            Ok(Some(s)) => {
+    match jmap
+        .spool
+        .suppressed_among(&unique, &account.account_id, &class)
+    {
+        Ok(found) => {
+            if let Some((r, s)) = found.into_iter().next() {
                 return Err(set_error(
                     "forbiddenToSend",
                     format!(
                         "{r} is on the suppression list for {class} mail: {}",
                         s.reason
                     ),
-                ))
+                ));
             }
-            Ok(None) => {}
-            Err(e) => return Err(set_error("serverFail", e.to_string())),
         }
+        Err(e) => return Err(set_error("serverFail", e.to_string())),
     }
     let now = jmap.now_ms();
     let (send_at, release_at) = match obj.get("sendAt") {

@@ -151,23 +151,26 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
         });
     };
     // Suppressed addresses (bounced, complained, or by the operator) are left out, by class.
-    let mut recipients = Vec::with_capacity(record.recipients.len());
-    let mut suppressed = Vec::new();
-    for rcpt in &record.recipients {
-        match sender
-            .spool
-            .suppressed(rcpt, &record.account_id, &record.message_class)
-        {
-            Ok(Some(s)) => suppressed.push((rcpt.clone(), s.reason)),
-            Ok(None) => recipients.push(rcpt.clone()),
-            Err(e) => {
-                return Err(Delivery::Retry {
-                    reason: format!("reading suppressions: {e}"),
-                    after: None,
-                })
-            }
-        }
-    }
+    let suppressed: Vec<(String, String)> = sender
+        .spool
+        .suppressed_among(
+            &record.recipients,
+            &record.account_id,
+            &record.message_class,
+        )
+        .map_err(|e| Delivery::Retry {
+            reason: format!("reading suppressions: {e}"),
+            after: None,
+        })?
+        .into_iter()
+        .map(|(rcpt, s)| (rcpt, s.reason))
+        .collect();
+    let recipients: Vec<String> = record
+        .recipients
+        .iter()
+        .filter(|r| !suppressed.iter().any(|(s, _)| s == *r))
+        .cloned()
+        .collect();
     if !suppressed.is_empty() {
         sender.metrics.suppressed.inc_by(suppressed.len() as u64);
         tracing::info!(id = %record.id, class = %record.message_class, suppressed = ?suppressed, "recipients suppressed");

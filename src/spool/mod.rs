@@ -517,28 +517,44 @@ impl Spool {
         account: &str,
         class: &str,
     ) -> Result<Option<Suppression>, SpoolError> {
+        let found = self.suppressed_among(&[address.to_string()], account, class)?;
+        Ok(found.into_iter().next().map(|(_, s)| s))
+    }
+
+    /// The recipients among `addresses` that a suppression in force stops for `account` and
+    /// `class`, with it, in order; one read transaction for all of them.
+    pub fn suppressed_among(
+        &self,
+        addresses: &[String],
+        account: &str,
+        class: &str,
+    ) -> Result<Vec<(String, Suppression)>, SpoolError> {
         let now = self.clock.now_ms();
-        let address = address.trim().to_lowercase();
         let txn = self.db.begin_read().map_err(SpoolError::storage)?;
         let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
-        for (acct, scope) in [
-            (account, class),
-            (account, ALL_CLASSES),
-            (ALL_ACCOUNTS, class),
-            (ALL_ACCOUNTS, ALL_CLASSES),
-        ] {
-            if let Some(value) = table
-                .get((address.as_str(), acct, scope))
-                .map_err(SpoolError::storage)?
-            {
-                let entry: Suppression =
-                    serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
-                if entry.active_at(now) {
-                    return Ok(Some(entry));
+        let mut found = Vec::new();
+        'addresses: for original in addresses {
+            let address = original.trim().to_lowercase();
+            for (acct, scope) in [
+                (account, class),
+                (account, ALL_CLASSES),
+                (ALL_ACCOUNTS, class),
+                (ALL_ACCOUNTS, ALL_CLASSES),
+            ] {
+                if let Some(value) = table
+                    .get((address.as_str(), acct, scope))
+                    .map_err(SpoolError::storage)?
+                {
+                    let entry: Suppression =
+                        serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
+                    if entry.active_at(now) {
+                        found.push((original.clone(), entry));
+                        continue 'addresses;
+                    }
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Applies one feedback message's events in one durable transaction; a message id seen
