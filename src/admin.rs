@@ -5,7 +5,6 @@
 //! socket's file mode (0660: the service user and its group), like Postfix's `postqueue`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,11 +12,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::spool::{QueueId, Spool, SpoolError, State, SubmissionRecord, Suppression, ALL_CLASSES};
-use crate::submission::MESSAGE_CLASSES;
+use crate::domain::{
+    MessageClass, QueueId, State, SubmissionRecord, Suppression, ALL_CLASSES,
+};
+use crate::clock::Clock;
+use crate::spool::{Action, Listing, Spool, SpoolError};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
+/// Most records one listing returns (the queue's own indexes are read, oldest first).
+const MAX_LISTED: usize = 10_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -116,7 +120,7 @@ impl Response {
 /// Serves the socket until shutdown. A stale socket file from a previous run is replaced.
 pub async fn serve(
     path: PathBuf,
-    spool: Arc<Spool>,
+    spool: Spool,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let _ = std::fs::remove_file(&path);
@@ -174,8 +178,20 @@ fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
         .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
 }
 
+/// Records in `state`: queued, held and dead ones through the queue's indexes, finished ones
+/// from the ledger (what retention keeps).
+async fn in_state(spool: &Spool, state: State) -> Result<Vec<SubmissionRecord>, SpoolError> {
+    match Listing::for_state(state) {
+        Some(which) => {
+            let ids = spool.queue.list(which, MAX_LISTED).await?;
+            spool.ledger.get_many(ids).await
+        }
+        None => spool.ledger.in_state(state, MAX_LISTED).await,
+    }
+}
+
 async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
-    let records = |filter: &dyn Fn(&SubmissionRecord) -> bool| spool.list(filter);
+    let (queue, ledger) = (&spool.queue, &spool.ledger);
     let mut response = Response::default();
     match request {
         Request::QueueList {
@@ -184,49 +200,52 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             recipient,
         } => {
             let recipient = recipient.map(|r| r.to_lowercase());
-            response.records = records(&|r| {
-                state.map_or(r.state == State::Queued, |s| r.state == s)
-                    && account.as_ref().is_none_or(|a| &r.login == a)
-                    && recipient
-                        .as_ref()
-                        .is_none_or(|want| r.recipients.iter().any(|x| x.to_lowercase() == *want))
-            })?;
+            response.records = in_state(spool, state.unwrap_or(State::Queued))
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    account.as_ref().is_none_or(|a| &r.job.login == a)
+                        && recipient.as_ref().is_none_or(|want| {
+                            r.job.recipients.iter().any(|x| x.to_lowercase() == *want)
+                        })
+                })
+                .collect();
         }
         Request::QueueShow { id } => {
             let id = parse_id(&id)?;
-            response.records = vec![spool.get(id)?.ok_or(SpoolError::NotFound(id))?];
+            response.records = vec![ledger.get(id).await?.ok_or(SpoolError::NotFound(id))?];
         }
         Request::QueueRetry { id, all } => {
-            for id in targets(id, all, || records(&|r| r.state == State::Queued))? {
-                spool.retry_now(id).await?;
+            for id in targets(spool, id, all, Listing::Queued).await? {
+                queue.act(id, Action::RetryNow).await?;
                 response.changed += 1;
             }
         }
         Request::QueueHold { id, all } => {
-            for id in targets(id, all, || records(&|r| r.state == State::Queued))? {
-                spool.hold(id).await?;
+            for id in targets(spool, id, all, Listing::Queued).await? {
+                queue.act(id, Action::Hold).await?;
                 response.changed += 1;
             }
         }
         Request::QueueRelease { id, all } => {
-            for id in targets(id, all, || records(&|r| r.state == State::Held))? {
-                spool.release_held(id).await?;
+            for id in targets(spool, id, all, Listing::Held).await? {
+                queue.act(id, Action::Release).await?;
                 response.changed += 1;
             }
         }
         Request::QueueDelete { id } => {
-            spool.delete(parse_id(&id)?).await?;
+            queue.act(parse_id(&id)?, Action::Delete).await?;
             response.changed = 1;
         }
-        Request::DlqList => response.records = records(&|r| r.state == State::Dead)?,
+        Request::DlqList => response.records = in_state(spool, State::Dead).await?,
         Request::DlqRedrive { id, all } => {
-            for id in targets(id, all, || records(&|r| r.state == State::Dead))? {
-                spool.redrive(id).await?;
+            for id in targets(spool, id, all, Listing::Dead).await? {
+                queue.act(id, Action::Redrive).await?;
                 response.changed += 1;
             }
         }
-        Request::DlqPurge => response.changed = spool.purge_dead().await?,
-        Request::SuppressionList => response.suppressions = spool.suppressions()?,
+        Request::DlqPurge => response.changed = ledger.purge().await?.dead,
+        Request::SuppressionList => response.suppressions = ledger.suppressions().await?,
         Request::SuppressionAdd {
             address,
             class,
@@ -235,20 +254,16 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             days,
         } => {
             let class = class.to_lowercase();
-            if class != ALL_CLASSES && !MESSAGE_CLASSES.contains(&class.as_str()) {
+            if class != ALL_CLASSES && MessageClass::parse(&class).is_none() {
                 return Err(SpoolError::Storage(format!(
                     "unknown class {class}: transactional, mailing_list, bulk or *"
                 )));
             }
-            let expires_ms = days.map(|d| spool.now_ms() + d * 86_400_000);
-            spool
-                .suppress(
-                    &address,
-                    &account,
-                    &class,
-                    reason.unwrap_or_else(|| "added by the operator".into()),
-                    expires_ms,
-                )
+            let now = crate::clock::SystemClock.now_ms();
+            let expires_ms = days.map(|d| now + d * 86_400_000);
+            let reason = reason.unwrap_or_else(|| "added by the operator".into());
+            ledger
+                .suppress(Suppression::new(&address, &account, &class, reason, now, expires_ms))
                 .await?;
             response.changed = 1;
         }
@@ -257,21 +272,22 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             class,
             account,
         } => {
-            response.changed = u64::from(spool.unsuppress(&address, &account, &class).await?);
+            response.changed = u64::from(ledger.unsuppress(address, account, class).await?);
         }
     }
     Ok(response)
 }
 
-/// The ids a command applies to: the one given, or every record `all` selects.
-fn targets(
+/// The ids a command applies to: the one given, or every one in `all`'s listing.
+async fn targets(
+    spool: &Spool,
     id: Option<String>,
     all: bool,
-    every: impl FnOnce() -> Result<Vec<SubmissionRecord>, SpoolError>,
+    which: Listing,
 ) -> Result<Vec<QueueId>, SpoolError> {
     match (id, all) {
         (Some(id), false) => Ok(vec![parse_id(&id)?]),
-        (None, true) => Ok(every()?.into_iter().map(|r| r.id).collect()),
+        (None, true) => spool.queue.list(which, MAX_LISTED).await,
         _ => Err(SpoolError::Storage("give a queue id or --all".into())),
     }
 }

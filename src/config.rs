@@ -194,6 +194,10 @@ pub struct SpoolConfig {
     pub retry_max_secs: u64,
     /// Days a dead letter is kept before it is purged (SQS's 14-day maximum retention).
     pub dead_letter_retention_days: u64,
+    /// Days a finished submission (sent, delivered, bounced, complained, failed) is kept —
+    /// its record, per-recipient outcomes and SES message id — before it is purged. Feedback
+    /// arriving later matches nothing (SES reports within days; complaints can take longer).
+    pub retention_days: u64,
 }
 
 impl Default for SpoolConfig {
@@ -208,6 +212,7 @@ impl Default for SpoolConfig {
             retry_base_secs: 30,
             retry_max_secs: 3600,
             dead_letter_retention_days: 14,
+            retention_days: 30,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`smtp`]: the SMTP submission front door (parser-free state machine + async driver).
 //! - [`sendmail`]: the `sendmail` command and the local submission socket behind it.
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
-//! - [`spool`]: the redb queue with leases, retries and dead letters; group commit.
+//! - [`domain`]: the delivery vocabulary: queue ids, classes, states, outcomes, suppressions.
+//! - [`spool`]: the storage seams (Queue, Blobs, Ledger) and their embedded redb backend.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
@@ -25,6 +26,7 @@ pub mod accounts;
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod feedback;
 pub mod http;
 pub mod jmap;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use outbox::admin::Request;
 use outbox::clock::rfc3339;
 use outbox::config::Config;
-use outbox::spool::{State, SubmissionRecord};
+use outbox::domain::{State, SubmissionRecord};
 
 #[derive(Parser)]
 #[command(
@@ -355,23 +355,23 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
 
 fn print_table(records: &[SubmissionRecord]) {
     println!(
-        "{:<16}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  LAST ERROR",
+        "{:<26}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  LAST ERROR",
         "ID", "STATE", "TRY", "DUE (UTC)", "FROM", "TO"
     );
     for r in records {
         let due = r.due_ms.map(rfc3339).unwrap_or_else(|| "-".into());
-        let to = match r.recipients.as_slice() {
+        let to = match r.job.recipients.as_slice() {
             [one] => one.clone(),
             [first, rest @ ..] => format!("{first} +{}", rest.len()),
             [] => "-".into(),
         };
         println!(
-            "{:<16}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  {}",
-            r.id.to_string(),
+            "{:<26}  {:<10}  {:>3}  {:<20}  {:<28}  {:<28}  {}",
+            r.job.id.to_string(),
             format!("{:?}", r.state).to_lowercase(),
             r.receive_count,
             due,
-            r.mail_from,
+            r.job.mail_from,
             to,
             r.last_error.as_deref().unwrap_or("")
         );
@@ -380,16 +380,16 @@ fn print_table(records: &[SubmissionRecord]) {
 }
 
 fn print_record(r: &SubmissionRecord) {
-    println!("id:          {}", r.id);
+    println!("id:          {}", r.job.id);
     println!("state:       {:?}", r.state);
     println!(
         "account:     {} (tenant {}, identity {})",
-        r.login, r.tenant_id, r.identity_id
+        r.job.login, r.job.tenant_id, r.job.identity_id
     );
-    println!("from:        {}", r.mail_from);
-    println!("to:          {}", r.recipients.join(", "));
-    println!("class:       {}", r.message_class);
-    println!("size:        {} octets", r.size);
+    println!("from:        {}", r.job.mail_from);
+    println!("to:          {}", r.job.recipients.join(", "));
+    println!("class:       {}", r.job.message_class);
+    println!("size:        {} octets", r.job.size);
     println!("created:     {}", rfc3339(r.created_ms));
     if let Some(due) = r.due_ms {
         println!("due:         {}", rfc3339(due));
@@ -412,6 +412,12 @@ fn print_record(r: &SubmissionRecord) {
     }
     if let Some(p) = &r.provider_id {
         println!("provider id: {p}");
+    }
+    if let Some(link) = &r.jmap {
+        println!("jmap:        Email {} (identity {})", link.email_id, link.identity_id);
+    }
+    if r.canceled {
+        println!("canceled:    by its submitter");
     }
     println!("history:");
     for t in &r.history {

@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::spool::Spool;
+use crate::spool::{Depth, Queue};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -114,8 +114,8 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    fn render(&self, spool: &Spool) -> Result<String, std::fmt::Error> {
-        if let Ok(depth) = spool.depth() {
+    fn render(&self, depth: Option<Depth>) -> Result<String, std::fmt::Error> {
+        if let Some(depth) = depth {
             self.queue_length.set(depth.queued as i64);
             self.dead_letters.set(depth.dead as i64);
             self.spool_messages.set(depth.stored_messages as i64);
@@ -206,21 +206,21 @@ impl Metrics {
 
 struct Http {
     metrics: Arc<Metrics>,
-    spool: Arc<Spool>,
+    queue: Arc<dyn Queue>,
 }
 
 /// Serves the endpoints on `addr` until shutdown; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    spool: Arc<Spool>,
+    queue: Arc<dyn Queue>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let bound = listener.local_addr()?;
-    let state = Arc::new(Http { metrics, spool });
+    let state = Arc::new(Http { metrics, queue });
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -241,8 +241,9 @@ pub async fn serve(
 }
 
 async fn scrape(State(http): State<Arc<Http>>) -> impl IntoResponse {
+    let depth = http.queue.depth().await.ok();
     let http2 = http.clone();
-    match tokio::task::spawn_blocking(move || http2.metrics.render(&http2.spool)).await {
+    match tokio::task::spawn_blocking(move || http2.metrics.render(depth)).await {
         Ok(Ok(text)) => (
             StatusCode::OK,
             [(

@@ -24,7 +24,7 @@ use crate::smtp::conn::ConnContext;
 use crate::smtp::guard::{AuthThrottle, ConnectionLimiter};
 use crate::smtp::listener::accept_loop;
 use crate::smtp::session::PortKind;
-use crate::spool::{Spool, SpoolOptions};
+use crate::spool::SpoolOptions;
 use crate::submission::Submitter;
 use crate::tls;
 use crate::transport::dir::DirTransport;
@@ -75,7 +75,8 @@ pub async fn run(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(Directory::from_config(&config.accounts)?);
     let tls_config = Live::new(tls::server_config(&config.tls)?);
-    let spool = Spool::open(
+    // The composition root is the one place that picks the storage backend.
+    let spool = crate::spool::redb::open(
         &config.state_dir.join("spool"),
         SpoolOptions::from(&config.spool),
         clock.clone(),
@@ -108,6 +109,7 @@ pub async fn run(
         transport,
         directory.clone(),
         config.hostname.clone(),
+        clock.clone(),
     );
     sender.pace = Pace::new(send_rate);
     sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
@@ -117,7 +119,7 @@ pub async fn run(
     sender.signatures = Some(jmap_store.clone());
     let feedback = crate::feedback::service::FeedbackService::new(
         &config.feedback,
-        spool.clone(),
+        spool.ledger.clone(),
         metrics.clone(),
         clock.clone(),
     )?;
@@ -196,7 +198,7 @@ pub async fn run(
     )
     .await?;
     workers.push(tokio::spawn(sender::run_janitor(
-        spool.clone(),
+        spool.ledger.clone(),
         stop_rx.clone(),
     )));
 
@@ -233,7 +235,7 @@ pub async fn run(
 
     let metrics_addr = match config.metrics.listen {
         Some(addr) => Some(
-            crate::metrics::serve(addr, metrics.clone(), spool.clone(), stop_rx.clone())
+            crate::metrics::serve(addr, metrics.clone(), spool.queue.clone(), stop_rx.clone())
                 .await?
                 .to_string(),
         ),

@@ -11,12 +11,13 @@ use mail_parser::MessageParser;
 use crate::accounts::{Account, Identity};
 use crate::clock::{rfc5322_date, Clock};
 use crate::message::header_values;
-use crate::spool::{NewSubmission, QueueId, Spool, SpoolError};
+use bytes::Bytes;
+
+use crate::domain::{Job, JmapLink, MessageClass, QueueId, SubmissionRecord};
+use crate::spool::{Spool, SpoolError};
 
 /// Header by which SMTP clients choose a message class; removed before sending.
 pub const CLASS_HEADER: &str = "X-Outbox-Class";
-/// Message classes, which scope the suppression list.
-pub const MESSAGE_CLASSES: [&str; 3] = ["transactional", "mailing_list", "bulk"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubmitError {
@@ -61,13 +62,13 @@ pub struct SubmitRequest {
 }
 
 pub struct Submitter {
-    spool: Arc<Spool>,
+    spool: Spool,
     hostname: String,
     clock: Arc<dyn Clock>,
 }
 
 impl Submitter {
-    pub fn new(spool: Arc<Spool>, hostname: String, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(spool: Spool, hostname: String, clock: Arc<dyn Clock>) -> Self {
         Submitter {
             spool,
             hostname,
@@ -77,42 +78,41 @@ impl Submitter {
 
     /// Whether a message of `size` octets would currently fit in the spool.
     pub fn has_room(&self, size: u64) -> bool {
-        self.spool.has_room(size)
+        self.spool.queue.has_room(size)
     }
 
     /// Checks, traces and durably stores a message; returns once it is fsync'd.
     pub async fn submit(&self, req: SubmitRequest) -> Result<QueueId, SubmitError> {
-        self.submit_in_class(req, None).await
+        self.submit_with(req, None, None).await
     }
 
     /// [`submit`](Self::submit) with the message class chosen by the caller (JMAP's
-    /// `messageClass` property) instead of read from the `X-Outbox-Class` header.
-    pub async fn submit_in_class(
+    /// `messageClass` property) instead of read from the `X-Outbox-Class` header, and the
+    /// JMAP link stored in the same write as the queue entry.
+    pub async fn submit_with(
         &self,
         req: SubmitRequest,
-        class: Option<&str>,
+        class: Option<MessageClass>,
+        jmap: Option<JmapLink>,
     ) -> Result<QueueId, SubmitError> {
         let identity = sender_identity(&req.account, &req.mail_from)?;
         check_header_senders(&req.account, &req.mime)?;
         let message_class = match class {
-            Some(c) if MESSAGE_CLASSES.contains(&c) => c.to_string(),
-            Some(_) => {
-                return Err(SubmitError::BadMessage(
-                    "message class must be transactional, mailing_list or bulk",
-                ))
-            }
+            Some(c) => c,
             None => message_class(&req.mime)?,
         };
         // Refused up front, with the reason, rather than accepted and dropped at send time.
         match self
             .spool
-            .suppressed_among(&req.recipients, &req.account.account_id, &message_class)
+            .ledger
+            .suppressed_among(&req.recipients, &req.account.account_id, message_class.as_str())
+            .await
         {
             Ok(found) => {
                 if let Some((address, s)) = found.into_iter().next() {
                     return Err(SubmitError::Suppressed {
                         address,
-                        class: message_class,
+                        class: message_class.as_str().to_string(),
                         reason: s.reason,
                     });
                 }
@@ -122,11 +122,14 @@ impl Submitter {
                 return Err(SubmitError::Storage);
             }
         }
-        let id = self.spool.allocate_id();
-        let received = self.received_header(&req, id);
-        let mut mime = req.mime;
-        mime.splice(0..0, received.into_bytes());
-        let new = NewSubmission {
+        let now = self.clock.now_ms();
+        let id = QueueId::generate(now);
+        // The trace header and the message as received are stored as two chunks: no copy.
+        let received = Bytes::from(self.received_header(&req, id));
+        let mime = Bytes::from(req.mime);
+        let size = (received.len() + mime.len()) as u64;
+        let job = Job {
+            id,
             login: req.account.login.clone(),
             tenant_id: req.account.tenant_id.clone(),
             account_id: req.account.account_id.clone(),
@@ -135,18 +138,29 @@ impl Submitter {
             mail_from: req.mail_from,
             recipients: req.recipients,
             message_class,
-            mime,
+            size,
         };
-        let due = req.release_at.unwrap_or_else(|| self.clock.now_ms());
-        match self.spool.enqueue_at(id, new, due).await {
+        let due = req.release_at.unwrap_or(now);
+        let record = SubmissionRecord::queued(job, now, due, jmap);
+        let stored = match self.spool.blobs.put(id, vec![received, mime]).await {
+            Ok(()) => self.spool.queue.enqueue(record).await,
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(()) => Ok(id),
-            Err(SpoolError::Full(what)) => {
-                tracing::warn!(%id, what, "spool full, message refused");
-                Err(SubmitError::SpoolFull)
-            }
             Err(e) => {
-                tracing::error!(%id, error = %e, "storing message failed");
-                Err(SubmitError::Storage)
+                // Whatever part got written is not wanted (init drops such orphans too).
+                let _ = self.spool.blobs.delete(id).await;
+                match e {
+                    SpoolError::Full(what) => {
+                        tracing::warn!(%id, what, "spool full, message refused");
+                        Err(SubmitError::SpoolFull)
+                    }
+                    e => {
+                        tracing::error!(%id, error = %e, "storing message failed");
+                        Err(SubmitError::Storage)
+                    }
+                }
             }
         }
     }
@@ -221,18 +235,12 @@ fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitErro
     Ok(())
 }
 
-fn message_class(mime: &[u8]) -> Result<String, SubmitError> {
+fn message_class(mime: &[u8]) -> Result<MessageClass, SubmitError> {
     match header_values(mime, CLASS_HEADER).first() {
-        None => Ok(MESSAGE_CLASSES[0].to_string()),
-        Some(v) => {
-            let v = v.to_ascii_lowercase();
-            MESSAGE_CLASSES
-                .contains(&v.as_str())
-                .then_some(v)
-                .ok_or(SubmitError::BadMessage(
-                    "X-Outbox-Class must be transactional, mailing_list or bulk",
-                ))
-        }
+        None => Ok(MessageClass::default()),
+        Some(v) => MessageClass::parse(v).ok_or(SubmitError::BadMessage(
+            "X-Outbox-Class must be transactional, mailing_list or bulk",
+        )),
     }
 }
 
@@ -300,10 +308,13 @@ mod tests {
 
     #[test]
     fn classes() {
-        assert_eq!(message_class(b"From: a\r\n\r\n").unwrap(), "transactional");
+        assert_eq!(
+            message_class(b"From: a\r\n\r\n").unwrap(),
+            MessageClass::Transactional
+        );
         assert_eq!(
             message_class(b"X-Outbox-Class: Bulk\r\n\r\n").unwrap(),
-            "bulk"
+            MessageClass::Bulk
         );
         assert!(message_class(b"X-Outbox-Class: spam\r\n\r\n").is_err());
     }

@@ -19,11 +19,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use outbox::accounts::{hash_password, Directory};
-use outbox::clock::SystemClock;
+use outbox::clock::{Clock, SystemClock};
 use outbox::config::{AccountConfig, IdentityConfig, SesConfig};
 use outbox::live::Live;
 use outbox::sender::{run_worker, Sender};
-use outbox::spool::{NewSubmission, Spool, SpoolOptions};
+use outbox::domain::{Job, MessageClass, QueueId, SubmissionRecord};
+use outbox::spool::SpoolOptions;
 use outbox::transport::ses::SesTransport;
 use outbox::transport::{Delivery, OutboundMessage, SendFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,24 +198,32 @@ async fn run(args: Args) -> Result<()> {
     options.max_messages = args.messages + 1;
     options.max_bytes = u64::MAX;
     options.min_free_disk_bytes = 0;
-    let spool = Spool::open(&dir, options, Arc::new(SystemClock))?;
+    let clock = Arc::new(SystemClock);
+    let spool = outbox::spool::redb::open(&dir, options, clock.clone())?;
     for i in 0..args.messages {
-        let id = spool.allocate_id();
+        let now = clock.now_ms();
+        let id = QueueId::generate(now);
+        let mime = message(args.size, i);
+        let job = Job {
+            id,
+            login: "bench".into(),
+            tenant_id: "bench".into(),
+            account_id: "bench".into(),
+            user_id: "bench".into(),
+            identity_id: "bench".into(),
+            mail_from: "bench@example.com".into(),
+            recipients: vec!["rcpt@example.net".into(), "hidden@example.net".into()],
+            message_class: MessageClass::Transactional,
+            size: mime.len() as u64,
+        };
         spool
-            .enqueue(
-                id,
-                NewSubmission {
-                    login: "bench".into(),
-                    tenant_id: "bench".into(),
-                    account_id: "bench".into(),
-                    user_id: "bench".into(),
-                    identity_id: "bench".into(),
-                    mail_from: "bench@example.com".into(),
-                    recipients: vec!["rcpt@example.net".into(), "hidden@example.net".into()],
-                    message_class: "transactional".into(),
-                    mime: message(args.size, i),
-                },
-            )
+            .blobs
+            .put(id, vec![mime.into()])
+            .await
+            .context("filling the spool")?;
+        spool
+            .queue
+            .enqueue(SubmissionRecord::queued(job, now, now, None))
             .await
             .context("filling the spool")?;
     }
@@ -238,6 +247,7 @@ async fn run(args: Args) -> Result<()> {
         transport.clone(),
         directory()?,
         "bench.test".into(),
+        clock.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();

@@ -19,7 +19,8 @@ use super::sns::{Kind, SnsError, Verifier, MAX_BODY_BYTES};
 use crate::clock::Clock;
 use crate::config::FeedbackConfig;
 use crate::metrics::{Metrics, Reason};
-use crate::spool::{FeedbackApplied, Spool};
+use crate::domain::FeedbackApplied;
+use crate::spool::Ledger;
 
 /// What became of an accepted message.
 #[derive(Debug)]
@@ -92,7 +93,7 @@ impl From<SnsError> for Refusal {
 pub struct FeedbackService {
     verifier: Verifier,
     fetcher: SnsFetcher,
-    spool: Arc<Spool>,
+    ledger: Arc<dyn Ledger>,
     policy: SuppressionPolicy,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
@@ -101,7 +102,7 @@ pub struct FeedbackService {
 impl FeedbackService {
     pub fn new(
         config: &FeedbackConfig,
-        spool: Arc<Spool>,
+        ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Self>> {
@@ -113,7 +114,7 @@ impl FeedbackService {
             )
             .with_clock(clock.clone()),
             fetcher: SnsFetcher::new(config.test_trust_override.as_ref())?,
-            spool,
+            ledger,
             policy: SuppressionPolicy {
                 bounce_ms: days(config.bounce_suppression_days),
                 complaint_ms: days(config.complaint_suppression_days),
@@ -182,7 +183,7 @@ impl FeedbackService {
         })?;
         let outcomes: Vec<&'static str> = events.iter().map(|e| e.outcome.as_str()).collect();
         let applied = self
-            .spool
+            .ledger
             .apply_feedback(dedupe, events)
             .await
             .map_err(|e| {

@@ -19,7 +19,7 @@
 
 use serde_json::Value;
 
-use crate::spool::{FeedbackEvent, Outcome, QueueId};
+use crate::domain::{FeedbackEvent, Outcome, QueueId};
 
 /// How long feedback suppressions last, in milliseconds (`None`: until removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

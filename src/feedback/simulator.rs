@@ -40,7 +40,7 @@ impl Simulator {
                 let result = this.service.event(Some(dedupe), &payload.to_string()).await;
                 this.service.count(&result);
                 if let Err(e) = result {
-                    tracing::error!(id = %notice.record.id, error = %e, "simulated feedback failed");
+                    tracing::error!(id = %notice.job.id, error = %e, "simulated feedback failed");
                 }
             }
         });
@@ -73,7 +73,7 @@ fn payloads(notice: &SentNotice) -> Vec<Value> {
         .collect();
     let mail = json!({
         "timestamp": now,
-        "source": notice.record.mail_from,
+        "source": notice.job.mail_from,
         "messageId": notice.provider_id,
         "destination": notice.recipients,
         "tags": tags,

@@ -305,10 +305,10 @@ async fn dispatch(ctx: &mut Ctx<'_>, name: &str, args: Args) -> MethodResult {
         "Identity/get" => identity::get(ctx, args),
         "Identity/set" => identity::set(ctx, args),
         "Identity/changes" => changes(ctx, args, "Identity", "Identity/changes"),
-        "EmailSubmission/get" => submission::get(ctx, args),
+        "EmailSubmission/get" => submission::get(ctx, args).await,
         "EmailSubmission/set" => submission::set(ctx, args).await,
-        "EmailSubmission/query" => submission::query(ctx, args),
-        "EmailSubmission/queryChanges" => submission::query_changes(ctx, args),
+        "EmailSubmission/query" => submission::query(ctx, args).await,
+        "EmailSubmission/queryChanges" => submission::query_changes(ctx, args).await,
         "EmailSubmission/changes" => {
             changes(ctx, args, "EmailSubmission", "EmailSubmission/changes")
         }
@@ -562,6 +562,13 @@ pub fn check_if_in_state(ctx: &Ctx, args: &Args, ty: &str) -> Result<String, Met
 /// A SetError (RFC 8620 §5.3).
 pub fn set_error(kind: &str, description: impl Into<String>) -> Value {
     json!({"type": kind, "description": description.into()})
+}
+
+/// A `serverFail` SetError: the client gets a short, safe text; the log keeps the detail
+/// (storage and SDK error chains are not for clients).
+pub fn server_fail(e: impl std::fmt::Display) -> Value {
+    tracing::error!(error = %e, "JMAP object could not be processed");
+    set_error("serverFail", "internal error; see the server log")
 }
 
 pub fn invalid_properties(props: &[&str], description: impl Into<String>) -> Value {

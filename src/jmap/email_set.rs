@@ -8,7 +8,7 @@ use mail_parser::MessageParser;
 use serde_json::{json, Map, Value};
 
 use super::api::{
-    check_if_in_state, invalid_properties, set_args, set_error, Args, Ctx, MethodError,
+    check_if_in_state, invalid_properties, server_fail, set_args, set_error, Args, Ctx, MethodError,
     MethodResult,
 };
 use super::email::{thread_id, EmailMeta};
@@ -151,7 +151,7 @@ fn create_one(ctx: &mut Ctx, tx: &mut Tx, obj: &Map<String, Value>) -> Result<Va
         received_at,
         None,
     )
-    .map_err(|e| set_error("serverFail", format!("{e:#}")))?;
+    .map_err(|e| server_fail(format!("{e:#}")))?;
     Ok(created_json(&id, &meta))
 }
 
@@ -164,7 +164,7 @@ pub fn update_one(
 ) -> Result<(), Value> {
     let mut meta: EmailMeta = tx
         .get(account, T_EMAIL, id)
-        .map_err(|e| set_error("serverFail", format!("{e:#}")))?
+        .map_err(|e| server_fail(format!("{e:#}")))?
         .ok_or_else(|| set_error("notFound", format!("no Email {id}")))?;
     let before = meta.clone();
     for (path, value) in patch {
@@ -200,7 +200,7 @@ pub fn update_one(
         }
     }
     check_mailboxes(&meta.mailbox_ids)?;
-    save(tx, account, id, &before, &meta).map_err(|e| set_error("serverFail", format!("{e:#}")))
+    save(tx, account, id, &before, &meta).map_err(|e| server_fail(format!("{e:#}")))
 }
 
 fn save(
@@ -224,7 +224,7 @@ fn save(
 }
 
 pub fn destroy_one(tx: &mut Tx, account: &str, id: &str) -> Result<(), Value> {
-    let fail = |e: anyhow::Error| set_error("serverFail", format!("{e:#}"));
+    let fail = |e: anyhow::Error| server_fail(format!("{e:#}"));
     let meta: EmailMeta = tx
         .get(account, T_EMAIL, id)
         .map_err(fail)?
@@ -371,7 +371,7 @@ pub fn import(ctx: &mut Ctx, args: Args) -> MethodResult {
                 };
                 let mime = tx
                     .blob(&account, blob_id)
-                    .map_err(|e| set_error("serverFail", format!("{e:#}")))?
+                    .map_err(|e| server_fail(format!("{e:#}")))?
                     .ok_or_else(|| {
                         json!({"type": "blobNotFound", "notFound": [blob_id],
                         "description": format!("no blob {blob_id}")})
@@ -396,7 +396,7 @@ pub fn import(ctx: &mut Ctx, args: Args) -> MethodResult {
                     received_at,
                     None,
                 )
-                .map_err(|e| set_error("serverFail", format!("{e:#}")))?;
+                .map_err(|e| server_fail(format!("{e:#}")))?;
                 Ok(created_json(&id, &meta))
             })();
             match result {

@@ -11,7 +11,7 @@
 //!   [`submission`] with [`submission_rules`] (the checks before queueing) and
 //!   [`submission_status`] (undoStatus, deliveryStatus): one module per data type.
 //! - [`mime`]: an Email/set create object turned into MIME.
-//! - [`push`]: EventSource, and the spool watcher that moves sent drafts to Sent.
+//! - [`push`]: EventSource, and the ledger watcher that moves sent drafts to Sent.
 //!
 //! Routes: `GET /.well-known/jmap` (session), `POST /jmap/api`, `POST /jmap/upload/{account}/`,
 //! `GET /jmap/download/{account}/{blob}/{name}`, `GET /jmap/eventsource`, `POST|DELETE
@@ -49,7 +49,8 @@ use crate::accounts::{Account, Directory, PasswordChecker};
 use crate::clock::Clock;
 use crate::live::Live;
 use crate::spool::Spool;
-use crate::submission::{Submitter, MESSAGE_CLASSES};
+use crate::domain::MessageClass;
+use crate::submission::Submitter;
 
 pub use store::Store;
 
@@ -83,7 +84,7 @@ pub mod limits {
 /// Everything the JMAP handlers share.
 pub struct Jmap {
     pub store: Arc<Store>,
-    pub spool: Arc<Spool>,
+    pub spool: Spool,
     pub directory: Arc<Live<Directory>>,
     pub submitter: Arc<Submitter>,
     pub clock: Arc<dyn Clock>,
@@ -103,7 +104,7 @@ pub struct Jmap {
 /// What the composition root hands over.
 pub struct Parts {
     pub store: Arc<Store>,
-    pub spool: Arc<Spool>,
+    pub spool: Spool,
     pub directory: Arc<Live<Directory>>,
     pub passwords: Arc<PasswordChecker>,
     /// The per-IP failed-login budget shared with SMTP AUTH.
@@ -148,9 +149,9 @@ impl Jmap {
     }
 }
 
-/// The JMAP routes; also starts the spool watcher (Drafts → Sent, push on delivery status).
+/// The JMAP routes; also starts the ledger watcher (Drafts → Sent, push on delivery status).
 pub fn router(jmap: Arc<Jmap>) -> Router {
-    tokio::spawn(push::watch_spool(jmap.clone()));
+    tokio::spawn(push::watch_ledger(jmap.clone()));
     tokio::spawn(push::expire_uploads(jmap.clone()));
     Router::new()
         .route("/.well-known/jmap", get(session))
@@ -251,7 +252,7 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
         "maxDelayedSend": jmap.max_hold_secs,
         "submissionExtensions": {"FUTURERELEASE": [jmap.max_hold_secs.to_string()]},
     });
-    let class = json!({"classes": MESSAGE_CLASSES, "default": MESSAGE_CLASSES[0]});
+    let class = json!({"classes": MessageClass::NAMES, "default": MessageClass::default().as_str()});
     // Changes whenever the account's identities (from the config) change.
     let state = {
         use std::hash::{Hash, Hasher};

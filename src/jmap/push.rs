@@ -1,11 +1,13 @@
-//! Push (RFC 8620 §7.3 EventSource) and the spool watcher.
+//! Push (RFC 8620 §7.3 EventSource) and the ledger watcher.
 //!
-//! The watcher follows `Spool::subscribe()`: for every changed record that belongs to a JMAP
-//! submission it bumps the EmailSubmission state (so deliveryStatus changes from feedback are
-//! pushed) and, once the transport has accepted the message, moves its Email from Drafts to
-//! Sent and drops `$draft` — best effort: a failure is logged and retried on the next change
-//! or restart, never propagated. A permanent failure leaves the Email in Drafts; the reason
-//! is in the submission's deliveryStatus.
+//! The watcher follows the ledger's change feed from a cursor kept in the JMAP store, so a
+//! restart resumes where it stopped instead of walking every submission ever made. For every
+//! changed record with a JMAP link it brings the EmailSubmission's view up to date: creates it
+//! if the write after `EmailSubmission/set` did not happen, bumps the EmailSubmission state
+//! when undoStatus or deliveryStatus changed (so feedback is pushed), moves the Email from
+//! Drafts to Sent once the transport accepted it, and says Destroyed when retention removed
+//! the record. Best effort: a failure is logged and the same change is read again.
+//! A permanent failure leaves the Email in Drafts; the reason is in the deliveryStatus.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,109 +24,182 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::email_set::mark_sent;
 use super::store::{state_string, Kind, StateChange, T_SUBMISSION, T_UPLOAD};
-use super::submission_status::{view_hash, SubmissionMeta};
+use super::submission_status::{view_hash, SubmissionView};
 use super::Jmap;
-use crate::spool::QueueId;
+use crate::domain::{QueueId, SubmissionRecord};
 
 /// The data types whose states we push.
 const TYPES: [&str; 5] = ["Mailbox", "Email", "Thread", "Identity", "EmailSubmission"];
 /// Bounds on the client's `ping` (seconds).
 const PING_MIN_SECS: u64 = 1;
 const PING_MAX_SECS: u64 = 3600;
+/// The JMAP store's counter holding the ledger change-feed position applied so far.
+const FEED_CURSOR: &str = "ledger_feed";
+/// Changes read from the feed at a time.
+const FEED_PAGE: usize = 256;
 
-/// Brings the JMAP view of queue id `id` up to date with its spool record.
-pub fn settle(jmap: &Jmap, id: QueueId) {
-    if let Err(e) = try_settle(jmap, id) {
-        tracing::warn!(%id, error = %format!("{e:#}"), "updating the JMAP view of a submission failed (will retry on the next change)");
+/// Brings the JMAP view of queue id `id` up to date with its ledger record.
+/// Failures are logged; the watcher reads the change again.
+pub async fn settle(jmap: &Jmap, id: QueueId) {
+    if let Err(e) = try_settle(jmap, id).await {
+        tracing::warn!(%id, error = %format!("{e:#}"), "updating the JMAP view of a submission failed (will retry)");
     }
 }
 
-fn try_settle(jmap: &Jmap, id: QueueId) -> anyhow::Result<()> {
-    let Some(account) = jmap.store.read()?.account_of_queue_id(id.0)? else {
-        return Ok(());
-    };
-    let Some(record) = jmap.spool.get(id)? else {
-        return Ok(());
-    };
+async fn try_settle(jmap: &Jmap, id: QueueId) -> anyhow::Result<()> {
+    let record = jmap.spool.ledger.get(id).await?;
+    apply(jmap, id, record.as_ref())
+}
+
+fn apply(jmap: &Jmap, id: QueueId, record: Option<&SubmissionRecord>) -> anyhow::Result<()> {
     let sub_id = id.to_string();
-    // Most changes (enqueue, lease) change nothing a client sees: skip the write then.
-    let unchanged = |meta: &SubmissionMeta| {
-        meta.view == view_hash(meta, Some(&record)) && (meta.settled || !record.state.was_sent())
+    let Some(record) = record else {
+        return forget(jmap, id);
     };
-    match jmap
+    let Some(link) = &record.jmap else {
+        return Ok(());
+    };
+    let account = record.job.account_id.as_str();
+    let view = view_hash(record);
+    // Most changes (a lease, a retry) change nothing a client sees: skip the write then.
+    let unchanged = |v: &SubmissionView| {
+        v.destroyed || (v.view == view && (v.settled || !record.state.was_sent()))
+    };
+    let current = jmap
         .store
         .read()?
-        .get::<SubmissionMeta>(&account, T_SUBMISSION, &sub_id)?
-    {
-        Some(meta) if !unchanged(&meta) => {}
-        _ => return Ok(()),
+        .get::<SubmissionView>(account, T_SUBMISSION, &sub_id)?;
+    if current.as_ref().is_some_and(unchanged) {
+        return Ok(());
     }
     jmap.store.write(|tx| {
-        let Some(mut meta) = tx.get::<SubmissionMeta>(&account, T_SUBMISSION, &sub_id)? else {
-            return Ok(());
+        let existing = tx.get::<SubmissionView>(account, T_SUBMISSION, &sub_id)?;
+        let kind = match &existing {
+            Some(v) if unchanged(v) => return Ok(()),
+            Some(_) => Kind::Updated,
+            None => Kind::Created,
         };
-        if unchanged(&meta) {
-            return Ok(());
-        }
-        tx.touch(&account, "EmailSubmission", &sub_id, Kind::Updated);
-        if record.state.was_sent() && !meta.settled {
-            if mark_sent(tx, &account, &meta.email_id)? {
-                tracing::info!(%id, email = %meta.email_id, "sent: Email moved from Drafts to Sent");
+        let mut v = existing.unwrap_or_default();
+        if record.state.was_sent() && !v.settled {
+            if mark_sent(tx, account, &link.email_id)? {
+                tracing::info!(%id, email = %link.email_id, "sent: Email moved from Drafts to Sent");
             }
-            meta.settled = true;
+            v.settled = true;
         }
-        meta.view = view_hash(&meta, Some(&record));
-        tx.put(&account, T_SUBMISSION, &sub_id, &meta)?;
+        v.view = view;
+        tx.put(account, T_SUBMISSION, &sub_id, &v)?;
+        tx.index_queue_id(id.0, account)?;
+        tx.touch(account, "EmailSubmission", &sub_id, kind);
         Ok(())
     })
 }
 
-/// Every JMAP submission not yet settled (after a restart, or when the watcher lagged).
-fn settle_all(jmap: &Jmap) {
+/// Retention removed the record: so goes its EmailSubmission.
+fn forget(jmap: &Jmap, id: QueueId) -> anyhow::Result<()> {
+    let sub_id = id.to_string();
+    let Some(account) = jmap
+        .store
+        .read()?
+        .account_of_queue_id(id.0)?
+    else {
+        return Ok(());
+    };
+    jmap.store.write(|tx| {
+        let shown = tx
+            .get::<SubmissionView>(&account, T_SUBMISSION, &sub_id)?
+            .is_some_and(|v| !v.destroyed);
+        tx.remove(&account, T_SUBMISSION, &sub_id)?;
+        tx.unindex_queue_id(id.0)?;
+        if shown {
+            tx.touch(&account, "EmailSubmission", &sub_id, Kind::Destroyed);
+        }
+        Ok(())
+    })
+}
+
+/// Every EmailSubmission not yet settled: when the feed no longer holds what the watcher
+/// missed (it was stopped longer than the feed's retention).
+async fn settle_all(jmap: &Jmap) {
     let pending = jmap.store.read().and_then(|rx| {
         let mut out = Vec::new();
         for (q, account) in rx.queue_ids()? {
-            let meta: Option<SubmissionMeta> =
+            let view: Option<SubmissionView> =
                 rx.get(&account, T_SUBMISSION, &QueueId(q).to_string())?;
-            // Canceled ones too: a cancel can race a send already in progress.
-            if meta.is_some_and(|m| !m.settled) {
+            if view.is_some_and(|v| !v.settled && !v.destroyed) {
                 out.push(QueueId(q));
             }
         }
         Ok(out)
     });
     match pending {
-        Ok(ids) => ids.into_iter().for_each(|id| settle(jmap, id)),
+        Ok(ids) => {
+            for id in ids {
+                settle(jmap, id).await;
+            }
+        }
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "listing JMAP submissions failed"),
     }
 }
 
-/// Runs until shutdown, following the spool's change broadcast.
-pub async fn watch_spool(jmap: Arc<Jmap>) {
-    let mut changes = jmap.spool.subscribe();
-    let mut stop = jmap.stop.clone();
-    {
-        let j = jmap.clone();
-        let _ = tokio::task::spawn_blocking(move || settle_all(&j)).await;
+/// Applies one page of the ledger's change feed; false when there was nothing new.
+async fn follow_once(jmap: &Jmap) -> anyhow::Result<bool> {
+    let cursor = jmap.store.read()?.counter(FEED_CURSOR)?;
+    let page = jmap.spool.ledger.changes(cursor, FEED_PAGE).await?;
+    if page.truncated {
+        tracing::warn!(cursor, "the ledger's change feed no longer holds what JMAP missed; re-reading every open submission");
+        settle_all(jmap).await;
     }
-    loop {
-        let next = tokio::select! {
-            next = changes.recv() => next,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let j = jmap.clone();
-        let work = match next {
-            Ok(id) => tokio::task::spawn_blocking(move || settle(&j, id)),
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "JMAP spool watcher lagged; re-reading every open submission"
-                );
-                tokio::task::spawn_blocking(move || settle_all(&j))
+    let mut applied = cursor;
+    let mut failed = None;
+    for change in &page.changes {
+        if change.jmap {
+            if let Err(e) = try_settle(jmap, change.id).await {
+                // Stop here: the next round starts again with this change.
+                failed = Some(e.context(format!("submission {}", change.id)));
+                break;
             }
-            Err(RecvError::Closed) => return,
+        }
+        applied = change.seq;
+    }
+    if failed.is_none() {
+        applied = page.next;
+    }
+    if applied != cursor {
+        jmap.store.write(|tx| tx.set_counter(FEED_CURSOR, applied))?;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(!page.changes.is_empty()),
+    }
+}
+
+/// Runs until shutdown, following the ledger's change feed.
+pub async fn watch_ledger(jmap: Arc<Jmap>) {
+    let mut stop = jmap.stop.clone();
+    loop {
+        let more = match follow_once(&jmap).await {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "following the ledger's changes failed; trying again in a second");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
         };
-        let _ = work.await;
+        if more {
+            continue;
+        }
+        let cursor = jmap
+            .store
+            .read()
+            .and_then(|rx| rx.counter(FEED_CURSOR))
+            .unwrap_or(0);
+        tokio::select! {
+            _ = jmap.spool.ledger.wait_for_changes(cursor, Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

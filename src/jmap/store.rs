@@ -1,6 +1,8 @@
 //! The JMAP bridge's own storage, `<state_dir>/jmap.redb`, kept apart from the spool: Emails
-//! (metadata + MIME blob), uploaded blobs, identity overrides, EmailSubmission ↔ Email links,
-//! bearer tokens, and per-account state counters with a change log for `*/changes`.
+//! (metadata + MIME blob), uploaded blobs, identity overrides, what clients were last shown
+//! of each EmailSubmission (the submission itself is the ledger record), bearer tokens, the
+//! ledger change-feed cursor, and per-account state counters with a change log for
+//! `*/changes`.
 //!
 //! Every write runs in one redb transaction through [`Store::write`]; the objects it touched
 //! are recorded on the [`Tx`], and on commit each touched (account, type) gets the next state
@@ -23,8 +25,8 @@ const CHANGES: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new(
 const OBJECTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("objects");
 /// (account, blob id) → bytes: uploads and Email MIME.
 const BLOBS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("blobs");
-/// Spool queue id → account id, for submissions made through JMAP.
-const QUEUE_INDEX: TableDefinition<u64, &str> = TableDefinition::new("queue_index");
+/// Queue id → account id, for the EmailSubmissions this store shows (their views).
+const QUEUE_INDEX: TableDefinition<u128, &str> = TableDefinition::new("submission_index");
 /// Counters for ids.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -242,15 +244,15 @@ impl Rx {
         )
     }
 
-    pub fn account_of_queue_id(&self, queue_id: u64) -> Result<Option<String>> {
+    pub fn account_of_queue_id(&self, queue_id: u128) -> Result<Option<String>> {
         let t = self.txn.open_table(QUEUE_INDEX).map_err(storage)?;
         Ok(t.get(queue_id)
             .map_err(storage)?
             .map(|v| v.value().to_string()))
     }
 
-    /// Every (queue id, account) of a submission made through JMAP.
-    pub fn queue_ids(&self) -> Result<Vec<(u64, String)>> {
+    /// Every (queue id, account) of an EmailSubmission this store has a view of.
+    pub fn queue_ids(&self) -> Result<Vec<(u128, String)>> {
         let t = self.txn.open_table(QUEUE_INDEX).map_err(storage)?;
         let mut out = Vec::new();
         for entry in t.iter().map_err(storage)? {
@@ -258,6 +260,12 @@ impl Rx {
             out.push((k.value(), v.value().to_string()));
         }
         Ok(out)
+    }
+
+    /// A counter's value (0 when never set).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let t = self.txn.open_table(COUNTERS).map_err(storage)?;
+        Ok(t.get(name).map_err(storage)?.map_or(0, |v| v.value()))
     }
 
     /// Change-log entries of states `since+1 ..= up to`, in order.
@@ -352,9 +360,21 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn index_queue_id(&mut self, queue_id: u64, account: &str) -> Result<()> {
+    pub fn index_queue_id(&mut self, queue_id: u128, account: &str) -> Result<()> {
         let mut t = self.txn.open_table(QUEUE_INDEX).map_err(storage)?;
         t.insert(queue_id, account).map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn unindex_queue_id(&mut self, queue_id: u128) -> Result<()> {
+        let mut t = self.txn.open_table(QUEUE_INDEX).map_err(storage)?;
+        t.remove(queue_id).map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn set_counter(&mut self, name: &str, value: u64) -> Result<()> {
+        let mut t = self.txn.open_table(COUNTERS).map_err(storage)?;
+        t.insert(name, value).map_err(storage)?;
         Ok(())
     }
 }

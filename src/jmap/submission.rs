@@ -1,8 +1,10 @@
 //! EmailSubmission (RFC 8621 §7): sending an Email through the same [`Submitter`] as SMTP.
-//! The submission's id is the spool's queue id; what the spool record says (state, per
-//! recipient outcomes, last error) is read live, so feedback from SES shows up in
-//! `deliveryStatus` without copying. The store keeps only the link to the Email and what the
-//! client chose (identity, envelope, sendAt, message class).
+//! The submission's id is the queue id, and the EmailSubmission *is* the ledger record: its
+//! JMAP link (Email, identity, envelope, sendAt) is written in the same write that queues the
+//! message, so a message is never sent without its EmailSubmission. State, per-recipient
+//! outcomes and the last error are read live from the record, so SES feedback shows up in
+//! `deliveryStatus` without copying. The store keeps only what clients were last shown
+//! ([`SubmissionView`]), for `/changes` and push.
 //!
 //! [`Submitter`]: crate::submission::Submitter
 
@@ -11,17 +13,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde_json::{json, Map, Value};
 
 use super::api::{
-    check_if_in_state, get_ids, invalid_properties, select, set_args, set_error, Args, Ctx,
-    MethodError, MethodResult,
+    check_if_in_state, get_ids, invalid_properties, select, server_fail, set_args, set_error,
+    Args, Ctx, MethodError, MethodResult,
 };
 use super::email::thread_id;
 use super::email_set;
 use super::store::{parse_state, state_string, Kind, T_SUBMISSION};
 use super::submission_rules::plan;
 pub use super::submission_status::{
-    delivery_status, queue_id, undo_status, view_hash, SubmissionMeta,
+    delivery_status, queue_id, undo_status, view_hash, SubmissionView,
 };
 use super::{mime, Jmap};
+use crate::domain::{JmapLink, SubmissionRecord};
+use crate::spool::{Action, SpoolError};
 use crate::submission::{SubmitError, SubmitRequest, Trace};
 
 const PROPERTIES: [&str; 11] = [
@@ -38,48 +42,85 @@ const PROPERTIES: [&str; 11] = [
     "messageClass",
 ];
 
-fn object(jmap: &Jmap, id: &str, meta: &SubmissionMeta) -> Value {
-    let record = queue_id(id).and_then(|q| jmap.spool.get(q).ok().flatten());
+fn object(record: &SubmissionRecord, link: &JmapLink) -> Value {
     json!({
-        "id": id,
-        "identityId": meta.identity_id,
-        "emailId": meta.email_id,
-        "threadId": thread_id(&meta.email_id),
-        "envelope": meta.envelope,
-        "sendAt": crate::clock::rfc3339(meta.send_at),
-        "undoStatus": undo_status(meta, record.as_ref()),
-        "deliveryStatus": delivery_status(meta, record.as_ref()),
+        "id": record.id().to_string(),
+        "identityId": link.identity_id,
+        "emailId": link.email_id,
+        "threadId": thread_id(&link.email_id),
+        "envelope": link.envelope,
+        "sendAt": crate::clock::rfc3339(link.send_at),
+        "undoStatus": undo_status(record),
+        "deliveryStatus": delivery_status(record),
         "dsnBlobIds": [],
         "mdnBlobIds": [],
-        "messageClass": meta.message_class,
+        "messageClass": record.job.message_class.as_str(),
     })
 }
 
-pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
+/// The ledger records of `account`'s EmailSubmissions among `ids` (others, destroyed ones and
+/// ones retention removed are left out), with their links.
+async fn visible(
+    jmap: &Jmap,
+    account: &str,
+    ids: Vec<String>,
+) -> Result<Vec<(SubmissionRecord, JmapLink)>, MethodError> {
+    let rx = jmap.store.read()?;
+    let mut wanted = Vec::new();
+    for id in &ids {
+        let destroyed = rx
+            .get::<SubmissionView>(account, T_SUBMISSION, id)?
+            .is_some_and(|v| v.destroyed);
+        if let Some(q) = queue_id(id).filter(|_| !destroyed) {
+            wanted.push(q);
+        }
+    }
+    drop(rx);
+    let records = jmap
+        .spool
+        .ledger
+        .get_many(wanted)
+        .await
+        .map_err(MethodError::server)?;
+    Ok(records
+        .into_iter()
+        .filter(|r| r.job.account_id == account)
+        .filter_map(|r| r.jmap.clone().map(|link| (r, link)))
+        .collect())
+}
+
+/// Ids of the account's EmailSubmissions the store has views of (not destroyed).
+fn listed(jmap: &Jmap, account: &str) -> Result<Vec<String>, MethodError> {
+    Ok(jmap
+        .store
+        .read()?
+        .list::<SubmissionView>(account, T_SUBMISSION)?
+        .into_iter()
+        .filter(|(_, v)| !v.destroyed)
+        .map(|(id, _)| id)
+        .collect())
+}
+
+pub async fn get(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
     args.check(ctx, &["ids", "properties"])?;
     let ids = get_ids(&args)?;
     let account = ctx.account_id().to_string();
-    let rx = ctx.jmap.store.read()?;
-    let state = state_string(rx.state(&account, "EmailSubmission")?);
+    let state = state_string(ctx.jmap.store.read()?.state(&account, "EmailSubmission")?);
+    let asked = match ids {
+        None => {
+            let mut all = listed(ctx.jmap, &account)?;
+            all.truncate(super::limits::MAX_OBJECTS_IN_GET);
+            all
+        }
+        Some(ids) => ids,
+    };
+    let found = visible(ctx.jmap, &account, asked.clone()).await?;
     let mut list = Vec::new();
     let mut not_found = Vec::new();
-    match ids {
-        None => {
-            for (id, meta) in rx
-                .list::<SubmissionMeta>(&account, T_SUBMISSION)?
-                .into_iter()
-                .take(super::limits::MAX_OBJECTS_IN_GET)
-            {
-                list.push(object(ctx.jmap, &id, &meta));
-            }
-        }
-        Some(ids) => {
-            for id in ids {
-                match rx.get::<SubmissionMeta>(&account, T_SUBMISSION, &id)? {
-                    Some(meta) => list.push(object(ctx.jmap, &id, &meta)),
-                    None => not_found.push(id),
-                }
-            }
+    for id in asked {
+        match found.iter().find(|(r, _)| r.id().to_string() == id) {
+            Some((record, link)) => list.push(object(record, link)),
+            None => not_found.push(id),
         }
     }
     let list = select(list, args.ids("properties")?, &PROPERTIES)?;
@@ -89,12 +130,12 @@ pub fn get(ctx: &mut Ctx, args: Args) -> MethodResult {
     )])
 }
 
-fn query_ids(ctx: &Ctx, args: &Args) -> Result<Vec<String>, MethodError> {
+async fn query_ids(ctx: &Ctx<'_>, args: &Args) -> Result<Vec<String>, MethodError> {
     let account = ctx.account_id();
-    let rx = ctx.jmap.store.read()?;
     let filter = args.object("filter")?.cloned().unwrap_or_default();
+    let all = visible(ctx.jmap, account, listed(ctx.jmap, account)?).await?;
     let mut found = Vec::new();
-    for (id, meta) in rx.list::<SubmissionMeta>(account, T_SUBMISSION)? {
+    for (record, link) in all {
         let mut keep = true;
         for (k, v) in &filter {
             let in_list = |x: &str| {
@@ -103,15 +144,12 @@ fn query_ids(ctx: &Ctx, args: &Args) -> Result<Vec<String>, MethodError> {
             };
             let date = |v: &Value| v.as_str().and_then(mime::parse_date).unwrap_or(0);
             keep &= match k.as_str() {
-                "identityIds" => in_list(&meta.identity_id),
-                "emailIds" => in_list(&meta.email_id),
-                "threadIds" => in_list(&thread_id(&meta.email_id)),
-                "undoStatus" => {
-                    let record = queue_id(&id).and_then(|q| ctx.jmap.spool.get(q).ok().flatten());
-                    v.as_str() == Some(undo_status(&meta, record.as_ref()))
-                }
-                "before" => (meta.send_at as i64) < date(v),
-                "after" => (meta.send_at as i64) >= date(v),
+                "identityIds" => in_list(&link.identity_id),
+                "emailIds" => in_list(&link.email_id),
+                "threadIds" => in_list(&thread_id(&link.email_id)),
+                "undoStatus" => v.as_str() == Some(undo_status(&record)),
+                "before" => (link.send_at as i64) < date(v),
+                "after" => (link.send_at as i64) >= date(v),
                 _ => {
                     return Err(MethodError::new(
                         "unsupportedFilter",
@@ -121,7 +159,7 @@ fn query_ids(ctx: &Ctx, args: &Args) -> Result<Vec<String>, MethodError> {
             };
         }
         if keep {
-            found.push((id, meta));
+            found.push((record.id().to_string(), link.send_at));
         }
     }
     let mut ascending = true;
@@ -137,14 +175,14 @@ fn query_ids(ctx: &Ctx, args: &Args) -> Result<Vec<String>, MethodError> {
                 .unwrap_or(true);
         }
     }
-    found.sort_by(|(ia, a), (ib, b)| a.send_at.cmp(&b.send_at).then(ia.cmp(ib)));
+    found.sort_by(|(ia, a), (ib, b)| a.cmp(b).then(ia.cmp(ib)));
     if !ascending {
         found.reverse();
     }
     Ok(found.into_iter().map(|(id, _)| id).collect())
 }
 
-pub fn query(ctx: &mut Ctx, args: Args) -> MethodResult {
+pub async fn query(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
     args.check(
         ctx,
         &[
@@ -157,7 +195,7 @@ pub fn query(ctx: &mut Ctx, args: Args) -> MethodResult {
             "calculateTotal",
         ],
     )?;
-    let ids = query_ids(ctx, &args)?;
+    let ids = query_ids(ctx, &args).await?;
     let total = ids.len();
     let position = args.uint("position")?.unwrap_or(0) as usize;
     let limit = args
@@ -186,7 +224,7 @@ pub fn query(ctx: &mut Ctx, args: Args) -> MethodResult {
 
 /// RFC 8620 §5.6, the simple way it allows: every submission changed since `sinceQueryState`
 /// is reported removed, and those still in the results are added back at their index.
-pub fn query_changes(ctx: &mut Ctx, args: Args) -> MethodResult {
+pub async fn query_changes(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
     args.check(
         ctx,
         &[
@@ -224,7 +262,8 @@ pub fn query_changes(ctx: &mut Ctx, args: Args) -> MethodResult {
             ));
         }
     }
-    let ids = query_ids(ctx, &args)?;
+    drop(rx);
+    let ids = query_ids(ctx, &args).await?;
     let added: Vec<Value> = ids
         .iter()
         .enumerate()
@@ -245,7 +284,7 @@ pub fn query_changes(ctx: &mut Ctx, args: Args) -> MethodResult {
 }
 
 async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(String, Value), Value> {
-    let plan = plan(ctx, obj)?;
+    let plan = plan(ctx, obj).await?;
     let jmap = ctx.jmap;
     let request = SubmitRequest {
         account: ctx.account.clone(),
@@ -262,9 +301,16 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
             tls: None,
         },
     };
+    let link = JmapLink {
+        email_id: plan.email_id,
+        identity_id: plan.identity_id,
+        envelope: plan.envelope,
+        send_at: plan.send_at,
+    };
+    // Queueing and the EmailSubmission are one write: the link is in the ledger record.
     let id = match jmap
         .submitter
-        .submit_in_class(request, Some(&plan.class))
+        .submit_with(request, Some(plan.class), Some(link.clone()))
         .await
     {
         Ok(id) => id,
@@ -289,35 +335,13 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         }
     };
     let sub_id = id.to_string();
-    let mut meta = SubmissionMeta {
-        email_id: plan.email_id,
-        identity_id: plan.identity_id,
-        envelope: plan.envelope,
-        send_at: plan.send_at,
-        message_class: plan.class,
-        canceled: false,
-        settled: false,
-        view: 0,
-    };
-    meta.view = view_hash(&meta, jmap.spool.get(id).ok().flatten().as_ref());
-    let account = ctx.account_id().to_string();
-    let stored = jmap.store.write(|tx| {
-        tx.put(&account, T_SUBMISSION, &sub_id, &meta)?;
-        tx.index_queue_id(id.0, &account)?;
-        tx.touch(&account, "EmailSubmission", &sub_id, Kind::Created);
-        Ok(())
-    });
-    if let Err(e) = stored {
-        // The message is queued and will be sent; only the JMAP view of it is missing.
-        tracing::error!(%id, error = %format!("{e:#}"), "recording a JMAP submission failed");
-    }
-    tracing::info!(%id, account = %account, email = %meta.email_id, "JMAP submission queued");
-    // The sender may already have sent it before the link existed.
-    super::push::settle(jmap, id);
+    tracing::info!(%id, account = %ctx.account_id(), email = %link.email_id, "JMAP submission queued");
+    // The view (for /changes and push) now rather than when the ledger's feed gets here.
+    super::push::settle(jmap, id).await;
     Ok((
         sub_id.clone(),
-        json!({"id": sub_id, "threadId": thread_id(&meta.email_id), "undoStatus": "pending",
-               "sendAt": crate::clock::rfc3339(meta.send_at)}),
+        json!({"id": sub_id, "threadId": thread_id(&link.email_id), "undoStatus": "pending",
+               "sendAt": crate::clock::rfc3339(link.send_at)}),
     ))
 }
 
@@ -331,44 +355,28 @@ async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(
         }
     }
     let account = ctx.account_id().to_string();
-    let server = |e: anyhow::Error| set_error("serverFail", format!("{e:#}"));
-    let meta: SubmissionMeta = ctx
-        .jmap
-        .store
-        .read()
-        .map_err(server)?
-        .get(&account, T_SUBMISSION, id)
-        .map_err(server)?
-        .ok_or_else(|| set_error("notFound", format!("no EmailSubmission {id}")))?;
-    let queue_id = queue_id(id).ok_or_else(|| set_error("notFound", "bad id"))?;
-    let record = ctx.jmap.spool.get(queue_id).ok().flatten();
-    if meta.canceled && !record.is_some_and(|r| r.state.was_sent()) {
+    let not_found = || set_error("notFound", format!("no EmailSubmission {id}"));
+    let (record, _) = visible(ctx.jmap, &account, vec![id.to_string()])
+        .await
+        .map_err(|_| server_fail("reading the submission failed"))?
+        .into_iter()
+        .next()
+        .ok_or_else(not_found)?;
+    if record.canceled && !record.state.was_sent() {
         return Ok(()); // already canceled: nothing to do
     }
-    match ctx
-        .jmap
-        .spool
-        .cancel(queue_id, "canceled by the client (JMAP)".into())
-        .await
-    {
+    let reason = "canceled by the client (JMAP)".to_string();
+    match ctx.jmap.spool.queue.act(record.id(), Action::Cancel { reason }).await {
         Ok(()) => {}
-        Err(crate::spool::SpoolError::NotFound(_)) => {
+        Err(SpoolError::NotFound(_)) => {
             return Err(set_error(
                 "cannotUnsend",
                 "the message has already left the queue",
             ))
         }
-        Err(e) => return Err(set_error("serverFail", e.to_string())),
+        Err(e) => return Err(server_fail(e)),
     }
-    let stored = ctx.jmap.store.write(|tx| {
-        let mut meta = meta.clone();
-        meta.canceled = true;
-        meta.view = view_hash(&meta, ctx.jmap.spool.get(queue_id).ok().flatten().as_ref());
-        tx.put(&account, T_SUBMISSION, id, &meta)?;
-        tx.touch(&account, "EmailSubmission", id, Kind::Updated);
-        Ok(())
-    });
-    stored.map_err(server)?;
+    super::push::settle(ctx.jmap, record.id()).await;
     tracing::info!(id = %id, account = %account, "JMAP submission canceled");
     Ok(())
 }
@@ -418,12 +426,11 @@ pub async fn set(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
         let real = ctx.resolve_id(id).unwrap_or_default();
         match cancel(ctx, &real, patch).await {
             Ok(()) => {
-                let email = ctx
-                    .jmap
-                    .store
-                    .read()?
-                    .get::<SubmissionMeta>(&account, T_SUBMISSION, &real)?
-                    .map(|m| m.email_id)
+                let email = visible(ctx.jmap, &account, vec![real.clone()])
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|(_, link)| link.email_id)
                     .unwrap_or_default();
                 succeeded.push((id.clone(), email.clone()));
                 succeeded.push((real.clone(), email));
@@ -438,24 +445,32 @@ pub async fn set(ctx: &mut Ctx<'_>, args: Args) -> MethodResult {
     let mut not_destroyed = Map::new();
     for id in &sets.destroy {
         let real = ctx.resolve_id(id).unwrap_or_default();
-        let meta: Option<SubmissionMeta> =
-            ctx.jmap.store.read()?.get(&account, T_SUBMISSION, &real)?;
-        match meta {
+        let found = visible(ctx.jmap, &account, vec![real.clone()])
+            .await?
+            .into_iter()
+            .next();
+        match found {
             None => {
                 not_destroyed.insert(
                     id.clone(),
                     set_error("notFound", format!("no EmailSubmission {id}")),
                 );
             }
-            Some(meta) => {
-                // RFC 8621 §7.5: destroying the record does not stop the send.
+            Some((record, link)) => {
+                // RFC 8621 §7.5: destroying the EmailSubmission does not stop the send. The
+                // view stays as a tombstone so the ledger's feed does not bring it back.
                 ctx.jmap.store.write(|tx| {
-                    tx.remove(&account, T_SUBMISSION, &real)?;
+                    let mut view = tx
+                        .get::<SubmissionView>(&account, T_SUBMISSION, &real)?
+                        .unwrap_or_default();
+                    view.destroyed = true;
+                    tx.put(&account, T_SUBMISSION, &real, &view)?;
+                    tx.index_queue_id(record.id().0, &account)?;
                     tx.touch(&account, "EmailSubmission", &real, Kind::Destroyed);
                     Ok(())
                 })?;
-                succeeded.push((id.clone(), meta.email_id.clone()));
-                succeeded.push((real.clone(), meta.email_id));
+                succeeded.push((id.clone(), link.email_id.clone()));
+                succeeded.push((real.clone(), link.email_id));
                 destroyed.push(real);
             }
         }

@@ -5,12 +5,12 @@
 
 use serde_json::{json, Map, Value};
 
-use super::api::{invalid_properties, set_error, Ctx};
+use super::api::{invalid_properties, server_fail, set_error, Ctx};
 use super::email::EmailMeta;
 use super::identity::{covers, email_of};
 use super::mime;
 use super::store::T_EMAIL;
-use crate::submission::MESSAGE_CLASSES;
+use crate::domain::MessageClass;
 
 fn address_of(v: &Value) -> Option<String> {
     v.get("email").and_then(Value::as_str).map(str::to_string)
@@ -33,11 +33,11 @@ pub struct Plan {
     pub mime: Vec<u8>,
     pub send_at: u64,
     pub release_at: Option<u64>,
-    pub class: String,
+    pub class: MessageClass,
     pub envelope: Value,
 }
 
-pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
+pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value> {
     for k in obj.keys() {
         let ok = match k.as_str() {
             "emailId" | "identityId" | "envelope" | "sendAt" | "messageClass" => true,
@@ -70,11 +70,10 @@ pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
             format!("identity {identity_id} is not this account's"),
         )
     })?;
-    let server = |e: anyhow::Error| set_error("serverFail", format!("{e:#}"));
-    let rx = jmap.store.read().map_err(server)?;
+    let rx = jmap.store.read().map_err(server_fail)?;
     let meta: EmailMeta = rx
         .get(&account.account_id, T_EMAIL, &email_id)
-        .map_err(server)?
+        .map_err(server_fail)?
         .ok_or_else(|| {
             json!({"type": "invalidEmail", "properties": ["emailId"],
             "description": format!("no Email {email_id}")})
@@ -85,14 +84,17 @@ pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
     }
     let mime = rx
         .blob(&account.account_id, &meta.blob_id)
-        .map_err(server)?
+        .map_err(server_fail)?
         .ok_or_else(|| set_error("invalidEmail", "the Email's message is missing"))?;
+    drop(rx);
     let parsed = mail_parser::MessageParser::default()
         .parse_headers(&mime)
         .ok_or_else(|| set_error("invalidEmail", "the Email cannot be parsed"))?;
     let class = match obj.get("messageClass") {
-        None | Some(Value::Null) => MESSAGE_CLASSES[0].to_string(),
-        Some(Value::String(c)) if MESSAGE_CLASSES.contains(&c.as_str()) => c.clone(),
+        None | Some(Value::Null) => MessageClass::default(),
+        Some(Value::String(c)) if MessageClass::parse(c).is_some_and(|p| p.as_str() == c) => {
+            MessageClass::parse(c).unwrap_or_default()
+        }
         _ => {
             return Err(invalid_properties(
                 &["messageClass"],
@@ -182,7 +184,9 @@ pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
     }
     match jmap
         .spool
-        .suppressed_among(&unique, &account.account_id, &class)
+        .ledger
+        .suppressed_among(&unique, &account.account_id, class.as_str())
+        .await
     {
         Ok(found) => {
             if let Some((r, s)) = found.into_iter().next() {
@@ -195,7 +199,7 @@ pub fn plan(ctx: &Ctx, obj: &Map<String, Value>) -> Result<Plan, Value> {
                 ));
             }
         }
-        Err(e) => return Err(set_error("serverFail", e.to_string())),
+        Err(e) => return Err(server_fail(e)),
     }
     let now = jmap.now_ms();
     let (send_at, release_at) = match obj.get("sendAt") {

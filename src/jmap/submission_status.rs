@@ -4,54 +4,48 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::spool::{Outcome, QueueId, State, SubmissionRecord};
+use crate::domain::{Outcome, QueueId, State, SubmissionRecord};
 
-/// What the store keeps per submission.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SubmissionMeta {
-    pub email_id: String,
-    pub identity_id: String,
-    pub envelope: Value,
-    pub send_at: u64,
-    pub message_class: String,
-    /// The client set undoStatus to canceled.
-    #[serde(default)]
-    pub canceled: bool,
+/// What the JMAP store keeps per EmailSubmission: only what was last shown to clients. The
+/// submission itself — Email, identity, envelope, sendAt, status — is the ledger record with
+/// its JMAP link, written in the same write that queued the message.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SubmissionView {
     /// Drafts → Sent has been applied (or is no longer wanted).
     #[serde(default)]
     pub settled: bool,
-    /// Hash of the undoStatus and deliveryStatus last published: a spool change that leaves
+    /// Hash of the undoStatus and deliveryStatus last published: a ledger change that leaves
     /// them as they were (a lease, a retry) does not bump the EmailSubmission state.
     #[serde(default)]
     pub view: u64,
+    /// The client destroyed the EmailSubmission (the send goes on, RFC 8621 §7.5).
+    #[serde(default)]
+    pub destroyed: bool,
 }
 
 /// A fingerprint of what a client sees change on a submission.
-pub fn view_hash(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> u64 {
+pub fn view_hash(record: &SubmissionRecord) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    undo_status(meta, record).hash(&mut h);
-    delivery_status(meta, record).to_string().hash(&mut h);
+    undo_status(record).hash(&mut h);
+    delivery_status(record).to_string().hash(&mut h);
     h.finish()
 }
 
-pub fn undo_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> &'static str {
-    match record.map(|r| r.state) {
+pub fn undo_status(record: &SubmissionRecord) -> &'static str {
+    match record.state {
         // A cancel that raced a send in progress loses: the message went.
-        Some(s) if s.was_sent() => "final",
-        _ if meta.canceled => "canceled",
-        Some(State::Queued | State::Held) => "pending",
+        s if s.was_sent() => "final",
+        _ if record.canceled => "canceled",
+        State::Queued | State::Held => "pending",
         _ => "final",
     }
 }
 
-/// RFC 8621 §7: per-recipient `{smtpReply, delivered, displayed}` from the spool record.
-pub fn delivery_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>) -> Value {
-    let Some(r) = record else {
-        return Value::Null;
-    };
+/// RFC 8621 §7: per-recipient `{smtpReply, delivered, displayed}` from the ledger record.
+pub fn delivery_status(r: &SubmissionRecord) -> Value {
     let mut out = Map::new();
-    for rcpt in &r.recipients {
+    for rcpt in &r.job.recipients {
         let reported = r.delivery.get(&rcpt.to_lowercase());
         let (delivered, reply) = match (r.state, reported) {
             (_, Some(s)) => {
@@ -71,7 +65,7 @@ pub fn delivery_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>)
                     Outcome::Bounced => ("no", format!("550 5.1.1 bounced {detail}")),
                 }
             }
-            (State::Queued | State::Held, None) if meta.canceled => {
+            (State::Queued | State::Held, None) if r.canceled => {
                 ("no", "554 5.0.0 canceled".to_string())
             }
             (State::Queued | State::Held, None) => (
@@ -93,7 +87,7 @@ pub fn delivery_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>)
                 "no",
                 format!(
                     "554 5.0.0 {}",
-                    if meta.canceled {
+                    if r.canceled {
                         "canceled".to_string()
                     } else {
                         r.last_error.clone().unwrap_or_else(|| "not sent".into())
@@ -109,18 +103,18 @@ pub fn delivery_status(meta: &SubmissionMeta, record: Option<&SubmissionRecord>)
     Value::Object(out)
 }
 
-/// A submission id is the 16-hex-digit queue id.
+/// A submission id is the queue id's text.
 pub fn queue_id(id: &str) -> Option<QueueId> {
-    (id.len() == 16).then(|| id.parse().ok()).flatten()
+    id.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::RecipientStatus;
+    use crate::domain::{Job, MessageClass, RecipientStatus};
 
     fn record(state: State, rcpts: &[&str]) -> SubmissionRecord {
-        SubmissionRecord {
+        let job = Job {
             id: QueueId(1),
             login: "alice".into(),
             tenant_id: "t".into(),
@@ -129,30 +123,18 @@ mod tests {
             identity_id: "i".into(),
             mail_from: "alice@example.com".into(),
             recipients: rcpts.iter().map(|r| r.to_string()).collect(),
-            message_class: "transactional".into(),
+            message_class: MessageClass::Transactional,
             size: 1,
-            state,
-            created_ms: 0,
-            due_ms: None,
-            receive_count: 0,
-            last_error: None,
-            provider_id: Some("ses-1".into()),
-            history: vec![],
-            delivery: Default::default(),
-        }
+        };
+        let mut r = SubmissionRecord::queued(job, 0, 0, None);
+        r.state = state;
+        r.provider_id = Some("ses-1".into());
+        r
     }
 
-    fn meta(canceled: bool) -> SubmissionMeta {
-        SubmissionMeta {
-            email_id: "M1".into(),
-            identity_id: "i".into(),
-            envelope: Value::Null,
-            send_at: 0,
-            message_class: "transactional".into(),
-            canceled,
-            settled: false,
-            view: 0,
-        }
+    fn canceled(mut r: SubmissionRecord) -> SubmissionRecord {
+        r.canceled = true;
+        r
     }
 
     fn status(v: &Value, rcpt: &str) -> (String, String) {
@@ -166,12 +148,8 @@ mod tests {
 
     #[test]
     fn undo_status_table() {
-        let m = meta(false);
-        assert_eq!(
-            undo_status(&m, Some(&record(State::Queued, &[]))),
-            "pending"
-        );
-        assert_eq!(undo_status(&m, Some(&record(State::Held, &[]))), "pending");
+        assert_eq!(undo_status(&record(State::Queued, &[])), "pending");
+        assert_eq!(undo_status(&record(State::Held, &[])), "pending");
         for s in [
             State::Sent,
             State::Delivered,
@@ -179,20 +157,21 @@ mod tests {
             State::Failed,
             State::Dead,
         ] {
-            assert_eq!(undo_status(&m, Some(&record(s, &[]))), "final");
+            assert_eq!(undo_status(&record(s, &[])), "final");
         }
         assert_eq!(
-            undo_status(&meta(true), Some(&record(State::Failed, &[]))),
+            undo_status(&canceled(record(State::Failed, &[]))),
             "canceled"
         );
+        // A cancel that lost the race with a send in progress.
+        assert_eq!(undo_status(&canceled(record(State::Sent, &[]))), "final");
     }
 
     #[test]
     fn delivery_status_table() {
-        let m = meta(false);
         let queued = record(State::Queued, &["a@x.test"]);
         assert_eq!(
-            status(&delivery_status(&m, Some(&queued)), "a@x.test").0,
+            status(&delivery_status(&queued), "a@x.test").0,
             "queued"
         );
 
@@ -217,7 +196,7 @@ mod tests {
         );
         r.delivery
             .insert("d@x.test".into(), report(Outcome::Delayed, "mailbox full"));
-        let v = delivery_status(&m, Some(&r));
+        let v = delivery_status(&r);
         assert_eq!(status(&v, "a@x.test").0, "yes");
         let (d, reply) = status(&v, "b@x.test");
         assert_eq!(d, "no");
@@ -234,7 +213,7 @@ mod tests {
 
         let mut failed = record(State::Failed, &["a@x.test"]);
         failed.last_error = Some("554 Message rejected".into());
-        let (d, reply) = status(&delivery_status(&m, Some(&failed)), "a@x.test");
+        let (d, reply) = status(&delivery_status(&failed), "a@x.test");
         assert_eq!(d, "no");
         assert!(reply.contains("Message rejected"));
     }

@@ -15,13 +15,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::accounts::Directory;
+use crate::clock::Clock;
+use crate::domain::{FeedbackEvent, Job, Outcome};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::spool::{FeedbackEvent, Lease, Outcome, RetryOutcome, Spool, SubmissionRecord};
+use crate::spool::{Lease, Settled, Settlement, Spool, SpoolError};
 use crate::transport::{Delivery, OutboundMessage, Transport};
 use flow::{Breaker, InFlight, Pace};
 
-/// Longest nap when nothing is due, so a clock jump is noticed eventually.
+/// Longest a worker waits for work in one long poll, so a clock jump is noticed eventually.
 const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// Signatures set outside the config (JMAP `Identity/set`) that replace an identity's
@@ -38,10 +40,11 @@ pub trait SignatureSource: Send + Sync {
 
 /// Everything the workers share.
 pub struct Sender {
-    pub spool: Arc<Spool>,
+    pub spool: Spool,
     pub transport: Arc<dyn Transport>,
     pub directory: Arc<Live<Directory>>,
     pub hostname: String,
+    pub clock: Arc<dyn Clock>,
     pub pace: Pace,
     pub in_flight: InFlight,
     pub breaker: Breaker,
@@ -56,7 +59,7 @@ pub struct Sender {
 /// A message the transport accepted, as it went out.
 #[derive(Debug, Clone)]
 pub struct SentNotice {
-    pub record: SubmissionRecord,
+    pub job: Job,
     /// The recipients it was actually sent to (suppressed ones left out).
     pub recipients: Vec<String>,
     pub provider_id: String,
@@ -67,16 +70,18 @@ pub struct SentNotice {
 impl Sender {
     /// Defaults for flow control: no pacing, 256 MiB in flight, pauses of 5 s up to 5 min.
     pub fn new(
-        spool: Arc<Spool>,
+        spool: Spool,
         transport: Arc<dyn Transport>,
         directory: Arc<Live<Directory>>,
         hostname: String,
+        clock: Arc<dyn Clock>,
     ) -> Sender {
         Sender {
             spool,
             transport,
             directory,
             hostname,
+            clock,
             pace: Pace::new(0.0),
             in_flight: InFlight::new(256 * 1024 * 1024),
             breaker: Breaker::new(Duration::from_secs(5), Duration::from_secs(300)),
@@ -90,8 +95,7 @@ impl Sender {
 
 /// Runs one worker until `shutdown` turns true; a send in progress is finished first.
 pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>) {
-    let spool = &sender.spool;
-    let signal = spool.work_signal();
+    let queue = &sender.spool.queue;
     loop {
         if *shutdown.borrow() {
             return;
@@ -100,64 +104,51 @@ pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>
             _ = sender.breaker.admit() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        // Register for wake-ups before looking, so an enqueue in between is not missed.
-        let notified = signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match spool.lease().await {
-            Ok(Some(lease)) => {
-                deliver(&sender, lease).await;
-                continue;
+        let leased = tokio::select! {
+            leased = queue.lease(1, MAX_IDLE) => leased,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        match leased {
+            Ok(leases) if !leases.is_empty() => {
+                for lease in leases {
+                    deliver(&sender, lease).await;
+                }
             }
-            Ok(None) => sender.breaker.probe_unused(),
+            Ok(_) => sender.breaker.probe_unused(),
             Err(e) => {
                 sender.breaker.probe_unused();
                 tracing::error!(error = %e, "leasing from the spool failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
             }
-        }
-        let nap = match spool.next_due() {
-            Ok(Some(due)) => {
-                Duration::from_millis(due.saturating_sub(spool.now_ms())).min(MAX_IDLE)
-            }
-            Ok(None) => MAX_IDLE,
-            Err(_) => Duration::from_secs(1),
-        };
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(nap) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }
 
 /// Builds the outgoing message, or says why it can never be sent.
-async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Delivery> {
-    let record = &lease.record;
+async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Delivery> {
     // Check the identity again at send time: the account or identity may have gone since.
-    let account = sender.directory.get().get(&record.login);
-    let identity = account
-        .as_ref()
-        .and_then(|a| a.identity(&record.identity_id));
+    let account = sender.directory.get().get(&job.login);
+    let identity = account.as_ref().and_then(|a| a.identity(&job.identity_id));
     let Some(identity) = identity.filter(|_| {
         account
             .as_ref()
-            .is_some_and(|a| a.identity_for(&record.mail_from).is_some())
+            .is_some_and(|a| a.identity_for(&job.mail_from).is_some())
     }) else {
         return Err(Delivery::Reject {
             reason: format!(
                 "identity {} of account {} is no longer configured",
-                record.identity_id, record.login
+                job.identity_id, job.login
             ),
         });
     };
     // Suppressed addresses (bounced, complained, or by the operator) are left out, by class.
-    let suppressed: Vec<(String, String)> = sender
-        .spool
-        .suppressed_among(
-            &record.recipients,
-            &record.account_id,
-            &record.message_class,
-        )
+    let ledger = &sender.spool.ledger;
+    let suppressed: Vec<(String, String)> = ledger
+        .suppressed_among(&job.recipients, &job.account_id, job.message_class.as_str())
+        .await
         .map_err(|e| Delivery::Retry {
             reason: format!("reading suppressions: {e}"),
             after: None,
@@ -165,7 +156,7 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
         .into_iter()
         .map(|(rcpt, s)| (rcpt, s.reason))
         .collect();
-    let recipients: Vec<String> = record
+    let recipients: Vec<String> = job
         .recipients
         .iter()
         .filter(|r| !suppressed.iter().any(|(s, _)| s == *r))
@@ -173,14 +164,14 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
         .collect();
     if !suppressed.is_empty() {
         sender.metrics.suppressed.inc_by(suppressed.len() as u64);
-        tracing::info!(id = %record.id, class = %record.message_class, suppressed = ?suppressed, "recipients suppressed");
+        tracing::info!(id = %job.id, class = %job.message_class, suppressed = ?suppressed, "recipients suppressed");
         // Each left-out recipient's status says why (visible in `queue show` and JMAP).
-        let at_ms = sender.spool.now_ms();
+        let at_ms = sender.clock.now_ms();
         let events = suppressed
             .iter()
             .map(|(rcpt, reason)| FeedbackEvent {
                 provider_id: None,
-                submission_id: Some(record.id),
+                submission_id: Some(job.id),
                 outcome: Outcome::Suppressed,
                 recipients: vec![rcpt.clone()],
                 detail: Some(format!("on the suppression list: {reason}")),
@@ -190,8 +181,8 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
                 suppress: None,
             })
             .collect();
-        if let Err(e) = sender.spool.apply_feedback(None, events).await {
-            tracing::warn!(id = %record.id, error = %e, "could not record suppressed recipients");
+        if let Err(e) = ledger.apply_feedback(None, events).await {
+            tracing::warn!(id = %job.id, error = %e, "could not record suppressed recipients");
         }
     }
     if recipients.is_empty() {
@@ -205,7 +196,8 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     }
     let stored = sender
         .spool
-        .load_mime(record.id)
+        .blobs
+        .get(job.id)
         .await
         .map_err(|e| Delivery::Retry {
             reason: format!("loading message: {e}"),
@@ -214,15 +206,16 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
     let overridden = sender
         .signatures
         .as_ref()
-        .and_then(|s| s.signatures(&record.account_id, identity))
+        .and_then(|s| s.signatures(&job.account_id, identity))
         .map(|(text, html)| crate::accounts::Identity {
             text_signature: text,
             html_signature: html,
             ..identity.clone()
         });
     let identity = overridden.as_ref().unwrap_or(identity);
-    let mime = prepare::outgoing_mime(record, &stored, identity, &sender.hostname);
-    let domain = record.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+    let mime = prepare::outgoing_mime(job, &stored, identity, &sender.hostname);
+    drop(stored);
+    let domain = job.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
     let mime = sender
         .dkim
         .sign(domain, mime)
@@ -230,28 +223,46 @@ async fn outbound(sender: &Sender, lease: &Lease) -> Result<OutboundMessage, Del
             reason: e.to_string(),
         })?;
     Ok(OutboundMessage {
-        mail_from: record.mail_from.clone(),
+        mail_from: job.mail_from.clone(),
         recipients,
         mime,
-        tags: prepare::tags(record),
+        tags: prepare::tags(job),
         configuration_set: identity.configuration_set.clone(),
-        record: record.clone(),
+        job: job.clone(),
     })
 }
 
-/// Margin kept before a lease runs out (a tenth of the visibility timeout, at most 5 s): a
-/// send must not start when another worker could take the same message before it finishes.
-fn lease_margin_ms(spool: &Spool) -> u64 {
-    (spool.options().visibility_timeout_ms / 10).min(5_000)
+/// When a lease with `deadline_ms` should be extended: once a third of the visibility
+/// timeout has passed since it was last set, so two extensions can fail before it runs out.
+fn renew_in(sender: &Sender, deadline_ms: u64) -> Duration {
+    let visibility = sender.spool.queue.visibility_timeout_ms();
+    let renew_at = deadline_ms.saturating_sub(visibility * 2 / 3);
+    Duration::from_millis(renew_at.saturating_sub(sender.clock.now_ms()))
 }
 
-async fn deliver(sender: &Sender, lease: Lease) {
-    let id = lease.record.id;
-    let attempt = lease.record.receive_count;
+/// Pushes the lease's deadline out by a visibility timeout; false when it is lost.
+async fn extend(sender: &Sender, lease: &mut Lease) -> bool {
+    let queue = &sender.spool.queue;
+    match queue.extend(lease, queue.visibility_timeout_ms()).await {
+        Ok(deadline) => {
+            lease.deadline_ms = deadline;
+            true
+        }
+        Err(SpoolError::LeaseLost(_) | SpoolError::NotFound(_)) => false,
+        Err(e) => {
+            // The lease still runs until its deadline; the next renewal tries again.
+            tracing::warn!(id = %lease.job.id, error = %e, "extending a lease failed");
+            true
+        }
+    }
+}
+
+async fn deliver(sender: &Sender, mut lease: Lease) {
+    let id = lease.job.id;
+    let attempt = lease.attempt;
     let transport = sender.transport.name();
-    let spool = &sender.spool;
-    let _bytes = sender.in_flight.acquire(lease.record.size).await;
-    let message = match outbound(sender, &lease).await {
+    let _bytes = sender.in_flight.acquire(lease.job.size).await;
+    let message = match outbound(sender, &lease.job).await {
         Ok(message) => message,
         Err(refusal) => {
             // Decided here, without asking the provider: says nothing about its health.
@@ -261,16 +272,30 @@ async fn deliver(sender: &Sender, lease: Lease) {
         }
     };
     sender.pace.wait().await;
-    if spool.now_ms() + lease_margin_ms(spool) > lease.visible_at {
-        // Waiting for bytes or pace took the whole lease: another worker may hold the message
-        // now, and sending here would duplicate it. It is visible again; leave it.
+    // Waiting for bytes or pace may have used up most of the lease: renew it before sending,
+    // and leave the message alone if another worker may hold it now.
+    if renew_in(sender, lease.deadline_ms).is_zero() && !extend(sender, &mut lease).await {
         sender.breaker.probe_unused();
-        tracing::warn!(%id, transport, "lease ran out before sending; left for the next worker");
+        tracing::warn!(%id, transport, "lease lost before sending; left for the next worker");
         return;
     }
     let started = std::time::Instant::now();
     let message = Arc::new(message);
-    let delivery = sender.transport.send(message.clone()).await;
+    let send = sender.transport.send(message.clone());
+    tokio::pin!(send);
+    // While the transport works, the lease is extended so no second worker sends the message.
+    let delivery = loop {
+        tokio::select! {
+            delivery = &mut send => break delivery,
+            _ = tokio::time::sleep(renew_in(sender, lease.deadline_ms)) => {
+                if !extend(sender, &mut lease).await {
+                    tracing::warn!(%id, transport, "lease lost during a send; the message may be sent twice");
+                    // Still wait for the answer: a sent message must be recorded as sent.
+                    break (&mut send).await;
+                }
+            }
+        }
+    };
     let outcome = match &delivery {
         Delivery::Sent { .. } => "sent",
         Delivery::Retry { .. } => "retry",
@@ -292,58 +317,57 @@ async fn deliver(sender: &Sender, lease: Lease) {
     let recorded = record(sender, &lease, delivery).await;
     if let (Some(provider_id), Some(on_sent), true) = (sent, &sender.on_sent, recorded) {
         on_sent(SentNotice {
-            record: lease.record.clone(),
+            job: lease.job.clone(),
             recipients: message.recipients.clone(),
             provider_id,
             tags: message.tags.clone(),
-            at_ms: spool.now_ms(),
+            at_ms: sender.clock.now_ms(),
         });
     }
 }
 
 /// Records what became of one attempt; true when the spool took it.
 async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
-    let (id, attempt, transport) = (
-        lease.record.id,
-        lease.record.receive_count,
-        sender.transport.name(),
-    );
-    let spool = &sender.spool;
-    let result = match delivery {
+    let (id, attempt, transport) = (lease.job.id, lease.attempt, sender.transport.name());
+    let settlement = match delivery {
         Delivery::Sent { provider_id } => {
             tracing::info!(%id, transport, %provider_id, attempt, "message sent");
-            spool.complete(lease, provider_id).await
+            Settlement::Sent { provider_id }
         }
         Delivery::Reject { reason } => {
             tracing::warn!(%id, transport, %reason, "message failed permanently");
-            spool.fail(lease, reason).await
+            Settlement::Failed { reason }
         }
         Delivery::Unavailable { reason } => {
             let pause = sender.breaker.unavailable();
             tracing::warn!(%id, transport, %reason, pause_secs = pause.as_secs(), "provider unavailable; sending paused");
-            spool.release(lease, reason).await
+            Settlement::Release { reason }
         }
-        Delivery::Retry { reason, after } => {
-            let delay = after.map(|d| d.as_millis() as u64);
-            let result = spool.retry(lease, reason.clone(), delay).await;
-            match &result {
-                Ok(RetryOutcome::DeadLettered) => {
-                    tracing::warn!(%id, %reason, attempt, "attempts used up, moved to the dead-letter queue");
-                }
-                Ok(RetryOutcome::Requeued { .. }) => {
-                    tracing::info!(%id, %reason, attempt, "delivery will be retried")
-                }
-                _ => {}
-            }
-            result
-        }
+        Delivery::Retry { reason, after } => Settlement::Retry {
+            reason,
+            after_ms: after.map(|d| d.as_millis() as u64),
+        },
     };
-    match result {
-        Ok(RetryOutcome::Stale) => {
+    let reason = match &settlement {
+        Settlement::Retry { reason, .. } => Some(reason.clone()),
+        _ => None,
+    };
+    match sender.spool.queue.settle(lease, settlement).await {
+        Ok(Settled::Stale) => {
             tracing::warn!(%id, attempt, "outcome not recorded: the message changed hands (lease expired)");
             false
         }
-        Ok(_) => true,
+        Ok(Settled::DeadLettered) => {
+            tracing::warn!(%id, reason = reason.as_deref().unwrap_or(""), attempt, "attempts used up, moved to the dead-letter queue");
+            true
+        }
+        Ok(Settled::Requeued { .. }) => {
+            if let Some(reason) = reason {
+                tracing::info!(%id, %reason, attempt, "delivery will be retried");
+            }
+            true
+        }
+        Ok(Settled::Applied) => true,
         // The lease will expire and the message be tried again: at-least-once.
         Err(e) => {
             tracing::error!(%id, error = %e, "recording the outcome failed");
@@ -352,13 +376,21 @@ async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
     }
 }
 
-/// Purges expired dead letters once an hour.
-pub async fn run_janitor(spool: Arc<Spool>, mut shutdown: watch::Receiver<bool>) {
+/// Applies retention once an hour: finished records past `retention_days`, expired dead
+/// letters and suppressions, old feedback ids and change-feed entries.
+pub async fn run_janitor(ledger: Arc<dyn crate::spool::Ledger>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        match spool.purge_dead().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "expired dead letters removed"),
-            Err(e) => tracing::error!(error = %e, "purging dead letters failed"),
+        match ledger.purge().await {
+            Ok(p) if p == Default::default() => {}
+            Ok(p) => tracing::info!(
+                finished = p.finished,
+                dead = p.dead,
+                suppressions = p.suppressions,
+                feedback_ids = p.feedback_ids,
+                changes = p.changes,
+                "retention: old records removed"
+            ),
+            Err(e) => tracing::error!(error = %e, "applying retention failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
@@ -375,7 +407,8 @@ mod tests {
 
     use super::*;
     use crate::clock::TokioClock;
-    use crate::spool::{NewSubmission, SpoolOptions, State};
+    use crate::domain::{MessageClass, QueueId, State, SubmissionRecord};
+    use crate::spool::SpoolOptions;
 
     /// A transport that plays back scripted outcomes and reports each attempt. (No real peer
     /// can be told to fail on cue; the real transports have their own tests.)
@@ -410,11 +443,7 @@ mod tests {
     async fn run(
         outcomes: Vec<Delivery>,
         max_attempts: u32,
-    ) -> (
-        Vec<Arc<OutboundMessage>>,
-        crate::spool::SubmissionRecord,
-        u64,
-    ) {
+    ) -> (Vec<Arc<OutboundMessage>>, SubmissionRecord, u64) {
         let dir = tempfile::tempdir().unwrap();
         let clock = TokioClock::new(1_800_000_000_000);
         let options = SpoolOptions {
@@ -427,9 +456,10 @@ mod tests {
             retry_base_ms: 30_000,
             retry_max_ms: 3_600_000,
             dead_letter_retention_ms: 86_400_000,
+            retention_ms: 30 * 86_400_000,
             jitter_seed: 1,
         };
-        let spool = Spool::open(dir.path(), options, clock.clone()).unwrap();
+        let spool = crate::spool::redb::open(dir.path(), options, clock.clone()).unwrap();
         let expected = outcomes.len();
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
         let transport = Arc::new(Scripted {
@@ -443,26 +473,33 @@ mod tests {
             transport,
             directory(),
             "mx.test".into(),
+            clock.clone(),
         ));
         let worker = tokio::spawn(run_worker(sender, stop_rx));
 
-        let id = spool.allocate_id();
         let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";
+        let now = clock.now_ms();
+        let id = QueueId::generate(now);
+        let job = Job {
+            id,
+            login: "a".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "a".into(),
+            identity_id: "i".into(),
+            mail_from: "a@example.com".into(),
+            recipients: vec!["to@example.net".into(), "hidden@example.net".into()],
+            message_class: MessageClass::Bulk,
+            size: mime.len() as u64,
+        };
         spool
-            .enqueue(
-                id,
-                NewSubmission {
-                    login: "a".into(),
-                    tenant_id: "t".into(),
-                    account_id: "a".into(),
-                    user_id: "a".into(),
-                    identity_id: "i".into(),
-                    mail_from: "a@example.com".into(),
-                    recipients: vec!["to@example.net".into(), "hidden@example.net".into()],
-                    message_class: "bulk".into(),
-                    mime: mime.to_vec(),
-                },
-            )
+            .blobs
+            .put(id, vec![bytes::Bytes::from_static(mime)])
+            .await
+            .unwrap();
+        spool
+            .queue
+            .enqueue(SubmissionRecord::queued(job, now, now, None))
             .await
             .unwrap();
         let mut attempts = Vec::new();
@@ -473,7 +510,7 @@ mod tests {
         // The worker finishes recording the last outcome before it sees the stop.
         stop_tx.send(true).unwrap();
         worker.await.unwrap();
-        let record = spool.get(id).unwrap().unwrap();
+        let record = spool.ledger.get(id).await.unwrap().unwrap();
         (attempts, record, elapsed)
     }
 

@@ -7,15 +7,15 @@ use crate::accounts::Identity;
 use crate::clock::rfc5322_date;
 use crate::message::{header_values, strip_headers};
 use crate::signature::{inject_signature, Signature};
-use crate::spool::SubmissionRecord;
+use crate::domain::Job;
 use crate::submission::CLASS_HEADER;
 
 /// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
 const TAG_MAX: usize = 256;
 
-/// The outgoing MIME for `record`, whose stored MIME is `stored`.
+/// The outgoing MIME for `job`, whose stored MIME is `stored`.
 pub fn outgoing_mime(
-    record: &SubmissionRecord,
+    job: &Job,
     stored: &[u8],
     identity: &Identity,
     hostname: &str,
@@ -23,11 +23,11 @@ pub fn outgoing_mime(
     let stripped = strip_headers(stored, &["Bcc", CLASS_HEADER]);
     let mut added = String::new();
     if header_values(&stripped, "Date").is_empty() {
-        added.push_str(&format!("Date: {}\r\n", rfc5322_date(record.created_ms)));
+        added.push_str(&format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())));
     }
     if header_values(&stripped, "Message-ID").is_empty() {
         // Stable across retries, so a retried message is recognisably the same one.
-        added.push_str(&format!("Message-ID: <{}@{}>\r\n", record.id, hostname));
+        added.push_str(&format!("Message-ID: <{}@{}>\r\n", job.id, hostname));
     }
     let mut mime = added.into_bytes();
     mime.extend_from_slice(&stripped);
@@ -42,16 +42,16 @@ pub fn outgoing_mime(
 }
 
 /// The seven tags every message carries, so feedback finds its submission.
-pub fn tags(record: &SubmissionRecord) -> Vec<(String, String)> {
-    let domain = record.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
+pub fn tags(job: &Job) -> Vec<(String, String)> {
+    let domain = job.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
     [
-        ("tenant_id", record.tenant_id.as_str()),
-        ("submission_id", &record.id.to_string()),
-        ("identity_id", &record.identity_id),
-        ("account_id", &record.account_id),
-        ("user_id", &record.user_id),
+        ("tenant_id", job.tenant_id.as_str()),
+        ("submission_id", &job.id.to_string()),
+        ("identity_id", &job.identity_id),
+        ("account_id", &job.account_id),
+        ("user_id", &job.user_id),
         ("domain", domain),
-        ("message_class", &record.message_class),
+        ("message_class", job.message_class.as_str()),
     ]
     .iter()
     .map(|(name, value)| (name.to_string(), tag_value(value)))
@@ -81,10 +81,11 @@ pub fn tag_value(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::accounts::IdentityScope;
-    use crate::spool::{QueueId, State};
+    use crate::domain::{MessageClass, QueueId};
 
-    fn record() -> SubmissionRecord {
-        SubmissionRecord {
+    /// Made at the Unix epoch: the id's time part is 0.
+    fn record() -> Job {
+        Job {
             id: QueueId(0x1F),
             login: "alice".into(),
             tenant_id: "acme corp".into(),
@@ -93,16 +94,8 @@ mod tests {
             identity_id: "id-1".into(),
             mail_from: "alice@mail.example.com".into(),
             recipients: vec!["b@example.net".into()],
-            message_class: "bulk".into(),
+            message_class: MessageClass::Bulk,
             size: 0,
-            state: State::Queued,
-            created_ms: 0,
-            due_ms: None,
-            receive_count: 1,
-            last_error: None,
-            provider_id: None,
-            history: vec![],
-            delivery: Default::default(),
         }
     }
 
@@ -123,7 +116,7 @@ mod tests {
         let get = |n: &str| tags.iter().find(|(k, _)| k == n).unwrap().1.clone();
         assert_eq!(tags.len(), 7);
         assert_eq!(get("tenant_id"), "acme_corp");
-        assert_eq!(get("submission_id"), "000000000000001F");
+        assert_eq!(get("submission_id"), "0000000000000000000000000Z");
         assert_eq!(get("user_id"), "alice_example_com");
         assert_eq!(get("domain"), "mail_example_com");
         assert_eq!(get("message_class"), "bulk");
@@ -136,7 +129,7 @@ mod tests {
         let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\n\r\nhi\r\n";
         let out = String::from_utf8(outgoing_mime(&record(), stored, &identity(None), "mx.test"))
             .unwrap();
-        assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <000000000000001F@mx.test>\r\n"), "{out}");
+        assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <0000000000000000000000000Z@mx.test>\r\n"), "{out}");
         assert!(
             !out.contains("Bcc") && !out.contains("X-Outbox-Class"),
             "{out}"

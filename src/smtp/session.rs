@@ -14,7 +14,7 @@ use super::data::{BodyError, LineRules};
 use super::reply::{self, Reply};
 use crate::accounts::Account;
 use crate::clock::{rfc3339, Clock, SystemClock};
-use crate::spool::QueueId;
+use crate::domain::QueueId;
 use crate::submission::SubmitError;
 
 /// Which kind of listener the client reached.

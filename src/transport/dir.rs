@@ -29,14 +29,14 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 
 fn deliver(dir: &Path, message: &OutboundMessage) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
-    let id = message.record.id.to_string();
+    let id = message.job.id.to_string();
     let envelope = serde_json::json!({
         "queue_id": id,
         "mail_from": message.mail_from,
         "recipients": message.recipients,
-        "account": message.record.login,
-        "identity_id": message.record.identity_id,
-        "message_class": message.record.message_class,
+        "account": message.job.login,
+        "identity_id": message.job.identity_id,
+        "message_class": message.job.message_class,
     });
     write_atomically(dir, &format!("{id}.json"), envelope.to_string().as_bytes())?;
     write_atomically(dir, &format!("{id}.eml"), &message.mime)?;

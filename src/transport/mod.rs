@@ -14,12 +14,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spool::SubmissionRecord;
+use crate::domain::Job;
 
 /// A message ready to go: envelope resolved, headers that must not leave already removed.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {
-    pub record: SubmissionRecord,
+    pub job: Job,
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub mime: Vec<u8>,

@@ -31,7 +31,7 @@ impl SqsTransport {
     }
 
     async fn hand_off(&self, message: &OutboundMessage) -> Delivery {
-        let key = format!("{}{}.eml", self.config.key_prefix, message.record.id);
+        let key = format!("{}{}.eml", self.config.key_prefix, message.job.id);
         let put = self
             .s3
             .put_object()
@@ -50,10 +50,10 @@ impl SqsTransport {
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect();
         let record = serde_json::json!({
-            "submission_id": message.record.id.to_string(),
+            "submission_id": message.job.id.to_string(),
             "mail_from": message.mail_from,
             "recipients": message.recipients,
-            "message_class": message.record.message_class,
+            "message_class": message.job.message_class,
             "configuration_set": message.configuration_set,
             "tags": tags,
             "size": message.mime.len(),

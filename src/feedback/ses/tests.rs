@@ -129,11 +129,11 @@ fn engagement_events_are_acknowledged_not_applied() {
 #[test]
 fn our_tags_name_the_submission_account_and_class() {
     let mut v: Value = serde_json::from_str(&fixture("ses-event-delivery-record.json")).unwrap();
-    v["mail"]["tags"]["submission_id"] = serde_json::json!(["00064A1B2C3D4E5F"]);
+    v["mail"]["tags"]["submission_id"] = serde_json::json!(["01KBA0XYZ00000000000000004"]);
     v["mail"]["tags"]["account_id"] = serde_json::json!(["alice"]);
     v["mail"]["tags"]["message_class"] = serde_json::json!(["bulk"]);
     let e = events(&v.to_string(), POLICY).unwrap();
-    assert_eq!(e[0].submission_id, Some(QueueId(0x0006_4A1B_2C3D_4E5F)));
+    assert_eq!(e[0].submission_id, Some("01KBA0XYZ00000000000000004".parse::<QueueId>().unwrap()));
     assert_eq!(e[0].tag_account.as_deref(), Some("alice"));
     assert_eq!(e[0].tag_class.as_deref(), Some("bulk"));
 }

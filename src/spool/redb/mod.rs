@@ -1,0 +1,554 @@
+//! The embedded backend: [`Queue`], [`Blobs`] and [`Ledger`] in one redb database,
+//! `<state_dir>/spool/spool.redb`.
+//!
+//! All writes go through one writer thread that batches whatever is pending into one
+//! transaction and one fsync (group commit, see [`writer`]); a batch of blob puts alone is
+//! committed without an fsync and made durable by the enqueue that follows it, so a
+//! submission costs one fsync. Reads open their own read transactions.
+//!
+//! Tables (ids are [`QueueId`]s as `u128`):
+//! `records` id → JSON [`SubmissionRecord`]; `blob_chunks` (id, n) → bytes;
+//! `queue` (due or lease deadline, id); `held` id; `dead` (dead since, id);
+//! `finished` (finished at, id) — the retention index, entries checked against the record;
+//! `suppressions` (address, account, class) → JSON; `provider_ids` SES id → id;
+//! `feedback_seen` message id → when; `feed` seq → JSON [`Change`].
+
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use super::{
+    Action, Blobs, Change, Changes, Depth, Fut, Lease, Ledger, Listing, Purged, Queue, Settled,
+    Settlement, Spool, SpoolError, SpoolOptions,
+};
+use crate::clock::Clock;
+use crate::domain::{
+    FeedbackApplied, FeedbackEvent, QueueId, State, SubmissionRecord, Suppression,
+};
+use writer::Op;
+
+const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
+const BLOB_CHUNKS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("blob_chunks");
+const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_v2");
+const HELD: TableDefinition<u128, ()> = TableDefinition::new("held");
+const DEAD: TableDefinition<(u64, u128), ()> = TableDefinition::new("dead_v2");
+const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
+const SUPPRESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
+    TableDefinition::new("suppression_list");
+const PROVIDER_IDS: TableDefinition<&str, u128> = TableDefinition::new("provider_ids_v2");
+const FEEDBACK_SEEN: TableDefinition<&str, u64> = TableDefinition::new("feedback_seen");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// The queue of the format before queue ids were 128-bit; only looked at to warn.
+const OLD_QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
+
+/// Shared, cheap-to-read view of how full the spool is.
+#[derive(Debug, Default)]
+struct Usage {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    /// Transactions committed (each one fsync with `fsync` on).
+    commits: AtomicU64,
+}
+
+/// The redb backend; one value serves as all three seams.
+pub struct RedbSpool {
+    db: Arc<Database>,
+    ops: mpsc::UnboundedSender<Op>,
+    usage: Arc<Usage>,
+    options: SpoolOptions,
+    clock: Arc<dyn Clock>,
+    /// Signalled when a message may have become due (enqueue, retry, redrive).
+    work: Arc<Notify>,
+    /// The last change-feed position committed.
+    feed: watch::Receiver<u64>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbSpool {
+    /// Closes the writer's channel and waits for it to finish, so the database is closed (and
+    /// can be reopened) when the spool is gone.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.ops, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Opens (or creates) the spool under `dir` and returns its three seams.
+pub fn open(dir: &Path, options: SpoolOptions, clock: Arc<dyn Clock>) -> Result<Spool, SpoolError> {
+    let spool = RedbSpool::open(dir, options, clock)?;
+    Ok(Spool {
+        queue: spool.clone(),
+        blobs: spool.clone(),
+        ledger: spool,
+    })
+}
+
+impl RedbSpool {
+    pub fn open(
+        dir: &Path,
+        options: SpoolOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<RedbSpool>, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(SpoolError::storage)?;
+        let db = Arc::new(Database::create(dir.join("spool.redb")).map_err(SpoolError::storage)?);
+        let init = writer::init(&db)?;
+        if init.old_format_queued > 0 {
+            tracing::warn!(
+                messages = init.old_format_queued,
+                "the spool holds messages queued by an older Outbox (64-bit queue ids); they are not sent by this version"
+            );
+        }
+        let usage = Arc::new(init.usage);
+        let work = Arc::new(Notify::new());
+        let (feed_tx, feed) = watch::channel(init.last_seq);
+        let (ops, writer) = writer::start(
+            db.clone(),
+            dir.to_path_buf(),
+            options.clone(),
+            usage.clone(),
+            work.clone(),
+            feed_tx,
+            init.last_seq,
+        )?;
+        Ok(Arc::new(RedbSpool {
+            db,
+            ops,
+            usage,
+            options,
+            clock,
+            work,
+            feed,
+            writer: Some(writer),
+        }))
+    }
+
+    /// Transactions committed since the spool was opened.
+    pub fn commits(&self) -> u64 {
+        self.usage.commits.load(Ordering::Relaxed)
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SpoolError>>) -> Op,
+    ) -> Result<T, SpoolError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(make(tx))
+            .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?;
+        rx.await
+            .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, SpoolError> {
+        self.db.begin_read().map_err(SpoolError::storage)
+    }
+
+    fn read_record(&self, id: QueueId) -> Result<Option<SubmissionRecord>, SpoolError> {
+        let txn = self.read()?;
+        let table = txn.open_table(RECORDS).map_err(SpoolError::storage)?;
+        let value = table.get(id.0).map_err(SpoolError::storage)?;
+        value.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Due time of the earliest queued message, leased or not.
+    fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        let txn = self.read()?;
+        let queue = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+        let first = queue.first().map_err(SpoolError::storage)?;
+        Ok(first.map(|(k, _)| k.value().0))
+    }
+
+    async fn lease_now(&self, max: usize) -> Result<Vec<Lease>, SpoolError> {
+        let now = self.clock.now_ms();
+        self.call(|reply| Op::Lease { now, max, reply }).await
+    }
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<SubmissionRecord, SpoolError> {
+    serde_json::from_slice(bytes).map_err(SpoolError::storage)
+}
+
+pub(crate) fn encode(record: &SubmissionRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("record serializes")
+}
+
+impl Queue for RedbSpool {
+    fn enqueue(&self, record: SubmissionRecord) -> Fut<'_, ()> {
+        Box::pin(self.call(|reply| Op::Enqueue {
+            record: Box::new(record),
+            reply,
+        }))
+    }
+
+    fn lease(&self, max: usize, wait: Duration) -> Fut<'_, Vec<Lease>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                // Register for wake-ups before looking, so an enqueue in between is not missed.
+                let notified = self.work.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let leases = self.lease_now(max).await?;
+                let now = tokio::time::Instant::now();
+                if !leases.is_empty() || now >= deadline {
+                    return Ok(leases);
+                }
+                let due_in = match self.next_due()? {
+                    Some(due) => Duration::from_millis(due.saturating_sub(self.clock.now_ms())),
+                    None => wait,
+                };
+                let nap = due_in.min(deadline - now).max(Duration::from_millis(1));
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(nap) => {}
+                }
+            }
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a Lease, visibility_ms: u64) -> Fut<'a, u64> {
+        Box::pin(async move {
+            let token = parse_token(lease)?;
+            let now = self.clock.now_ms();
+            self.call(|reply| Op::Extend {
+                now,
+                id: lease.job.id,
+                token,
+                visibility_ms,
+                reply,
+            })
+            .await
+        })
+    }
+
+    fn settle<'a>(&'a self, lease: &'a Lease, settlement: Settlement) -> Fut<'a, Settled> {
+        Box::pin(async move {
+            let token = parse_token(lease)?;
+            let now = self.clock.now_ms();
+            self.call(|reply| Op::Settle {
+                now,
+                id: lease.job.id,
+                token,
+                settlement,
+                reply,
+            })
+            .await
+        })
+    }
+
+    fn act(&self, id: QueueId, action: Action) -> Fut<'_, ()> {
+        let now = self.clock.now_ms();
+        Box::pin(self.call(move |reply| Op::Act {
+            now,
+            id,
+            action,
+            reply,
+        }))
+    }
+
+    fn list(&self, which: Listing, limit: usize) -> Fut<'_, Vec<QueueId>> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let mut out = Vec::new();
+            match which {
+                Listing::Queued => {
+                    let t = txn.open_table(QUEUE).map_err(SpoolError::storage)?;
+                    for entry in t.iter().map_err(SpoolError::storage)?.take(limit) {
+                        out.push(QueueId(entry.map_err(SpoolError::storage)?.0.value().1));
+                    }
+                }
+                Listing::Held => {
+                    let t = txn.open_table(HELD).map_err(SpoolError::storage)?;
+                    for entry in t.iter().map_err(SpoolError::storage)?.take(limit) {
+                        out.push(QueueId(entry.map_err(SpoolError::storage)?.0.value()));
+                    }
+                }
+                Listing::Dead => {
+                    let t = txn.open_table(DEAD).map_err(SpoolError::storage)?;
+                    for entry in t.iter().map_err(SpoolError::storage)?.take(limit) {
+                        out.push(QueueId(entry.map_err(SpoolError::storage)?.0.value().1));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn depth(&self) -> Fut<'_, Depth> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let len = |n: u64| n;
+            Ok(Depth {
+                queued: len(txn
+                    .open_table(QUEUE)
+                    .map_err(SpoolError::storage)?
+                    .len()
+                    .map_err(SpoolError::storage)?),
+                held: txn
+                    .open_table(HELD)
+                    .map_err(SpoolError::storage)?
+                    .len()
+                    .map_err(SpoolError::storage)?,
+                dead: txn
+                    .open_table(DEAD)
+                    .map_err(SpoolError::storage)?
+                    .len()
+                    .map_err(SpoolError::storage)?,
+                stored_messages: self.usage.messages.load(Ordering::Relaxed),
+                stored_bytes: self.usage.bytes.load(Ordering::Relaxed),
+            })
+        })
+    }
+
+    fn has_room(&self, size: u64) -> bool {
+        self.usage.messages.load(Ordering::Relaxed) < self.options.max_messages
+            && self.usage.bytes.load(Ordering::Relaxed) + size <= self.options.max_bytes
+    }
+
+    fn visibility_timeout_ms(&self) -> u64 {
+        self.options.visibility_timeout_ms
+    }
+}
+
+fn parse_token(lease: &Lease) -> Result<u64, SpoolError> {
+    u64::from_str_radix(&lease.token, 16).map_err(|_| SpoolError::LeaseLost(lease.job.id))
+}
+
+impl Blobs for RedbSpool {
+    fn put(&self, id: QueueId, chunks: Vec<Bytes>) -> Fut<'_, ()> {
+        Box::pin(self.call(move |reply| Op::PutBlob { id, chunks, reply }))
+    }
+
+    fn get(&self, id: QueueId) -> Fut<'_, Bytes> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            // A large message is read on a blocking thread, not the runtime's.
+            tokio::task::spawn_blocking(move || {
+                let txn = db.begin_read().map_err(SpoolError::storage)?;
+                let table = txn.open_table(BLOB_CHUNKS).map_err(SpoolError::storage)?;
+                let mut parts = Vec::new();
+                for entry in table
+                    .range((id.0, 0)..=(id.0, u32::MAX))
+                    .map_err(SpoolError::storage)?
+                {
+                    parts.push(entry.map_err(SpoolError::storage)?.1);
+                }
+                if parts.is_empty() {
+                    return Err(SpoolError::NotFound(id));
+                }
+                let total = parts.iter().map(|p| p.value().len()).sum();
+                let mut out = Vec::with_capacity(total);
+                for part in parts {
+                    out.extend_from_slice(part.value());
+                }
+                Ok(Bytes::from(out))
+            })
+            .await
+            .map_err(SpoolError::storage)?
+        })
+    }
+
+    fn delete(&self, id: QueueId) -> Fut<'_, ()> {
+        Box::pin(self.call(move |reply| Op::DeleteBlob { id, reply }))
+    }
+}
+
+impl Ledger for RedbSpool {
+    fn get(&self, id: QueueId) -> Fut<'_, Option<SubmissionRecord>> {
+        Box::pin(async move { self.read_record(id) })
+    }
+
+    fn get_many(&self, ids: Vec<QueueId>) -> Fut<'_, Vec<SubmissionRecord>> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let table = txn.open_table(RECORDS).map_err(SpoolError::storage)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(v) = table.get(id.0).map_err(SpoolError::storage)? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn in_state(&self, state: State, limit: usize) -> Fut<'_, Vec<SubmissionRecord>> {
+        Box::pin(async move {
+            if let Some(which) = Listing::for_state(state) {
+                let ids = self.list(which, limit).await?;
+                return self.get_many(ids).await;
+            }
+            // Finished states: what retention keeps, read in id (time) order.
+            let txn = self.read()?;
+            let table = txn.open_table(RECORDS).map_err(SpoolError::storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(SpoolError::storage)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let record = decode(entry.map_err(SpoolError::storage)?.1.value())?;
+                if record.state == state {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn by_provider_id<'a>(&'a self, provider_id: &'a str) -> Fut<'a, Option<QueueId>> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let table = txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
+            Ok(table
+                .get(provider_id)
+                .map_err(SpoolError::storage)?
+                .map(|v| QueueId(v.value())))
+        })
+    }
+
+    fn apply_feedback(
+        &self,
+        message_id: Option<String>,
+        events: Vec<FeedbackEvent>,
+    ) -> Fut<'_, FeedbackApplied> {
+        let now = self.clock.now_ms();
+        Box::pin(self.call(move |reply| Op::Feedback {
+            now,
+            message_id,
+            events,
+            reply,
+        }))
+    }
+
+    fn suppressed_among<'a>(
+        &'a self,
+        addresses: &'a [String],
+        account: &'a str,
+        class: &'a str,
+    ) -> Fut<'a, Vec<(String, Suppression)>> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let txn = self.read()?;
+            let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+            let mut found = Vec::new();
+            'addresses: for original in addresses {
+                let address = original.trim().to_lowercase();
+                for (acct, scope) in Suppression::scopes(account, class) {
+                    if let Some(value) = table
+                        .get((address.as_str(), acct, scope))
+                        .map_err(SpoolError::storage)?
+                    {
+                        let entry: Suppression =
+                            serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
+                        if entry.active_at(now) {
+                            found.push((original.clone(), entry));
+                            continue 'addresses;
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn suppressions(&self) -> Fut<'_, Vec<Suppression>> {
+        Box::pin(async move {
+            let now = self.clock.now_ms();
+            let txn = self.read()?;
+            let table = txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(SpoolError::storage)? {
+                let (_, value) = entry.map_err(SpoolError::storage)?;
+                let entry: Suppression =
+                    serde_json::from_slice(value.value()).map_err(SpoolError::storage)?;
+                if entry.active_at(now) {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn suppress(&self, entry: Suppression) -> Fut<'_, ()> {
+        Box::pin(async move {
+            self.call(|reply| Op::Suppress {
+                entry,
+                remove: false,
+                reply,
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn unsuppress(&self, address: String, account: String, class: String) -> Fut<'_, bool> {
+        let entry = Suppression::new(&address, &account, &class, String::new(), 0, None);
+        Box::pin(self.call(|reply| Op::Suppress {
+            entry,
+            remove: true,
+            reply,
+        }))
+    }
+
+    fn changes(&self, cursor: u64, max: usize) -> Fut<'_, Changes> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let table = txn.open_table(FEED).map_err(SpoolError::storage)?;
+            let mut out = Changes {
+                next: cursor,
+                ..Changes::default()
+            };
+            // Entries are numbered without gaps: a first entry past cursor + 1 means the ones
+            // in between were purged.
+            let first = table.first().map_err(SpoolError::storage)?.map(|(k, _)| k.value());
+            out.truncated = first.is_some_and(|first| first > cursor + 1);
+            for entry in table.range(cursor + 1..).map_err(SpoolError::storage)?.take(max) {
+                let (k, v) = entry.map_err(SpoolError::storage)?;
+                let change: Change = serde_json::from_slice(v.value()).map_err(SpoolError::storage)?;
+                out.next = k.value();
+                out.changes.push(change);
+            }
+            Ok(out)
+        })
+    }
+
+    fn wait_for_changes(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut feed = self.feed.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(wait, feed.wait_for(|seq| *seq > cursor)).await;
+        })
+    }
+
+    fn purge(&self) -> Fut<'_, Purged> {
+        let now = self.clock.now_ms();
+        Box::pin(self.call(move |reply| Op::Purge { now, reply }))
+    }
+}
+
+/// Counts a table's entries (tests, diagnostics).
+#[cfg(test)]
+pub(crate) fn table_len(spool: &RedbSpool, name: &str) -> u64 {
+    let txn = spool.read().unwrap();
+    match name {
+        "records" => txn.open_table(RECORDS).unwrap().len().unwrap(),
+        "provider_ids" => txn.open_table(PROVIDER_IDS).unwrap().len().unwrap(),
+        "finished" => txn.open_table(FINISHED).unwrap().len().unwrap(),
+        "blob_chunks" => txn.open_table(BLOB_CHUNKS).unwrap().len().unwrap(),
+        "feed" => txn.open_table(FEED).unwrap().len().unwrap(),
+        other => panic!("no table {other}"),
+    }
+}
