@@ -142,7 +142,7 @@ async fn settle_all(jmap: &Jmap) {
 }
 
 /// Applies one page of the ledger's change feed; false when there was nothing new.
-async fn follow_once(jmap: &Jmap) -> anyhow::Result<bool> {
+pub async fn follow(jmap: &Jmap) -> anyhow::Result<bool> {
     let cursor = jmap.store.read()?.counter(FEED_CURSOR)?;
     let page = jmap.spool.ledger.changes(cursor, FEED_PAGE).await?;
     if page.truncated {
@@ -177,7 +177,7 @@ async fn follow_once(jmap: &Jmap) -> anyhow::Result<bool> {
 pub async fn watch_ledger(jmap: Arc<Jmap>) {
     let mut stop = jmap.stop.clone();
     loop {
-        let more = match follow_once(&jmap).await {
+        let more = match follow(&jmap).await {
             Ok(more) => more,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "following the ledger's changes failed; trying again in a second");

@@ -12,7 +12,8 @@ use crate::accounts::{test_account, Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::SpoolConfig;
 use crate::live::Live;
-use crate::spool::{FeedbackEvent, Outcome, QueueId, Spool, SpoolOptions};
+use crate::domain::{FeedbackEvent, JmapLink, MessageClass, Outcome, QueueId};
+use crate::spool::{Lease, Settlement, SpoolOptions};
 use crate::submission::Submitter;
 
 struct Fixture {
@@ -28,7 +29,7 @@ fn fixture() -> Fixture {
         Directory::from_config(&[test_account("alice", "pw", "alice", "alice@example.com")])
             .unwrap(),
     );
-    let spool = Spool::open(
+    let spool = crate::spool::redb::open(
         &dir.path().join("spool"),
         SpoolOptions::from(&SpoolConfig::default()),
         clock.clone(),
@@ -59,6 +60,26 @@ fn fixture() -> Fixture {
         account,
         _dir: dir,
     }
+}
+
+/// The sender's part: take the next due message.
+async fn lease(f: &Fixture) -> Lease {
+    let mut leases = f
+        .jmap
+        .spool
+        .queue
+        .lease(1, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    leases.pop().expect("a due message")
+}
+
+/// The sender's part: the transport accepted it.
+async fn sent(f: &Fixture, lease: &Lease, provider_id: &str) {
+    let sent = Settlement::Sent {
+        provider_id: provider_id.into(),
+    };
+    f.jmap.spool.queue.settle(lease, sent).await.unwrap();
 }
 
 async fn request(f: &Fixture, calls: Value) -> Vec<Value> {
@@ -103,14 +124,10 @@ async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
     let mut pushes = f.jmap.store.subscribe();
 
     // The sender's part: lease and report the transport's acceptance.
-    let lease = f.jmap.spool.lease().await.unwrap().unwrap();
-    assert_eq!(lease.record.id, queue_id);
-    f.jmap
-        .spool
-        .complete(&lease, "ses-42".into())
-        .await
-        .unwrap();
-    push::settle(&f.jmap, queue_id);
+    let lease = lease(&f).await;
+    assert_eq!(lease.job.id, queue_id);
+    sent(&f, &lease, "ses-42").await;
+    push::settle(&f.jmap, queue_id).await;
     let pushed = pushes.try_recv().unwrap();
     assert!(pushed.changed.contains_key("EmailSubmission") && pushed.changed.contains_key("Email"));
 
@@ -145,6 +162,7 @@ async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
     };
     f.jmap
         .spool
+        .ledger
         .apply_feedback(
             Some("sns-1".into()),
             vec![
@@ -158,7 +176,7 @@ async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
         )
         .await
         .unwrap();
-    push::settle(&f.jmap, queue_id);
+    push::settle(&f.jmap, queue_id).await;
     let pushed = pushes.try_recv().unwrap();
     assert!(pushed.changed.contains_key("EmailSubmission"));
     assert!(
@@ -166,7 +184,7 @@ async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
         "the Email did not change again"
     );
     // Settling again without a change publishes nothing.
-    push::settle(&f.jmap, queue_id);
+    push::settle(&f.jmap, queue_id).await;
     assert!(pushes.try_recv().is_err());
 
     let got = request(
@@ -318,22 +336,23 @@ async fn cancel_takes_a_queued_message_out_and_a_racing_send_wins() {
         .get(later.to_string())
         .is_some());
     assert_eq!(undo_status(&f, later).await, "canceled");
-    let record = f.jmap.spool.get(later).unwrap().unwrap();
-    assert_eq!(record.state, crate::spool::State::Failed);
+    let record = f.jmap.spool.ledger.get(later).await.unwrap().unwrap();
+    assert_eq!(record.state, crate::domain::State::Failed);
+    assert!(record.canceled);
     assert!(record.last_error.unwrap().contains("canceled"));
-    assert!(f.jmap.spool.load_mime(later).await.is_err());
+    assert!(f.jmap.spool.blobs.get(later).await.is_err());
 
     // Being sent while the client cancels: the send completes and wins.
     let (email, now) = draft_and_submit(&f, None).await;
-    let lease = f.jmap.spool.lease().await.unwrap().unwrap();
-    assert_eq!(lease.record.id, now);
+    let lease = lease(&f).await;
+    assert_eq!(lease.job.id, now);
     let canceled = cancel(&f, now).await;
     assert!(
         canceled["updated"].get(now.to_string()).is_some(),
         "{canceled}"
     );
-    f.jmap.spool.complete(&lease, "ses-1".into()).await.unwrap();
-    push::settle(&f.jmap, now);
+    sent(&f, &lease, "ses-1").await;
+    push::settle(&f.jmap, now).await;
     assert_eq!(undo_status(&f, now).await, "final");
     let got = request(
         &f,
@@ -383,4 +402,80 @@ async fn header_properties_on_get() {
         .unwrap();
     assert_eq!(subject["value"], " Hello there");
     assert_eq!(got[1][1]["type"], "invalidArguments");
+}
+
+/// The EmailSubmission is the ledger record: even if nothing but the submission's one write
+/// happened (the JMAP store's write after it failed, or the process died in between), the
+/// client finds it by id at once, and the ledger watcher gives it its state, its place in
+/// /query and /changes, and Drafts → Sent.
+#[tokio::test]
+async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let created = request(
+        &f,
+        json!([["Email/set", {"accountId": acct, "create": {"d": {
+            "mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
+            "to": [{"email": "x@example.net"}], "subject": "s"}}}, "0"]]),
+    )
+    .await;
+    let email_id = created[0][1]["created"]["d"]["id"].as_str().unwrap().to_string();
+    let before = request(&f, json!([["EmailSubmission/get", {"accountId": acct, "ids": []}, "0"]])).await;
+    let old_state = before[0][1]["state"].as_str().unwrap().to_string();
+
+    // The submission service alone, as `EmailSubmission/set` calls it, without the view.
+    let mime = b"From: alice@example.com\r\nTo: x@example.net\r\nSubject: s\r\n\r\nbody\r\n";
+    let link = JmapLink {
+        email_id: email_id.clone(),
+        identity_id: "alice".into(),
+        envelope: json!({"mailFrom": {"email": "alice@example.com", "parameters": null},
+                         "rcptTo": [{"email": "x@example.net", "parameters": null}]}),
+        send_at: f.jmap.now_ms(),
+    };
+    let request_ = crate::submission::SubmitRequest {
+        account: f.account.clone(),
+        mail_from: "alice@example.com".into(),
+        recipients: vec!["x@example.net".into()],
+        mime: mime.to_vec(),
+        release_at: None,
+        trace: crate::submission::Trace {
+            helo: "test".into(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            protocol: "HTTPS",
+            tls: None,
+        },
+    };
+    let id = f
+        .jmap
+        .submitter
+        .submit_with(request_, Some(MessageClass::Transactional), Some(link))
+        .await
+        .unwrap();
+    let got = request(
+        &f,
+        json!([["EmailSubmission/get", {"accountId": acct, "ids": [id.to_string()]}, "0"]]),
+    )
+    .await;
+    assert_eq!(got[0][1]["list"][0]["emailId"], email_id.as_str());
+    assert_eq!(got[0][1]["list"][0]["undoStatus"], "pending");
+
+    // The sender sends it before the watcher ran.
+    let lease = lease(&f).await;
+    sent(&f, &lease, "ses-7").await;
+    assert!(push::follow(&f.jmap).await.unwrap(), "there were changes to read");
+    while push::follow(&f.jmap).await.unwrap() {}
+    let after = request(
+        &f,
+        json!([
+            ["EmailSubmission/changes", {"accountId": acct, "sinceState": old_state}, "0"],
+            ["EmailSubmission/query", {"accountId": acct}, "1"],
+            ["Email/get", {"accountId": acct, "ids": [email_id], "properties": ["mailboxIds"]}, "2"],
+        ]),
+    )
+    .await;
+    assert_eq!(after[0][1]["created"], json!([id.to_string()]), "{}", after[0][1]);
+    assert_eq!(after[1][1]["ids"], json!([id.to_string()]));
+    assert_eq!(after[2][1]["list"][0]["mailboxIds"], json!({"sent": true}));
+    // The cursor is kept: nothing is read twice.
+    assert!(!push::follow(&f.jmap).await.unwrap());
 }

@@ -1,424 +1,453 @@
-//! Spool semantics under a manual clock: leases, expiry, retries with backoff, dead letters,
-//! redrive, bounds, and survival across reopen.
+//! The contract every spool backend must pass, under an injected clock: leases expire and
+//! reappear, extension keeps a lease, the fifth failure dead-letters, release does not spend an
+//! attempt, a late "sent" beats a concurrent dead-letter, feedback applied twice counts once,
+//! retention purges exactly what is due, the change feed resumes from a cursor, bounds refuse
+//! rather than overfill, and what was acknowledged survives a reopen.
+//!
+//! Each check is a function over a [`Backend`]; [`contract_suite!`] turns the list into tests
+//! for one backend (the redb one at the bottom of this file).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
+use crate::domain::{
+    FeedbackEvent, Job, JmapLink, MessageClass, Outcome, QueueId, State, SubmissionRecord,
+    Suppression, ALL_ACCOUNTS, ALL_CLASSES,
+};
 
 const START: u64 = 1_800_000_000_000;
+const DAY: u64 = 86_400_000;
 
-fn options() -> SpoolOptions {
+/// Storage a test can open, close and open again.
+pub(crate) trait Backend {
+    fn open(&self, options: SpoolOptions, clock: Arc<ManualClock>) -> Spool;
+}
+
+pub(crate) fn options() -> SpoolOptions {
     SpoolOptions {
         fsync: true,
         max_messages: 100,
         max_bytes: 1_000_000,
         min_free_disk_bytes: 0,
         visibility_timeout_ms: 60_000,
-        max_attempts: 3,
+        max_attempts: 5,
         retry_base_ms: 1_000,
         retry_max_ms: 10_000,
-        dead_letter_retention_ms: 14 * 86_400_000,
+        dead_letter_retention_ms: 14 * DAY,
+        retention_ms: 30 * DAY,
         jitter_seed: 7,
     }
 }
 
-fn new_submission(body: &str) -> NewSubmission {
-    NewSubmission {
+fn job(id: QueueId, size: u64) -> Job {
+    Job {
+        id,
         login: "alice".into(),
         tenant_id: "t".into(),
         account_id: "a".into(),
         user_id: "u".into(),
         identity_id: "i".into(),
         mail_from: "alice@example.com".into(),
-        recipients: vec!["bob@example.net".into()],
-        message_class: "transactional".into(),
-        mime: body.as_bytes().to_vec(),
+        recipients: vec!["bob@example.net".into(), "Carol@example.net".into()],
+        message_class: MessageClass::Bulk,
+        size,
     }
 }
 
-fn open(dir: &std::path::Path, clock: &Arc<ManualClock>, opts: SpoolOptions) -> Arc<Spool> {
-    Spool::open(dir, opts, clock.clone()).unwrap()
+/// Stores `body` and queues it, due at `due`; the id is made at the clock's time.
+async fn submit_at(spool: &Spool, clock: &ManualClock, body: &str, due: u64) -> QueueId {
+    try_submit(spool, clock, body, due, None).await.unwrap()
 }
 
-#[tokio::test]
-async fn lease_hides_until_visibility_timeout_then_expires() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    let id = spool.allocate_id();
-    spool.enqueue(id, new_submission("m1")).await.unwrap();
+async fn submit(spool: &Spool, clock: &ManualClock, body: &str) -> QueueId {
+    submit_at(spool, clock, body, clock.now_ms()).await
+}
 
-    let lease = spool.lease().await.unwrap().expect("due at once");
-    assert_eq!(lease.record.id, id);
-    assert_eq!(lease.record.receive_count, 1);
-    assert_eq!(spool.load_mime(id).await.unwrap(), b"m1");
-    assert!(
-        spool.lease().await.unwrap().is_none(),
-        "hidden while leased"
-    );
+async fn try_submit(
+    spool: &Spool,
+    clock: &ManualClock,
+    body: &str,
+    due: u64,
+    jmap: Option<JmapLink>,
+) -> Result<QueueId, SpoolError> {
+    let now = clock.now_ms();
+    let id = QueueId::generate(now);
+    // Two chunks, as the submission service stores a trace header and the body.
+    let (head, tail) = body.split_at(body.len() / 2);
+    let chunks = vec![Bytes::copy_from_slice(head.as_bytes()), Bytes::copy_from_slice(tail.as_bytes())];
+    spool.blobs.put(id, chunks).await?;
+    let record = SubmissionRecord::queued(job(id, body.len() as u64), now, due, jmap);
+    spool.queue.enqueue(record).await?;
+    Ok(id)
+}
+
+async fn lease(spool: &Spool) -> Option<Lease> {
+    let mut leases = spool.queue.lease(1, Duration::ZERO).await.unwrap();
+    assert!(leases.len() <= 1);
+    leases.pop()
+}
+
+async fn record(spool: &Spool, id: QueueId) -> SubmissionRecord {
+    spool.ledger.get(id).await.unwrap().expect("record")
+}
+
+async fn settle(spool: &Spool, lease: &Lease, settlement: Settlement) -> Settled {
+    spool.queue.settle(lease, settlement).await.unwrap()
+}
+
+fn sent(provider_id: &str) -> Settlement {
+    Settlement::Sent {
+        provider_id: provider_id.into(),
+    }
+}
+
+fn retry(reason: &str) -> Settlement {
+    Settlement::Retry {
+        reason: reason.into(),
+        after_ms: None,
+    }
+}
+
+pub(crate) async fn leases_hide_until_the_deadline_then_reappear(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let id = submit(&spool, &clock, "m1").await;
+
+    let first = lease(&spool).await.expect("due at once");
+    assert_eq!(first.job.id, id);
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.deadline_ms, START + 60_000);
+    assert_eq!(&spool.blobs.get(id).await.unwrap()[..], b"m1");
+    assert!(lease(&spool).await.is_none(), "hidden while leased");
 
     clock.advance_ms(59_999);
-    assert!(spool.lease().await.unwrap().is_none());
+    assert!(lease(&spool).await.is_none());
     clock.advance_ms(1);
-    let again = spool
-        .lease()
-        .await
-        .unwrap()
-        .expect("visible after the timeout");
-    assert_eq!(again.record.receive_count, 2);
+    let again = lease(&spool).await.expect("visible after the deadline");
+    assert_eq!(again.attempt, 2);
+    assert_ne!(again.token, first.token);
 
-    // The first holder's late retry is stale and changes nothing.
-    assert_eq!(
-        spool.retry(&lease, "late".into(), None).await.unwrap(),
-        RetryOutcome::Stale
-    );
-    spool.complete(&again, "p-1".into()).await.unwrap();
-    let record = spool.get(id).unwrap().unwrap();
-    assert_eq!(record.state, State::Sent);
-    assert_eq!(record.provider_id.as_deref(), Some("p-1"));
+    // The first holder's late settlements are stale and change nothing.
+    assert_eq!(settle(&spool, &first, retry("late")).await, Settled::Stale);
+    assert!(matches!(
+        spool.queue.extend(&first, 60_000).await,
+        Err(SpoolError::LeaseLost(_))
+    ));
+    assert_eq!(settle(&spool, &again, sent("p-1")).await, Settled::Applied);
+    let r = record(&spool, id).await;
+    assert_eq!(r.state, State::Sent);
+    assert_eq!(r.provider_id.as_deref(), Some("p-1"));
+    assert_eq!(r.receive_count, 2);
     assert!(
-        matches!(spool.load_mime(id).await, Err(SpoolError::NotFound(_))),
-        "blob freed once sent"
+        matches!(spool.blobs.get(id).await, Err(SpoolError::NotFound(_))),
+        "the message's bytes go once it is sent"
     );
-    assert!(spool.lease().await.unwrap().is_none());
+    assert!(lease(&spool).await.is_none());
 }
 
-#[tokio::test]
-async fn queue_is_ordered_by_due_time() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn extension_keeps_a_lease(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    let (late, early, now) = (
-        spool.allocate_id(),
-        spool.allocate_id(),
-        spool.allocate_id(),
-    );
-    spool
-        .enqueue_at(late, new_submission("late"), START + 5_000)
-        .await
-        .unwrap();
-    spool
-        .enqueue_at(early, new_submission("early"), START + 1_000)
-        .await
-        .unwrap();
-    spool.enqueue(now, new_submission("now")).await.unwrap();
-    assert_eq!(spool.lease().await.unwrap().unwrap().record.id, now);
-    assert!(spool.lease().await.unwrap().is_none());
-    assert_eq!(spool.next_due().unwrap(), Some(START + 1_000));
+    let spool = b.open(options(), clock.clone());
+    let id = submit(&spool, &clock, "slow").await;
+    let mut held = lease(&spool).await.unwrap();
+    // A long send: extended every 40 s, it outlives the 60 s visibility timeout many times.
+    for _ in 0..5 {
+        clock.advance_ms(40_000);
+        held.deadline_ms = spool.queue.extend(&held, 60_000).await.unwrap();
+        assert_eq!(held.deadline_ms, clock.now_ms() + 60_000);
+        assert!(lease(&spool).await.is_none(), "nobody else gets it");
+    }
+    assert_eq!(settle(&spool, &held, sent("p")).await, Settled::Applied);
+    let r = record(&spool, id).await;
+    assert_eq!((r.state, r.receive_count), (State::Sent, 1));
+}
+
+pub(crate) async fn the_queue_is_ordered_by_due_time_and_leases_in_batches(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let late = submit_at(&spool, &clock, "late", START + 5_000).await;
+    let early = submit_at(&spool, &clock, "early", START + 1_000).await;
+    let now = submit(&spool, &clock, "now").await;
+    assert_eq!(lease(&spool).await.unwrap().job.id, now);
+    assert!(lease(&spool).await.is_none());
     clock.advance_ms(5_000);
-    assert_eq!(spool.lease().await.unwrap().unwrap().record.id, early);
-    assert_eq!(spool.lease().await.unwrap().unwrap().record.id, late);
+    let both = spool.queue.lease(10, Duration::ZERO).await.unwrap();
+    let ids: Vec<QueueId> = both.iter().map(|l| l.job.id).collect();
+    assert_eq!(ids, vec![early, late]);
+    let depth = spool.queue.depth().await.unwrap();
+    assert_eq!(depth.queued, 3, "leased messages are still queued");
+    assert_eq!(depth.stored_messages, 3);
 }
 
-#[tokio::test]
-async fn retries_back_off_then_dead_letter_and_redrive() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn a_long_poll_wakes_when_mail_arrives(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    let id = spool.allocate_id();
-    spool.enqueue(id, new_submission("m")).await.unwrap();
+    let spool = b.open(options(), clock.clone());
+    let waiter = {
+        let spool = spool.clone();
+        tokio::spawn(async move { spool.queue.lease(1, Duration::from_secs(30)).await })
+    };
+    // Let the waiter look and find nothing before the message arrives.
+    tokio::task::yield_now().await;
+    let id = submit(&spool, &clock, "m").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken by the enqueue, not by its 30 s wait")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job.id, id);
+}
 
+pub(crate) async fn retries_back_off_and_the_fifth_failure_dead_letters(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let id = submit(&spool, &clock, "m").await;
     let mut delays = Vec::new();
-    for attempt in 1..=2 {
-        let lease = spool.lease().await.unwrap().expect("due");
-        assert_eq!(lease.record.receive_count, attempt);
-        let RetryOutcome::Requeued { due_ms } = spool
-            .retry(&lease, format!("fail {attempt}"), None)
-            .await
-            .unwrap()
+    for attempt in 1..=4 {
+        let l = lease(&spool).await.expect("due");
+        assert_eq!(l.attempt, attempt);
+        let Settled::Requeued { due_ms } = settle(&spool, &l, retry(&format!("fail {attempt}"))).await
         else {
-            panic!("expected requeue");
+            panic!("attempt {attempt} should requeue");
         };
         delays.push(due_ms - clock.now_ms());
-        assert!(
-            spool.lease().await.unwrap().is_none(),
-            "not due before its backoff"
-        );
+        assert!(lease(&spool).await.is_none(), "not due before its backoff");
         clock.advance_ms(due_ms - clock.now_ms());
     }
-    // base 1 s doubling, ±20% jitter.
-    assert!((800..=1200).contains(&delays[0]), "{delays:?}");
-    assert!((1600..=2400).contains(&delays[1]), "{delays:?}");
+    // base 1 s doubling, capped at 10 s, ±20% jitter.
+    for (delay, base) in delays.iter().zip([1_000u64, 2_000, 4_000, 8_000]) {
+        assert!(
+            (base * 4 / 5..=base * 6 / 5).contains(delay),
+            "{delays:?}"
+        );
+    }
+    let fifth = lease(&spool).await.expect("fifth attempt");
+    assert_eq!(settle(&spool, &fifth, retry("fail 5")).await, Settled::DeadLettered);
+    let r = record(&spool, id).await;
+    assert_eq!(r.state, State::Dead);
+    assert_eq!(r.last_error.as_deref(), Some("fail 5"));
+    clock.advance_ms(DAY);
+    assert!(lease(&spool).await.is_none(), "dead letters are not delivered");
+    assert_eq!(&spool.blobs.get(id).await.unwrap()[..], b"m", "kept for a redrive");
+    assert_eq!(spool.queue.list(Listing::Dead, 10).await.unwrap(), vec![id]);
 
-    let lease = spool.lease().await.unwrap().expect("third attempt");
-    assert_eq!(
-        spool.retry(&lease, "fail 3".into(), None).await.unwrap(),
-        RetryOutcome::DeadLettered
-    );
-    let record = spool.get(id).unwrap().unwrap();
-    assert_eq!(record.state, State::Dead);
-    assert_eq!(record.last_error.as_deref(), Some("fail 3"));
-    clock.advance_ms(86_400_000);
-    assert!(
-        spool.lease().await.unwrap().is_none(),
-        "dead letters are not delivered"
-    );
-    assert_eq!(spool.load_mime(id).await.unwrap(), b"m", "kept for redrive");
-
-    spool.redrive(id).await.unwrap();
-    let lease = spool.lease().await.unwrap().expect("redriven");
-    assert_eq!(lease.record.receive_count, 1, "fresh attempt budget");
-    spool.fail(&lease, "rejected".into()).await.unwrap();
-    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Failed);
+    spool.queue.act(id, Action::Redrive).await.unwrap();
+    let l = lease(&spool).await.expect("redriven");
+    assert_eq!(l.attempt, 1, "a fresh attempt budget");
+    settle(
+        &spool,
+        &l,
+        Settlement::Failed {
+            reason: "rejected".into(),
+        },
+    )
+    .await;
+    assert_eq!(record(&spool, id).await.state, State::Failed);
+    assert!(spool.queue.list(Listing::Dead, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn dead_letters_purged_after_retention() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn release_does_not_spend_an_attempt(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(
-        dir.path(),
-        &clock,
+    let spool = b.open(options(), clock.clone());
+    let id = submit(&spool, &clock, "m").await;
+    for _ in 0..8 {
+        let l = lease(&spool).await.expect("due again at once");
+        assert_eq!(l.attempt, 1);
+        let released = Settlement::Release {
+            reason: "provider paused".into(),
+        };
+        assert_eq!(
+            settle(&spool, &l, released).await,
+            Settled::Requeued { due_ms: START }
+        );
+    }
+    let r = record(&spool, id).await;
+    assert_eq!((r.state, r.receive_count), (State::Queued, 0));
+    assert_eq!(r.last_error.as_deref(), Some("provider paused"));
+}
+
+pub(crate) async fn a_late_sent_beats_a_concurrent_dead_letter(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(
         SpoolOptions {
-            max_attempts: 1,
+            max_attempts: 2,
             ..options()
         },
+        clock.clone(),
     );
-    let id = spool.allocate_id();
-    spool.enqueue(id, new_submission("m")).await.unwrap();
-    let lease = spool.lease().await.unwrap().unwrap();
-    assert_eq!(
-        spool.retry(&lease, "x".into(), None).await.unwrap(),
-        RetryOutcome::DeadLettered
-    );
-    clock.advance_ms(14 * 86_400_000 - 1);
-    assert_eq!(spool.purge_dead().await.unwrap(), 0);
-    clock.advance_ms(2);
-    assert_eq!(spool.purge_dead().await.unwrap(), 1);
-    assert!(spool.get(id).unwrap().is_none());
-    assert!(spool.has_room(999_999), "purged bytes are given back");
+    let id = submit(&spool, &clock, "m").await;
+    let slow = lease(&spool).await.unwrap();
+    clock.advance_ms(60_000); // the slow worker's lease runs out
+    let other = lease(&spool).await.unwrap();
+    assert_eq!(settle(&spool, &other, retry("x")).await, Settled::DeadLettered);
+    // The slow worker's send did go through: the record must say so.
+    assert_eq!(settle(&spool, &slow, sent("p")).await, Settled::Applied);
+    assert_eq!(record(&spool, id).await.state, State::Sent);
+    assert_eq!(settle(&spool, &slow, sent("p")).await, Settled::Stale);
+    assert!(spool.queue.act(id, Action::Redrive).await.is_err(), "no longer a dead letter");
+    assert!(spool.queue.list(Listing::Dead, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn bounds_refuse_rather_than_overfill() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(
-        dir.path(),
-        &clock,
+    let spool = b.open(options(), clock.clone());
+    let later = submit_at(&spool, &clock, "later", START + DAY).await;
+    spool.queue.act(later, Action::RetryNow).await.unwrap();
+    assert_eq!(lease(&spool).await.unwrap().job.id, later, "due now");
+
+    let held = submit(&spool, &clock, "held").await;
+    spool.queue.act(held, Action::Hold).await.unwrap();
+    assert_eq!(record(&spool, held).await.state, State::Held);
+    assert!(lease(&spool).await.is_none(), "a held message is not sent");
+    assert_eq!(spool.queue.list(Listing::Held, 10).await.unwrap(), vec![held]);
+    assert!(spool.queue.act(held, Action::Hold).await.is_err(), "held already");
+    spool.queue.act(held, Action::Release).await.unwrap();
+    assert!(spool.queue.list(Listing::Held, 10).await.unwrap().is_empty());
+    let l = lease(&spool).await.expect("released: due now");
+    assert_eq!(l.job.id, held);
+
+    // The submitter withdraws a message: out for good, bytes gone, marked canceled.
+    let withdrawn = submit_at(&spool, &clock, "oops", START + DAY).await;
+    spool
+        .queue
+        .act(withdrawn, Action::Cancel { reason: "canceled".into() })
+        .await
+        .unwrap();
+    let r = record(&spool, withdrawn).await;
+    assert!(r.canceled);
+    assert_eq!(r.state, State::Failed);
+    assert!(spool.blobs.get(withdrawn).await.is_err());
+    assert!(matches!(
+        spool
+            .queue
+            .act(withdrawn, Action::Cancel { reason: "again".into() })
+            .await,
+        Err(SpoolError::NotFound(_))
+    ));
+    // A cancel racing a send in progress loses: sent is what happened.
+    spool
+        .queue
+        .act(held, Action::Cancel { reason: "too late".into() })
+        .await
+        .unwrap();
+    assert_eq!(settle(&spool, &l, sent("p")).await, Settled::Applied);
+    assert_eq!(record(&spool, held).await.state, State::Sent);
+    // Nothing to act on for an unknown id.
+    assert!(spool.queue.act(QueueId(7), Action::Delete).await.is_err());
+}
+
+pub(crate) async fn bounds_refuse_rather_than_overfill(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(
         SpoolOptions {
             max_messages: 2,
             max_bytes: 10,
             ..options()
         },
+        clock.clone(),
     );
-    spool
-        .enqueue(spool.allocate_id(), new_submission("12345"))
-        .await
-        .unwrap();
+    submit(&spool, &clock, "12345").await;
+    let now = clock.now_ms();
     assert!(matches!(
-        spool
-            .enqueue(spool.allocate_id(), new_submission("123456"))
-            .await,
+        try_submit(&spool, &clock, "123456", now, None).await,
         Err(SpoolError::Full("bytes"))
     ));
-    spool
-        .enqueue(spool.allocate_id(), new_submission("1"))
-        .await
-        .unwrap();
-    assert!(!spool.has_room(0));
+    submit(&spool, &clock, "1").await;
+    assert!(!spool.queue.has_room(0));
     assert!(matches!(
-        spool.enqueue(spool.allocate_id(), new_submission("")).await,
+        try_submit(&spool, &clock, "", now, None).await,
         Err(SpoolError::Full("message count"))
     ));
     // Sending frees room.
-    let lease = spool.lease().await.unwrap().unwrap();
-    spool.complete(&lease, "p".into()).await.unwrap();
-    assert!(spool.has_room(0));
-
-    let other_dir = tempfile::tempdir().unwrap();
-    let full_disk = open(
-        other_dir.path(),
-        &clock,
-        SpoolOptions {
-            min_free_disk_bytes: u64::MAX,
-            ..options()
-        },
-    );
-    assert!(matches!(
-        full_disk
-            .enqueue(full_disk.allocate_id(), new_submission("x"))
-            .await,
-        Err(SpoolError::Full("free disk"))
-    ));
+    let l = lease(&spool).await.unwrap();
+    settle(&spool, &l, sent("p")).await;
+    assert!(spool.queue.has_room(0));
 }
 
-#[tokio::test]
-async fn leases_and_ids_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn what_was_acknowledged_survives_a_reopen(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let (a, b);
+    let (a, bb);
     {
-        let spool = open(dir.path(), &clock, options());
-        a = spool.allocate_id();
-        b = spool.allocate_id();
-        spool.enqueue(a, new_submission("a")).await.unwrap();
-        spool.enqueue(b, new_submission("b")).await.unwrap();
-        let lease = spool.lease().await.unwrap().unwrap();
-        assert_eq!(lease.record.id, a);
-        // Closed while leased (a crash loses nothing more: leases are committed durably).
+        let spool = b.open(options(), clock.clone());
+        a = submit(&spool, &clock, "a").await;
+        clock.advance_ms(1);
+        bb = submit(&spool, &clock, "b").await;
+        assert_eq!(lease(&spool).await.unwrap().job.id, a);
+        // Closed while leased: a crash loses nothing more (leases are durable).
     }
-    let spool = open(dir.path(), &clock, options());
-    assert!(spool.allocate_id() > b, "ids never repeat after a restart");
-    assert_eq!(spool.lease().await.unwrap().unwrap().record.id, b);
-    assert!(spool.lease().await.unwrap().is_none(), "a is still leased");
+    let spool = b.open(options(), clock.clone());
+    assert_eq!(lease(&spool).await.unwrap().job.id, bb);
+    assert!(lease(&spool).await.is_none(), "a is still leased");
     clock.advance_ms(60_000);
-    let lease = spool.lease().await.unwrap().expect("a's lease expired");
-    assert_eq!(lease.record.id, a);
-    assert_eq!(spool.load_mime(a).await.unwrap(), b"a");
+    let l = lease(&spool).await.expect("a's lease expired");
+    assert_eq!((l.job.id, l.attempt), (a, 2));
+    assert_eq!(&spool.blobs.get(a).await.unwrap()[..], b"a");
+    assert_eq!(spool.queue.depth().await.unwrap().stored_messages, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_enqueues_share_commits() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn suppressions_are_scoped_by_account_and_class_and_expire(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(
-        dir.path(),
-        &clock,
-        SpoolOptions {
-            max_messages: 1000,
-            ..options()
-        },
-    );
-    let commits_before = spool.commits();
-    let mut tasks = Vec::new();
-    for i in 0..200 {
-        let spool = spool.clone();
-        tasks.push(tokio::spawn(async move {
-            let id = spool.allocate_id();
-            spool
-                .enqueue(id, new_submission(&format!("m{i}")))
-                .await
-                .map(|()| id)
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await.unwrap().unwrap());
-    }
-    let commits = spool.commits() - commits_before;
-    assert!(
-        commits < 200,
-        "200 concurrent enqueues took {commits} commits: no group commit"
-    );
-    for id in &ids {
-        assert_eq!(spool.get(*id).unwrap().unwrap().state, State::Queued);
-    }
-    let mut leased = 0;
-    while spool.lease().await.unwrap().is_some() {
-        leased += 1;
-    }
-    assert_eq!(leased, 200);
-}
-
-#[tokio::test]
-async fn sent_wins_over_a_concurrent_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START);
-    let spool = open(
-        dir.path(),
-        &clock,
-        SpoolOptions {
-            max_attempts: 2,
-            ..options()
-        },
-    );
-    let id = spool.allocate_id();
-    spool.enqueue(id, new_submission("m")).await.unwrap();
-    let slow = spool.lease().await.unwrap().unwrap();
-    clock.advance_ms(60_000); // the slow worker's lease runs out
-    let other = spool.lease().await.unwrap().unwrap();
-    assert_eq!(
-        spool.retry(&other, "x".into(), None).await.unwrap(),
-        RetryOutcome::DeadLettered
-    );
-    // The slow worker's send did go through: the record must say so.
-    assert_eq!(
-        spool.complete(&slow, "p".into()).await.unwrap(),
-        RetryOutcome::Applied
-    );
-    let record = spool.get(id).unwrap().unwrap();
-    assert_eq!(record.state, State::Sent);
-    assert_eq!(
-        spool.complete(&slow, "p".into()).await.unwrap(),
-        RetryOutcome::Stale
-    );
-    assert!(spool.redrive(id).await.is_err(), "no longer a dead letter");
-}
-
-#[tokio::test]
-async fn suppressions_are_scoped_by_account_and_class_and_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    spool
-        .suppress(
-            "Gone@Example.net",
-            "*",
-            ALL_CLASSES,
-            "hard bounce".into(),
-            None,
-        )
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
+    let entry = |address: &str, account: &str, class: &str, reason: &str, expires| {
+        Suppression::new(address, account, class, reason.into(), START, expires)
+    };
+    ledger
+        .suppress(entry("Gone@Example.net", ALL_ACCOUNTS, ALL_CLASSES, "hard bounce", None))
         .await
         .unwrap();
-    spool
-        .suppress("annoyed@example.net", "a", "bulk", "complaint".into(), None)
+    ledger
+        .suppress(entry("annoyed@example.net", "a", "bulk", "complaint", None))
         .await
         .unwrap();
-    spool
-        .suppress(
-            "later@example.net",
-            "a",
-            ALL_CLASSES,
-            "bounce".into(),
-            Some(START + 1_000),
-        )
+    ledger
+        .suppress(entry("later@example.net", "a", ALL_CLASSES, "bounce", Some(START + 1_000)))
         .await
         .unwrap();
     let reason = |addr: &str, account: &str, class: &str| {
-        spool
-            .suppressed(addr, account, class)
-            .unwrap()
-            .map(|s| s.reason)
+        let addrs = vec![addr.to_string()];
+        let (account, class) = (account.to_string(), class.to_string());
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .suppressed_among(&addrs, &account, &class)
+                .await
+                .unwrap()
+                .pop()
+                .map(|(_, s)| s.reason)
+        }
     };
     assert_eq!(
-        reason("gone@example.net", "b", "transactional").as_deref(),
+        reason("gone@example.net", "b", "transactional").await.as_deref(),
         Some("hard bounce")
     );
-    assert!(reason("annoyed@example.net", "a", "bulk").is_some());
+    assert!(reason("annoyed@example.net", "a", "bulk").await.is_some());
     assert!(
-        reason("annoyed@example.net", "a", "transactional").is_none(),
+        reason("annoyed@example.net", "a", "transactional").await.is_none(),
         "a bulk complaint must not block transactional mail"
     );
     assert!(
-        reason("annoyed@example.net", "b", "bulk").is_none(),
+        reason("annoyed@example.net", "b", "bulk").await.is_none(),
         "another account's suppression does not apply"
     );
-    assert!(reason("later@example.net", "a", "bulk").is_some());
+    assert!(reason("later@example.net", "a", "bulk").await.is_some());
     clock.advance_ms(1_000);
-    assert!(
-        reason("later@example.net", "a", "bulk").is_none(),
-        "expired"
-    );
-    assert_eq!(spool.suppressions().unwrap().len(), 2);
-    let stored = || {
-        use redb::ReadableTableMetadata;
-        let txn = spool.db.begin_read().unwrap();
-        txn.open_table(SUPPRESSIONS).unwrap().len().unwrap()
-    };
-    assert_eq!(stored(), 3, "expired but not yet purged");
-    spool.purge_dead().await.unwrap();
-    assert_eq!(stored(), 2, "the janitor removed the expired entry");
-    assert!(spool
-        .unsuppress("annoyed@example.net", "a", "bulk")
+    assert!(reason("later@example.net", "a", "bulk").await.is_none(), "expired");
+    assert_eq!(ledger.suppressions().await.unwrap().len(), 2);
+    assert_eq!(ledger.purge().await.unwrap().suppressions, 1, "the expired entry");
+    assert!(ledger
+        .unsuppress("annoyed@example.net".into(), "a".into(), "bulk".into())
         .await
         .unwrap());
-    assert!(!spool
-        .unsuppress("annoyed@example.net", "a", "bulk")
+    assert!(!ledger
+        .unsuppress("annoyed@example.net".into(), "a".into(), "bulk".into())
         .await
         .unwrap());
-    assert!(reason("annoyed@example.net", "a", "bulk").is_none());
+    assert!(reason("annoyed@example.net", "a", "bulk").await.is_none());
 }
 
 fn event(outcome: Outcome, rcpts: &[&str], at_ms: u64) -> FeedbackEvent {
@@ -435,27 +464,22 @@ fn event(outcome: Outcome, rcpts: &[&str], at_ms: u64) -> FeedbackEvent {
     }
 }
 
-/// Enqueues a two-recipient message and records it sent as `ses-1`.
-async fn sent_submission(spool: &Spool) -> QueueId {
-    let id = spool.allocate_id();
-    let mut new = new_submission("m");
-    new.recipients = vec!["bob@example.net".into(), "Carol@example.net".into()];
-    new.message_class = "bulk".into();
-    spool.enqueue(id, new).await.unwrap();
-    let lease = spool.lease().await.unwrap().unwrap();
-    spool.complete(&lease, "ses-1".into()).await.unwrap();
+/// Queues the two-recipient bulk message and records it sent as `provider_id`.
+async fn sent_submission(spool: &Spool, clock: &ManualClock, provider_id: &str) -> QueueId {
+    let id = submit(spool, clock, "m").await;
+    let l = lease(spool).await.unwrap();
+    assert_eq!(settle(spool, &l, sent(provider_id)).await, Settled::Applied);
     id
 }
 
-#[tokio::test]
-async fn feedback_finds_the_submission_by_provider_id_and_derives_its_state() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn feedback_applied_twice_counts_once_and_derives_the_state(b: &dyn Backend) {
     let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    let id = sent_submission(&spool).await;
-    let mut changes = spool.subscribe();
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
+    let id = sent_submission(&spool, &clock, "ses-1").await;
+    assert_eq!(ledger.by_provider_id("ses-1").await.unwrap(), Some(id));
 
-    let applied = spool
+    let applied = ledger
         .apply_feedback(
             Some("sns-1".into()),
             vec![event(Outcome::Delivered, &["bob@example.net"], START + 10)],
@@ -463,29 +487,17 @@ async fn feedback_finds_the_submission_by_provider_id_and_derives_its_state() {
         .await
         .unwrap();
     assert_eq!(applied.matched, vec![id]);
-    assert_eq!(changes.recv().await.unwrap(), id);
-    let record = spool.get(id).unwrap().unwrap();
-    assert_eq!(record.state, State::Sent, "carol not delivered yet");
-    assert_eq!(
-        record.delivery["bob@example.net"].outcome,
-        Outcome::Delivered
-    );
+    let r = record(&spool, id).await;
+    assert_eq!(r.state, State::Sent, "carol not delivered yet");
+    assert_eq!(r.delivery["bob@example.net"].outcome, Outcome::Delivered);
 
-    spool
-        .apply_feedback(
-            Some("sns-2".into()),
-            vec![event(
-                Outcome::Delivered,
-                &["carol@example.net"],
-                START + 20,
-            )],
-        )
-        .await
-        .unwrap();
-    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Delivered);
+    let carol = vec![event(Outcome::Delivered, &["carol@example.net"], START + 20)];
+    ledger.apply_feedback(Some("sns-2".into()), carol).await.unwrap();
+    let delivered = record(&spool, id).await;
+    assert_eq!(delivered.state, State::Delivered);
 
-    // The same SNS message again: acknowledged, nothing applied.
-    let again = spool
+    // The same SNS message again, even saying something else: acknowledged, nothing applied.
+    let again = ledger
         .apply_feedback(
             Some("sns-2".into()),
             vec![event(Outcome::Bounced, &["carol@example.net"], START + 30)],
@@ -493,89 +505,287 @@ async fn feedback_finds_the_submission_by_provider_id_and_derives_its_state() {
         .await
         .unwrap();
     assert!(again.duplicate);
-    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Delivered);
+    assert!(again.matched.is_empty());
+    assert_eq!(record(&spool, id).await, delivered, "nothing changed");
 }
 
-#[tokio::test]
-async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class(
+    b: &dyn Backend,
+) {
     let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
-    let id = sent_submission(&spool).await;
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
+    let id = sent_submission(&spool, &clock, "ses-1").await;
     let mut bounce = event(Outcome::Bounced, &["bob@example.net"], START + 50);
-    bounce.suppress = Some(("bounce Permanent/General".into(), Some(86_400_000)));
-    let applied = spool
+    bounce.suppress = Some(("bounce Permanent/General".into(), Some(DAY)));
+    let applied = ledger
         .apply_feedback(Some("sns-b".into()), vec![bounce])
         .await
         .unwrap();
     assert_eq!(applied.suppressed.len(), 1);
     assert_eq!(applied.suppressed[0].class, "bulk");
     assert_eq!(applied.suppressed[0].account, "a");
-    assert_eq!(applied.suppressed[0].expires_ms, Some(START + 86_400_000));
-    spool
+    assert_eq!(applied.suppressed[0].expires_ms, Some(START + DAY));
+    ledger
         .apply_feedback(
             Some("sns-d".into()),
             vec![event(Outcome::Delivered, &["bob@example.net"], START + 10)],
         )
         .await
         .unwrap();
-    let record = spool.get(id).unwrap().unwrap();
-    assert_eq!(record.delivery["bob@example.net"].outcome, Outcome::Bounced);
-    assert_eq!(record.state, State::Bounced);
-    assert!(spool
-        .suppressed("bob@example.net", "a", "bulk")
+    let r = record(&spool, id).await;
+    assert_eq!(r.delivery["bob@example.net"].outcome, Outcome::Bounced);
+    assert_eq!(r.state, State::Bounced);
+    let bob = vec!["bob@example.net".to_string()];
+    assert_eq!(ledger.suppressed_among(&bob, "a", "bulk").await.unwrap().len(), 1);
+    assert!(ledger
+        .suppressed_among(&bob, "a", "transactional")
+        .await
         .unwrap()
-        .is_some());
-    assert!(spool
-        .suppressed("bob@example.net", "a", "transactional")
-        .unwrap()
-        .is_none());
-
+        .is_empty());
     // A complaint outranks the bounce state of the submission.
-    spool
+    ledger
         .apply_feedback(
             Some("sns-c".into()),
-            vec![event(
-                Outcome::Complained,
-                &["carol@example.net"],
-                START + 60,
-            )],
+            vec![event(Outcome::Complained, &["carol@example.net"], START + 60)],
         )
         .await
         .unwrap();
-    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Complained);
+    assert_eq!(record(&spool, id).await.state, State::Complained);
 }
 
-#[tokio::test]
-async fn feedback_for_an_unknown_message_matches_nothing_but_is_remembered() {
-    let dir = tempfile::tempdir().unwrap();
+pub(crate) async fn feedback_for_an_unknown_message_matches_nothing_but_suppresses(
+    b: &dyn Backend,
+) {
     let clock = ManualClock::new(START);
-    let spool = open(dir.path(), &clock, options());
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
     let mut unknown = event(Outcome::Bounced, &["x@example.net"], START);
     unknown.provider_id = Some("not-ours".into());
     unknown.suppress = Some(("bounce".into(), None));
-    let applied = spool
+    let applied = ledger
         .apply_feedback(Some("sns-x".into()), vec![unknown])
         .await
         .unwrap();
     assert_eq!(applied.unmatched, 1);
     assert!(applied.matched.is_empty());
-    assert!(
-        spool
-            .suppressed("x@example.net", "any", "bulk")
-            .unwrap()
-            .is_some(),
+    let x = vec!["x@example.net".to_string()];
+    assert_eq!(
+        ledger.suppressed_among(&x, "any", "bulk").await.unwrap().len(),
+        1,
         "no account or class known: the entry covers all"
     );
-    // A wrong submission_id tag whose provider id disagrees matches nothing.
-    let id = sent_submission(&spool).await;
+    // A submission_id tag whose provider id disagrees matches nothing.
+    let id = sent_submission(&spool, &clock, "ses-1").await;
     let mut forged = event(Outcome::Bounced, &["bob@example.net"], START);
     forged.submission_id = Some(id);
     forged.provider_id = Some("someone-else".into());
-    let applied = spool
+    let applied = ledger
         .apply_feedback(Some("sns-y".into()), vec![forged])
         .await
         .unwrap();
     assert_eq!(applied.unmatched, 1);
-    assert_eq!(spool.get(id).unwrap().unwrap().state, State::Sent);
+    assert_eq!(record(&spool, id).await.state, State::Sent);
+}
+
+pub(crate) async fn feedback_that_overtakes_the_send_applies_when_it_is_recorded(
+    b: &dyn Backend,
+) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let id = submit(&spool, &clock, "m").await;
+    let l = lease(&spool).await.unwrap();
+    // A crash window: SES reports before the spool recorded the send.
+    let mut early = event(Outcome::Bounced, &["bob@example.net"], START);
+    early.submission_id = Some(id);
+    early.provider_id = None;
+    let applied = spool
+        .ledger
+        .apply_feedback(Some("sns-early".into()), vec![early])
+        .await
+        .unwrap();
+    assert_eq!(applied.matched, vec![id]);
+    assert_eq!(record(&spool, id).await.state, State::Queued, "not sent yet");
+    settle(&spool, &l, sent("ses-9")).await;
+    assert_eq!(record(&spool, id).await.state, State::Bounced);
+}
+
+pub(crate) async fn retention_purges_exactly_what_is_due(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
+    let old = sent_submission(&spool, &clock, "ses-old").await;
+    clock.advance_ms(DAY);
+    let younger = sent_submission(&spool, &clock, "ses-young").await;
+    // Feedback on the old one a day later moves its retention clock.
+    clock.advance_ms(DAY);
+    let delivered = event(Outcome::Delivered, &[], clock.now_ms());
+    let mut delivered_old = delivered.clone();
+    delivered_old.provider_id = Some("ses-old".into());
+    ledger
+        .apply_feedback(Some("sns-1".into()), vec![delivered_old])
+        .await
+        .unwrap();
+    assert_eq!(record(&spool, old).await.state, State::Delivered);
+    let queued = submit(&spool, &clock, "waiting").await;
+    submit_at(&spool, &clock, "held for later", START + 60 * DAY).await;
+
+    // Just past 30 days after the younger one was sent: it goes; the old one (delivered a
+    // day after that) stays, and so does what is still queued.
+    clock.set_ms(START + DAY + 30 * DAY + 1);
+    let purged = ledger.purge().await.unwrap();
+    assert_eq!(purged.finished, 1, "{purged:?}");
+    assert!(ledger.get(younger).await.unwrap().is_none());
+    assert_eq!(ledger.by_provider_id("ses-young").await.unwrap(), None);
+    assert!(ledger.get(old).await.unwrap().is_some());
+    assert!(ledger.get(queued).await.unwrap().is_some());
+    assert_eq!(ledger.purge().await.unwrap().finished, 0, "nothing twice");
+    clock.advance_ms(DAY);
+    assert_eq!(ledger.purge().await.unwrap().finished, 1);
+    assert!(ledger.get(old).await.unwrap().is_none());
+    assert_eq!(ledger.by_provider_id("ses-old").await.unwrap(), None);
+    // Late feedback for a purged submission matches nothing and changes nothing.
+    let mut late = delivered;
+    late.provider_id = Some("ses-old".into());
+    let applied = ledger.apply_feedback(Some("sns-2".into()), vec![late]).await.unwrap();
+    assert_eq!(applied.unmatched, 1);
+    let still_queued = spool.queue.list(Listing::Queued, 10).await.unwrap();
+    assert_eq!(still_queued.len(), 2, "queued mail is never purged");
+}
+
+pub(crate) async fn dead_letters_are_purged_after_their_retention(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(
+        SpoolOptions {
+            max_attempts: 1,
+            ..options()
+        },
+        clock.clone(),
+    );
+    let id = submit(&spool, &clock, "m").await;
+    let l = lease(&spool).await.unwrap();
+    assert_eq!(settle(&spool, &l, retry("x")).await, Settled::DeadLettered);
+    clock.advance_ms(14 * DAY - 1);
+    assert_eq!(spool.ledger.purge().await.unwrap().dead, 0);
+    clock.advance_ms(2);
+    assert_eq!(spool.ledger.purge().await.unwrap().dead, 1);
+    assert!(spool.ledger.get(id).await.unwrap().is_none());
+    assert!(spool.blobs.get(id).await.is_err());
+    assert!(spool.queue.has_room(999_999), "purged bytes are given back");
+}
+
+pub(crate) async fn the_change_feed_resumes_from_a_cursor(b: &dyn Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(options(), clock.clone());
+    let ledger = &spool.ledger;
+    let start = ledger.changes(0, 100).await.unwrap();
+    assert!(start.changes.is_empty() && !start.truncated);
+    let link = JmapLink {
+        email_id: "M1".into(),
+        identity_id: "i".into(),
+        envelope: serde_json::Value::Null,
+        send_at: START,
+    };
+    let now = clock.now_ms();
+    let jmap = try_submit(&spool, &clock, "via jmap", now, Some(link.clone()))
+        .await
+        .unwrap();
+    assert_eq!(record(&spool, jmap).await.jmap, Some(link), "the link is in the record");
+    let smtp = submit(&spool, &clock, "via smtp").await;
+    let page = ledger.changes(0, 100).await.unwrap();
+    let seen: Vec<(QueueId, bool)> = page.changes.iter().map(|c| (c.id, c.jmap)).collect();
+    assert_eq!(seen, vec![(jmap, true), (smtp, false)]);
+    assert!(page.changes.iter().all(|c| c.account_id == "a"));
+    let cursor = page.next;
+
+    // A consumer that stopped here resumes with what happened since, in order.
+    let l = lease(&spool).await.unwrap();
+    settle(&spool, &l, sent("p")).await;
+    let page = ledger.changes(cursor, 100).await.unwrap();
+    assert!(!page.changes.is_empty());
+    assert!(page.changes.iter().all(|c| c.id == jmap), "{:?}", page.changes);
+    assert!(page.changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(ledger.changes(page.next, 100).await.unwrap().changes.is_empty());
+    // Paging.
+    let one = ledger.changes(0, 1).await.unwrap();
+    assert_eq!(one.changes.len(), 1);
+    assert_eq!(ledger.changes(one.next, 1).await.unwrap().changes[0].id, smtp);
+
+    // A waiter for news is woken by the next change.
+    let waiter = {
+        let ledger = ledger.clone();
+        let next = page.next;
+        tokio::spawn(async move { ledger.wait_for_changes(next, Duration::from_secs(30)).await })
+    };
+    tokio::task::yield_now().await;
+    spool.queue.act(smtp, Action::Hold).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken by the change")
+        .unwrap();
+
+    // Retention: entries older than the feed keeps are dropped, and a consumer further
+    // behind is told so (and re-reads what it watches).
+    clock.advance_ms(CHANGE_FEED_RETENTION_MS + 1);
+    spool.queue.act(smtp, Action::Release).await.unwrap();
+    assert!(ledger.purge().await.unwrap().changes >= 4);
+    let behind = ledger.changes(cursor, 100).await.unwrap();
+    assert!(behind.truncated);
+    assert_eq!(behind.changes.len(), 1, "only the release is left");
+    assert!(!ledger.changes(behind.next, 100).await.unwrap().truncated);
+}
+
+/// One test per contract check, for the backend `$backend` makes.
+macro_rules! contract_suite {
+    ($backend:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let backend = $backend;
+                super::$check(&backend).await;
+            }
+        )*
+    };
+}
+
+/// The embedded backend.
+mod redb {
+    use std::sync::Arc;
+
+    use super::Backend;
+    use crate::clock::ManualClock;
+    use crate::spool::{Spool, SpoolOptions};
+
+    struct Redb(tempfile::TempDir);
+
+    impl Backend for Redb {
+        fn open(&self, options: SpoolOptions, clock: Arc<ManualClock>) -> Spool {
+            crate::spool::redb::open(self.0.path(), options, clock).unwrap()
+        }
+    }
+
+    fn redb() -> Redb {
+        Redb(tempfile::tempdir().unwrap())
+    }
+
+    contract_suite!(redb();
+        leases_hide_until_the_deadline_then_reappear,
+        extension_keeps_a_lease,
+        the_queue_is_ordered_by_due_time_and_leases_in_batches,
+        a_long_poll_wakes_when_mail_arrives,
+        retries_back_off_and_the_fifth_failure_dead_letters,
+        release_does_not_spend_an_attempt,
+        a_late_sent_beats_a_concurrent_dead_letter,
+        hold_release_cancel_and_retry_now_by_id,
+        bounds_refuse_rather_than_overfill,
+        what_was_acknowledged_survives_a_reopen,
+        suppressions_are_scoped_by_account_and_class_and_expire,
+        feedback_applied_twice_counts_once_and_derives_the_state,
+        a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_by_class,
+        feedback_for_an_unknown_message_matches_nothing_but_suppresses,
+        feedback_that_overtakes_the_send_applies_when_it_is_recorded,
+        retention_purges_exactly_what_is_due,
+        dead_letters_are_purged_after_their_retention,
+        the_change_feed_resumes_from_a_cursor,
+    );
 }

@@ -297,7 +297,7 @@ fn transaction_policy() {
                 &[
                     "354",
                     "<submit alice@example.com a@example.net,b@example.net,c@example.net 31>",
-                    "250 2.0.0 Ok: queued as 0000000000000ABC",
+                    "250 2.0.0 Ok: queued as 000000000000000000000002NW",
                 ],
             ),
         ]),
@@ -413,7 +413,7 @@ fn spool_full_at_mail() {
 #[test]
 fn submission_errors_map_to_replies() {
     let cases: [(Result<QueueId, SubmitError>, &str); 6] = [
-        (Ok(QueueId(1)), "250 2.0.0 Ok: queued as 0000000000000001"),
+        (Ok(QueueId(1)), "250 2.0.0 Ok: queued as 00000000000000000000000001"),
         (Err(SubmitError::NotOwner("x".into())), "550 5.7.1"),
         (
             Err(SubmitError::BadMessage("Message has no From header")),

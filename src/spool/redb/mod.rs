@@ -287,13 +287,12 @@ impl Queue for RedbSpool {
     fn depth(&self) -> Fut<'_, Depth> {
         Box::pin(async move {
             let txn = self.read()?;
-            let len = |n: u64| n;
             Ok(Depth {
-                queued: len(txn
+                queued: txn
                     .open_table(QUEUE)
                     .map_err(SpoolError::storage)?
                     .len()
-                    .map_err(SpoolError::storage)?),
+                    .map_err(SpoolError::storage)?,
                 held: txn
                     .open_table(HELD)
                     .map_err(SpoolError::storage)?
@@ -539,16 +538,96 @@ impl Ledger for RedbSpool {
     }
 }
 
-/// Counts a table's entries (tests, diagnostics).
 #[cfg(test)]
-pub(crate) fn table_len(spool: &RedbSpool, name: &str) -> u64 {
-    let txn = spool.read().unwrap();
-    match name {
-        "records" => txn.open_table(RECORDS).unwrap().len().unwrap(),
-        "provider_ids" => txn.open_table(PROVIDER_IDS).unwrap().len().unwrap(),
-        "finished" => txn.open_table(FINISHED).unwrap().len().unwrap(),
-        "blob_chunks" => txn.open_table(BLOB_CHUNKS).unwrap().len().unwrap(),
-        "feed" => txn.open_table(FEED).unwrap().len().unwrap(),
-        other => panic!("no table {other}"),
+mod tests {
+    //! What is particular to this backend (the shared contract is in `spool::contract`).
+
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{Job, MessageClass};
+
+    const START: u64 = 1_800_000_000_000;
+
+    fn record(id: QueueId) -> SubmissionRecord {
+        let job = Job {
+            id,
+            login: "a".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "u".into(),
+            identity_id: "i".into(),
+            mail_from: "a@example.com".into(),
+            recipients: vec!["b@example.net".into()],
+            message_class: MessageClass::Transactional,
+            size: 1,
+        };
+        SubmissionRecord::queued(job, START, START, None)
+    }
+
+    fn options() -> SpoolOptions {
+        SpoolOptions {
+            max_messages: 1000,
+            ..crate::spool::contract::options()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submissions_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path(), options(), ManualClock::new(START)).unwrap();
+        let before = spool.commits();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = QueueId::generate(START);
+                spool.put(id, vec![Bytes::from(format!("m{i}"))]).await?;
+                spool.enqueue(record(id)).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let commits = spool.commits() - before;
+        // Each submission is a put and an enqueue: 400 operations.
+        assert!(commits < 200, "200 concurrent submissions took {commits} commits");
+        let leased = spool.lease(500, Duration::ZERO).await.unwrap();
+        assert_eq!(leased.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_blob_without_a_record_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START);
+        let (kept, orphan) = (QueueId::generate(START), QueueId::generate(START));
+        {
+            let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
+            spool.put(kept, vec![Bytes::from_static(b"kept")]).await.unwrap();
+            spool.enqueue(record(kept)).await.unwrap();
+            // A put whose enqueue never came (the process died, or the enqueue failed).
+            spool.put(orphan, vec![Bytes::from_static(b"orphan")]).await.unwrap();
+            assert_eq!(spool.depth().await.unwrap().stored_messages, 2);
+        }
+        let spool = RedbSpool::open(dir.path(), options(), clock).unwrap();
+        let depth = spool.depth().await.unwrap();
+        assert_eq!((depth.stored_messages, depth.stored_bytes), (1, 4));
+        assert!(Blobs::get(&*spool, orphan).await.is_err());
+        assert_eq!(&Blobs::get(&*spool, kept).await.unwrap()[..], b"kept");
+    }
+
+    #[tokio::test]
+    async fn enqueue_refuses_a_record_without_bytes_or_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path(), options(), ManualClock::new(START)).unwrap();
+        let id = QueueId::generate(START);
+        assert!(spool.enqueue(record(id)).await.is_err(), "no bytes stored");
+        spool.put(id, vec![Bytes::from_static(b"m")]).await.unwrap();
+        spool.enqueue(record(id)).await.unwrap();
+        assert!(spool.enqueue(record(id)).await.is_err(), "queued already");
+        assert_eq!(spool.list(Listing::Queued, 10).await.unwrap(), vec![id]);
     }
 }
