@@ -313,7 +313,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 
 fn parse_state(text: &str) -> Result<State> {
     serde_json::from_value(serde_json::Value::String(text.to_lowercase()))
-        .map_err(|_| anyhow::anyhow!("unknown state {text}: queued, held, sent, failed or dead"))
+        .map_err(|_| anyhow::anyhow!("unknown state {text}: queued, held, dead, sent, delivered, bounced, complained or failed"))
 }
 
 /// Sends one admin request to the daemon and prints the answer.

@@ -149,10 +149,7 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
     let suppressed: Vec<(String, String)> = ledger
         .suppressed_among(&job.recipients, &job.account_id, job.message_class.as_str())
         .await
-        .map_err(|e| Delivery::Retry {
-            reason: format!("reading suppressions: {e}"),
-            after: None,
-        })?
+        .map_err(|e| local_storage_error(job, "reading the suppression list", e))?
         .into_iter()
         .map(|(rcpt, s)| (rcpt, s.reason))
         .collect();
@@ -199,10 +196,7 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
         .blobs
         .get(job.id)
         .await
-        .map_err(|e| Delivery::Retry {
-            reason: format!("loading message: {e}"),
-            after: None,
-        })?;
+        .map_err(|e| local_storage_error(job, "loading the message", e))?;
     let overridden = sender
         .signatures
         .as_ref()
@@ -230,6 +224,16 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
         configuration_set: identity.configuration_set.clone(),
         job: job.clone(),
     })
+}
+
+/// A retry for a failure of our own storage: the record (which clients read, e.g. as JMAP
+/// `smtpReply`) says what failed; the log has the error chain.
+fn local_storage_error(job: &Job, what: &str, e: SpoolError) -> Delivery {
+    tracing::error!(id = %job.id, error = %e, "{what} failed");
+    Delivery::Retry {
+        reason: format!("temporary local error ({what})"),
+        after: None,
+    }
 }
 
 /// When a lease with `deadline_ms` should be extended: once a third of the visibility

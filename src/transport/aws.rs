@@ -61,19 +61,24 @@ where
         }
         // No connection at all (refused, DNS): nothing will go until the endpoint is back.
         // A timeout or a connection dropped mid-call may be one bad call: retry that.
-        SdkError::DispatchFailure(failure) if failure.is_io() => (
-            Class::Pause,
-            format!("AWS endpoint unreachable: {}", DisplayErrorContext(err)),
-        ),
-        SdkError::ConstructionFailure(_) => (
-            Class::Reject,
-            format!("invalid request: {}", DisplayErrorContext(err)),
-        ),
-        _ => (
+        // The SDK's error chain (hosts, sockets, OS errors) goes to the log; the record,
+        // which a JMAP client reads as smtpReply, gets a short text.
+        SdkError::DispatchFailure(failure) if failure.is_io() => {
+            (Class::Pause, "AWS endpoint unreachable".to_string())
+        }
+        SdkError::ConstructionFailure(_) => {
+            (Class::Reject, "the AWS request could not be built".to_string())
+        }
+        SdkError::TimeoutError(_) => (Class::Retry, "the AWS call timed out".to_string()),
+        SdkError::ResponseError(_) => (
             Class::Retry,
-            format!("AWS call failed: {}", DisplayErrorContext(err)),
+            "AWS answered with a response that could not be read".to_string(),
         ),
+        _ => (Class::Retry, "the AWS call failed".to_string()),
     };
+    if !matches!(err, SdkError::ServiceError(_)) {
+        tracing::warn!(error = %DisplayErrorContext(err), %reason, "AWS call failed");
+    }
     match class {
         Class::Retry => Delivery::Retry {
             reason,

@@ -31,7 +31,7 @@ PASSWORDS = {"alice": "alice-secret-pw", "bob": "bob-secret-pw"}
 READY_TIMEOUT = 30.0
 DELIVERY_TIMEOUT = 30.0
 IO_TIMEOUT = 10.0
-QID_RE = re.compile(r"queued as ([0-9A-Fa-f]{16})\b")
+QID_RE = re.compile(r"queued as ([0-9A-HJKMNP-TV-Z]{26})\b")
 
 
 # --------------------------------------------------------------------------- binary

@@ -32,7 +32,7 @@ def test_list_show_retry_delete(start_server):
     wait_for_log(server, rf"{a}.*delivery will be retried|delivery will be retried.*{a}")
 
     queued = {r["id"]: r for r in records(server, "queue", "list")}
-    assert set(queued) == {int(a, 16), int(b, 16)}, queued
+    assert set(queued) == {a, b}, queued
     assert all(r["receive_count"] == 1 and "blocked" in r["last_error"] for r in queued.values())
     text = cli(server, "queue", "list").stdout
     assert a in text and b in text and "2 message(s)" in text
@@ -50,11 +50,14 @@ def test_list_show_retry_delete(start_server):
     cli(server, "queue", "delete", b)
     [gone] = records(server, "queue", "show", b)
     assert gone["state"] == "failed" and gone["last_error"] == "deleted by the operator"
-    assert [r["id"] for r in records(server, "queue", "list")] == [int(a, 16)]
-    assert records(server, "queue", "list", "--state", "failed")[0]["id"] == int(b, 16)
+    assert [r["id"] for r in records(server, "queue", "list")] == [a]
+    assert records(server, "queue", "list", "--state", "failed")[0]["id"] == b
 
-    bad = cli(server, "queue", "show", "0000000000000BAD", check=False)
+    unknown = "0" * 23 + "BAD"
+    bad = cli(server, "queue", "show", unknown, check=False)
     assert bad.returncode != 0 and "no such submission" in bad.stderr
+    malformed = cli(server, "queue", "show", "0000000000000BAD", check=False)
+    assert malformed.returncode != 0 and "not a queue id" in malformed.stderr
 
 
 def test_dead_letters_redrive(start_server):
@@ -62,7 +65,7 @@ def test_dead_letters_redrive(start_server):
     qid = submit(server, "doomed")
     wait_for_log(server, rf"{qid}.*dead-letter|dead-letter.*{qid}")
     dead = records(server, "dlq", "list")
-    assert [r["id"] for r in dead] == [int(qid, 16)] and dead[0]["state"] == "dead"
+    assert [r["id"] for r in dead] == [qid] and dead[0]["state"] == "dead"
     assert records(server, "queue", "list") == []
 
     # The operator fixes the cause, then redrives.
@@ -88,7 +91,7 @@ def test_hold_and_release(start_server):
     assert "1 message(s) changed" in cli(server, "queue", "hold", qid).stdout
     assert records(server, "queue", "list") == []
     [held] = records(server, "queue", "list", "--state", "held")
-    assert held["id"] == int(qid, 16)
+    assert held["id"] == qid
     # A held message is not tried, even when everything is retried.
     assert "0 message(s) changed" in cli(server, "queue", "retry", "--all").stdout
     assert "1 message(s) changed" in cli(server, "queue", "release", "--all").stdout

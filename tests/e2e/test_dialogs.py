@@ -27,7 +27,7 @@ Dialog file format, one directive per line (blank lines and lines starting with 
 Set E2E_TRANSCRIPT=1 (with pytest -s) to print every dialog's transcript.
 
 Patterns are globs (`*` any text, `?` one character) matched against the whole line;
-`{QID}` is a 16-hex-digit queue id, `a|b` are alternatives.
+`{QID}` is a 26-character queue id (Crockford base32), `a|b` are alternatives.
 
 In C:/R:/BDAT text: escapes `\\r`, `\\n`, `\\t`, `\\0`, `\\xHH`, `\\\\`; and placeholders
 `{PLAIN_ALICE}` `{PLAIN_ALICE_BAD}` `{PLAIN_UNKNOWN}` `{PLAIN_BOB}` (AUTH PLAIN tokens),
@@ -110,7 +110,7 @@ def pattern_regex(pattern: str) -> re.Pattern:
         i = 0
         while i < len(alt):
             if alt.startswith("{QID}", i):
-                out += "[0-9A-Fa-f]{16}"
+                out += "[0-9A-HJKMNP-TV-Z]{26}"
                 i += 5
             elif alt[i] == "*":
                 out += ".*"

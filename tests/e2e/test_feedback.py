@@ -25,8 +25,8 @@ REAL_CERT = "SimpleNotificationService-7ff5318490ec183fbaddaa2a969abfda.pem"
 
 
 def qid(record: dict) -> str:
-    """The queue id as the CLI and SES tags spell it (the JSON record holds the number)."""
-    return f"{record['id']:016X}"
+    """The queue id: one text in the JSON record, the CLI and the SES tags."""
+    return record["id"]
 
 
 def ses_event(kind: str, record: dict, rcpt: str, *, tags: bool = True, **changes) -> dict:

@@ -284,7 +284,7 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
             c, draft(drafts, identity, ["rcpt@example.net"], f"JMAP {marker}", "Hello from jmapc",
                      bcc=[EmailAddress(email="hidden@example.org")]),
             identity.id)
-        assert len(sub_id) == 16
+        assert len(sub_id) == 26
 
         sent = moto.wait_raw_message(marker, server=server)
         assert "Hello from jmapc" in sent["raw_data"]
