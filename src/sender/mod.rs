@@ -471,7 +471,6 @@ mod tests {
             seen: seen_tx,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let started = tokio::time::Instant::now();
         let sender = Arc::new(Sender::new(
             spool.clone(),
             transport,
@@ -479,7 +478,6 @@ mod tests {
             "mx.test".into(),
             clock.clone(),
         ));
-        let worker = tokio::spawn(run_worker(sender, stop_rx));
 
         let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";
         let now = clock.now_ms();
@@ -506,6 +504,11 @@ mod tests {
             .enqueue(SubmissionRecord::queued(job, now, now, None))
             .await
             .unwrap();
+        // Queued before the worker starts: paused time jumps ahead whenever every task waits,
+        // and a worker idling in its long poll while the spool's writer thread commits the
+        // enqueue would see a minute pass.
+        let started = tokio::time::Instant::now();
+        let worker = tokio::spawn(run_worker(sender, stop_rx));
         let mut attempts = Vec::new();
         for _ in 0..expected {
             attempts.push(seen_rx.recv().await.expect("an attempt"));
