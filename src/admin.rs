@@ -12,10 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::domain::{
-    MessageClass, QueueId, State, SubmissionRecord, Suppression, ALL_CLASSES,
-};
 use crate::clock::Clock;
+use crate::domain::{MessageClass, QueueId, State, SubmissionRecord, Suppression, ALL_CLASSES};
 use crate::spool::{Action, Listing, Spool, SpoolError};
 
 /// Longest request line accepted.
@@ -118,11 +116,7 @@ impl Response {
 }
 
 /// Serves the socket until shutdown. A stale socket file from a previous run is replaced.
-pub async fn serve(
-    path: PathBuf,
-    spool: Spool,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
+pub async fn serve(path: PathBuf, spool: Spool, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -263,7 +257,9 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             let expires_ms = days.map(|d| now + d * 86_400_000);
             let reason = reason.unwrap_or_else(|| "added by the operator".into());
             ledger
-                .suppress(Suppression::new(&address, &account, &class, reason, now, expires_ms))
+                .suppress(Suppression::new(
+                    &address, &account, &class, reason, now, expires_ms,
+                ))
                 .await?;
             response.changed = 1;
         }

@@ -32,7 +32,9 @@ impl QueueId {
     pub fn generate(now_ms: u64) -> QueueId {
         let time = u128::from(now_ms & ((1 << 48) - 1)) << RANDOM_BITS;
         let mut last = LAST_ID.lock().unwrap_or_else(|e| e.into_inner());
-        let id = if *last >> RANDOM_BITS == time >> RANDOM_BITS && *last & random_mask() != random_mask() {
+        let id = if *last >> RANDOM_BITS == time >> RANDOM_BITS
+            && *last & random_mask() != random_mask()
+        {
             *last + 1
         } else {
             // Leave headroom so counting up within the millisecond cannot overflow into time.
@@ -104,9 +106,12 @@ impl<'de> Deserialize<'de> for QueueId {
 
 /// What kind of mail a submission is; scopes the suppression list, so a complaint about bulk
 /// mail does not block a password reset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageClass {
+    #[default]
     Transactional,
     MailingList,
     Bulk,
@@ -129,12 +134,6 @@ impl MessageClass {
     pub fn parse(name: &str) -> Option<MessageClass> {
         let name = name.trim().to_ascii_lowercase();
         Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-}
-
-impl Default for MessageClass {
-    fn default() -> Self {
-        MessageClass::Transactional
     }
 }
 
@@ -483,7 +482,10 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted, ids, "one millisecond's ids count up, no duplicates");
         let later = QueueId::generate(now + 1);
-        assert!(later > *ids.last().unwrap(), "a later millisecond sorts after");
+        assert!(
+            later > *ids.last().unwrap(),
+            "a later millisecond sorts after"
+        );
         assert_eq!(later.created_ms(), now + 1);
         for id in ids.iter().chain([&later, &QueueId(0), &QueueId(u128::MAX)]) {
             let text = id.to_string();
@@ -497,7 +499,13 @@ mod tests {
         }
         // Text order is time order too (fixed width, alphabet in ASCII order).
         assert!(ids[0].to_string() < later.to_string());
-        for bad in ["", "0123", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "0000000000000000000000000U", "00066A1B2C3D4E5F"] {
+        for bad in [
+            "",
+            "0123",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "0000000000000000000000000U",
+            "00066A1B2C3D4E5F",
+        ] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad}");
         }
     }
@@ -505,7 +513,10 @@ mod tests {
     #[test]
     fn message_classes_parse_case_insensitively() {
         assert_eq!(MessageClass::parse("Bulk"), Some(MessageClass::Bulk));
-        assert_eq!(MessageClass::parse("mailing_list"), Some(MessageClass::MailingList));
+        assert_eq!(
+            MessageClass::parse("mailing_list"),
+            Some(MessageClass::MailingList)
+        );
         assert_eq!(MessageClass::parse("spam"), None);
         assert_eq!(MessageClass::default().as_str(), "transactional");
         assert_eq!(

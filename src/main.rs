@@ -414,7 +414,10 @@ fn print_record(r: &SubmissionRecord) {
         println!("provider id: {p}");
     }
     if let Some(link) = &r.jmap {
-        println!("jmap:        Email {} (identity {})", link.email_id, link.identity_id);
+        println!(
+            "jmap:        Email {} (identity {})",
+            link.email_id, link.identity_id
+        );
     }
     if r.canceled {
         println!("canceled:    by its submitter");

@@ -13,7 +13,7 @@ use crate::clock::{rfc5322_date, Clock};
 use crate::message::header_values;
 use bytes::Bytes;
 
-use crate::domain::{Job, JmapLink, MessageClass, QueueId, SubmissionRecord};
+use crate::domain::{JmapLink, Job, MessageClass, QueueId, SubmissionRecord};
 use crate::spool::{Spool, SpoolError};
 
 /// Header by which SMTP clients choose a message class; removed before sending.
@@ -105,7 +105,11 @@ impl Submitter {
         match self
             .spool
             .ledger
-            .suppressed_among(&req.recipients, &req.account.account_id, message_class.as_str())
+            .suppressed_among(
+                &req.recipients,
+                &req.account.account_id,
+                message_class.as_str(),
+            )
             .await
         {
             Ok(found) => {

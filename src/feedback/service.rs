@@ -18,8 +18,8 @@ use super::ses::{self, SuppressionPolicy};
 use super::sns::{Kind, SnsError, Verifier, MAX_BODY_BYTES};
 use crate::clock::Clock;
 use crate::config::FeedbackConfig;
-use crate::metrics::{Metrics, Reason};
 use crate::domain::FeedbackApplied;
+use crate::metrics::{Metrics, Reason};
 use crate::spool::Ledger;
 
 /// What became of an accepted message.

@@ -8,8 +8,8 @@ use mail_parser::MessageParser;
 use serde_json::{json, Map, Value};
 
 use super::api::{
-    check_if_in_state, invalid_properties, server_fail, set_args, set_error, Args, Ctx, MethodError,
-    MethodResult,
+    check_if_in_state, invalid_properties, server_fail, set_args, set_error, Args, Ctx,
+    MethodError, MethodResult,
 };
 use super::email::{thread_id, EmailMeta};
 use super::mailbox::{self, DRAFTS, SENT};

@@ -47,9 +47,9 @@ use tokio::sync::watch;
 
 use crate::accounts::{Account, Directory, PasswordChecker};
 use crate::clock::Clock;
+use crate::domain::MessageClass;
 use crate::live::Live;
 use crate::spool::Spool;
-use crate::domain::MessageClass;
 use crate::submission::Submitter;
 
 pub use store::Store;
@@ -252,7 +252,8 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
         "maxDelayedSend": jmap.max_hold_secs,
         "submissionExtensions": {"FUTURERELEASE": [jmap.max_hold_secs.to_string()]},
     });
-    let class = json!({"classes": MessageClass::NAMES, "default": MessageClass::default().as_str()});
+    let class =
+        json!({"classes": MessageClass::NAMES, "default": MessageClass::default().as_str()});
     // Changes whenever the account's identities (from the config) change.
     let state = {
         use std::hash::{Hash, Hasher};

@@ -97,11 +97,7 @@ fn apply(jmap: &Jmap, id: QueueId, record: Option<&SubmissionRecord>) -> anyhow:
 /// Retention removed the record: so goes its EmailSubmission.
 fn forget(jmap: &Jmap, id: QueueId) -> anyhow::Result<()> {
     let sub_id = id.to_string();
-    let Some(account) = jmap
-        .store
-        .read()?
-        .account_of_queue_id(id.0)?
-    else {
+    let Some(account) = jmap.store.read()?.account_of_queue_id(id.0)? else {
         return Ok(());
     };
     jmap.store.write(|tx| {
@@ -165,7 +161,8 @@ pub async fn follow(jmap: &Jmap) -> anyhow::Result<bool> {
         applied = page.next;
     }
     if applied != cursor {
-        jmap.store.write(|tx| tx.set_counter(FEED_CURSOR, applied))?;
+        jmap.store
+            .write(|tx| tx.set_counter(FEED_CURSOR, applied))?;
     }
     match failed {
         Some(e) => Err(e),

@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde_json::{json, Map, Value};
 
 use super::api::{
-    check_if_in_state, get_ids, invalid_properties, select, server_fail, set_args, set_error,
-    Args, Ctx, MethodError, MethodResult,
+    check_if_in_state, get_ids, invalid_properties, select, server_fail, set_args, set_error, Args,
+    Ctx, MethodError, MethodResult,
 };
 use super::email::thread_id;
 use super::email_set;
@@ -366,7 +366,13 @@ async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(
         return Ok(()); // already canceled: nothing to do
     }
     let reason = "canceled by the client (JMAP)".to_string();
-    match ctx.jmap.spool.queue.act(record.id(), Action::Cancel { reason }).await {
+    match ctx
+        .jmap
+        .spool
+        .queue
+        .act(record.id(), Action::Cancel { reason })
+        .await
+    {
         Ok(()) => {}
         Err(SpoolError::NotFound(_)) => {
             return Err(set_error(

@@ -170,10 +170,7 @@ mod tests {
     #[test]
     fn delivery_status_table() {
         let queued = record(State::Queued, &["a@x.test"]);
-        assert_eq!(
-            status(&delivery_status(&queued), "a@x.test").0,
-            "queued"
-        );
+        assert_eq!(status(&delivery_status(&queued), "a@x.test").0, "queued");
 
         let mut r = record(
             State::Sent,

@@ -11,8 +11,8 @@ use super::{api, push, Jmap, Parts, Store};
 use crate::accounts::{test_account, Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::SpoolConfig;
-use crate::live::Live;
 use crate::domain::{FeedbackEvent, JmapLink, MessageClass, Outcome, QueueId};
+use crate::live::Live;
 use crate::spool::{Lease, Settlement, SpoolOptions};
 use crate::submission::Submitter;
 
@@ -419,8 +419,15 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
             "to": [{"email": "x@example.net"}], "subject": "s"}}}, "0"]]),
     )
     .await;
-    let email_id = created[0][1]["created"]["d"]["id"].as_str().unwrap().to_string();
-    let before = request(&f, json!([["EmailSubmission/get", {"accountId": acct, "ids": []}, "0"]])).await;
+    let email_id = created[0][1]["created"]["d"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = request(
+        &f,
+        json!([["EmailSubmission/get", {"accountId": acct, "ids": []}, "0"]]),
+    )
+    .await;
     let old_state = before[0][1]["state"].as_str().unwrap().to_string();
 
     // The submission service alone, as `EmailSubmission/set` calls it, without the view.
@@ -462,7 +469,10 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     // The sender sends it before the watcher ran.
     let lease = lease(&f).await;
     sent(&f, &lease, "ses-7").await;
-    assert!(push::follow(&f.jmap).await.unwrap(), "there were changes to read");
+    assert!(
+        push::follow(&f.jmap).await.unwrap(),
+        "there were changes to read"
+    );
     while push::follow(&f.jmap).await.unwrap() {}
     let after = request(
         &f,
@@ -473,7 +483,12 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
         ]),
     )
     .await;
-    assert_eq!(after[0][1]["created"], json!([id.to_string()]), "{}", after[0][1]);
+    assert_eq!(
+        after[0][1]["created"],
+        json!([id.to_string()]),
+        "{}",
+        after[0][1]
+    );
     assert_eq!(after[1][1]["ids"], json!([id.to_string()]));
     assert_eq!(after[2][1]["list"][0]["mailboxIds"], json!({"sent": true}));
     // The cursor is kept: nothing is read twice.

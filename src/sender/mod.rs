@@ -382,7 +382,10 @@ async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
 
 /// Applies retention once an hour: finished records past `retention_days`, expired dead
 /// letters and suppressions, old feedback ids and change-feed entries.
-pub async fn run_janitor(ledger: Arc<dyn crate::spool::Ledger>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_janitor(
+    ledger: Arc<dyn crate::spool::Ledger>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         match ledger.purge().await {
             Ok(p) if p == Default::default() => {}

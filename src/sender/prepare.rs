@@ -5,21 +5,16 @@
 
 use crate::accounts::Identity;
 use crate::clock::rfc5322_date;
+use crate::domain::Job;
 use crate::message::{header_values, strip_headers};
 use crate::signature::{inject_signature, Signature};
-use crate::domain::Job;
 use crate::submission::CLASS_HEADER;
 
 /// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
 const TAG_MAX: usize = 256;
 
 /// The outgoing MIME for `job`, whose stored MIME is `stored`.
-pub fn outgoing_mime(
-    job: &Job,
-    stored: &[u8],
-    identity: &Identity,
-    hostname: &str,
-) -> Vec<u8> {
+pub fn outgoing_mime(job: &Job, stored: &[u8], identity: &Identity, hostname: &str) -> Vec<u8> {
     let stripped = strip_headers(stored, &["Bcc", CLASS_HEADER]);
     let mut added = String::new();
     if header_values(&stripped, "Date").is_empty() {

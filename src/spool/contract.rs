@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::domain::{
-    FeedbackEvent, Job, JmapLink, MessageClass, Outcome, QueueId, State, SubmissionRecord,
+    FeedbackEvent, JmapLink, Job, MessageClass, Outcome, QueueId, State, SubmissionRecord,
     Suppression, ALL_ACCOUNTS, ALL_CLASSES,
 };
 
@@ -78,7 +78,10 @@ async fn try_submit(
     let id = QueueId::generate(now);
     // Two chunks, as the submission service stores a trace header and the body.
     let (head, tail) = body.split_at(body.len() / 2);
-    let chunks = vec![Bytes::copy_from_slice(head.as_bytes()), Bytes::copy_from_slice(tail.as_bytes())];
+    let chunks = vec![
+        Bytes::copy_from_slice(head.as_bytes()),
+        Bytes::copy_from_slice(tail.as_bytes()),
+    ];
     spool.blobs.put(id, chunks).await?;
     let record = SubmissionRecord::queued(job(id, body.len() as u64), now, due, jmap);
     spool.queue.enqueue(record).await?;
@@ -210,7 +213,8 @@ pub(crate) async fn retries_back_off_and_the_fifth_failure_dead_letters(b: &dyn 
     for attempt in 1..=4 {
         let l = lease(&spool).await.expect("due");
         assert_eq!(l.attempt, attempt);
-        let Settled::Requeued { due_ms } = settle(&spool, &l, retry(&format!("fail {attempt}"))).await
+        let Settled::Requeued { due_ms } =
+            settle(&spool, &l, retry(&format!("fail {attempt}"))).await
         else {
             panic!("attempt {attempt} should requeue");
         };
@@ -220,19 +224,26 @@ pub(crate) async fn retries_back_off_and_the_fifth_failure_dead_letters(b: &dyn 
     }
     // base 1 s doubling, capped at 10 s, ±20% jitter.
     for (delay, base) in delays.iter().zip([1_000u64, 2_000, 4_000, 8_000]) {
-        assert!(
-            (base * 4 / 5..=base * 6 / 5).contains(delay),
-            "{delays:?}"
-        );
+        assert!((base * 4 / 5..=base * 6 / 5).contains(delay), "{delays:?}");
     }
     let fifth = lease(&spool).await.expect("fifth attempt");
-    assert_eq!(settle(&spool, &fifth, retry("fail 5")).await, Settled::DeadLettered);
+    assert_eq!(
+        settle(&spool, &fifth, retry("fail 5")).await,
+        Settled::DeadLettered
+    );
     let r = record(&spool, id).await;
     assert_eq!(r.state, State::Dead);
     assert_eq!(r.last_error.as_deref(), Some("fail 5"));
     clock.advance_ms(DAY);
-    assert!(lease(&spool).await.is_none(), "dead letters are not delivered");
-    assert_eq!(&spool.blobs.get(id).await.unwrap()[..], b"m", "kept for a redrive");
+    assert!(
+        lease(&spool).await.is_none(),
+        "dead letters are not delivered"
+    );
+    assert_eq!(
+        &spool.blobs.get(id).await.unwrap()[..],
+        b"m",
+        "kept for a redrive"
+    );
     assert_eq!(spool.queue.list(Listing::Dead, 10).await.unwrap(), vec![id]);
 
     spool.queue.act(id, Action::Redrive).await.unwrap();
@@ -247,7 +258,12 @@ pub(crate) async fn retries_back_off_and_the_fifth_failure_dead_letters(b: &dyn 
     )
     .await;
     assert_eq!(record(&spool, id).await.state, State::Failed);
-    assert!(spool.queue.list(Listing::Dead, 10).await.unwrap().is_empty());
+    assert!(spool
+        .queue
+        .list(Listing::Dead, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(crate) async fn release_does_not_spend_an_attempt(b: &dyn Backend) {
@@ -283,13 +299,24 @@ pub(crate) async fn a_late_sent_beats_a_concurrent_dead_letter(b: &dyn Backend) 
     let slow = lease(&spool).await.unwrap();
     clock.advance_ms(60_000); // the slow worker's lease runs out
     let other = lease(&spool).await.unwrap();
-    assert_eq!(settle(&spool, &other, retry("x")).await, Settled::DeadLettered);
+    assert_eq!(
+        settle(&spool, &other, retry("x")).await,
+        Settled::DeadLettered
+    );
     // The slow worker's send did go through: the record must say so.
     assert_eq!(settle(&spool, &slow, sent("p")).await, Settled::Applied);
     assert_eq!(record(&spool, id).await.state, State::Sent);
     assert_eq!(settle(&spool, &slow, sent("p")).await, Settled::Stale);
-    assert!(spool.queue.act(id, Action::Redrive).await.is_err(), "no longer a dead letter");
-    assert!(spool.queue.list(Listing::Dead, 10).await.unwrap().is_empty());
+    assert!(
+        spool.queue.act(id, Action::Redrive).await.is_err(),
+        "no longer a dead letter"
+    );
+    assert!(spool
+        .queue
+        .list(Listing::Dead, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &dyn Backend) {
@@ -303,10 +330,21 @@ pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &dyn Backend) {
     spool.queue.act(held, Action::Hold).await.unwrap();
     assert_eq!(record(&spool, held).await.state, State::Held);
     assert!(lease(&spool).await.is_none(), "a held message is not sent");
-    assert_eq!(spool.queue.list(Listing::Held, 10).await.unwrap(), vec![held]);
-    assert!(spool.queue.act(held, Action::Hold).await.is_err(), "held already");
+    assert_eq!(
+        spool.queue.list(Listing::Held, 10).await.unwrap(),
+        vec![held]
+    );
+    assert!(
+        spool.queue.act(held, Action::Hold).await.is_err(),
+        "held already"
+    );
     spool.queue.act(held, Action::Release).await.unwrap();
-    assert!(spool.queue.list(Listing::Held, 10).await.unwrap().is_empty());
+    assert!(spool
+        .queue
+        .list(Listing::Held, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let l = lease(&spool).await.expect("released: due now");
     assert_eq!(l.job.id, held);
 
@@ -314,7 +352,12 @@ pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &dyn Backend) {
     let withdrawn = submit_at(&spool, &clock, "oops", START + DAY).await;
     spool
         .queue
-        .act(withdrawn, Action::Cancel { reason: "canceled".into() })
+        .act(
+            withdrawn,
+            Action::Cancel {
+                reason: "canceled".into(),
+            },
+        )
         .await
         .unwrap();
     let r = record(&spool, withdrawn).await;
@@ -324,14 +367,24 @@ pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &dyn Backend) {
     assert!(matches!(
         spool
             .queue
-            .act(withdrawn, Action::Cancel { reason: "again".into() })
+            .act(
+                withdrawn,
+                Action::Cancel {
+                    reason: "again".into()
+                }
+            )
             .await,
         Err(SpoolError::NotFound(_))
     ));
     // A cancel racing a send in progress loses: sent is what happened.
     spool
         .queue
-        .act(held, Action::Cancel { reason: "too late".into() })
+        .act(
+            held,
+            Action::Cancel {
+                reason: "too late".into(),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(settle(&spool, &l, sent("p")).await, Settled::Applied);
@@ -397,7 +450,13 @@ pub(crate) async fn suppressions_are_scoped_by_account_and_class_and_expire(b: &
         Suppression::new(address, account, class, reason.into(), START, expires)
     };
     ledger
-        .suppress(entry("Gone@Example.net", ALL_ACCOUNTS, ALL_CLASSES, "hard bounce", None))
+        .suppress(entry(
+            "Gone@Example.net",
+            ALL_ACCOUNTS,
+            ALL_CLASSES,
+            "hard bounce",
+            None,
+        ))
         .await
         .unwrap();
     ledger
@@ -405,7 +464,13 @@ pub(crate) async fn suppressions_are_scoped_by_account_and_class_and_expire(b: &
         .await
         .unwrap();
     ledger
-        .suppress(entry("later@example.net", "a", ALL_CLASSES, "bounce", Some(START + 1_000)))
+        .suppress(entry(
+            "later@example.net",
+            "a",
+            ALL_CLASSES,
+            "bounce",
+            Some(START + 1_000),
+        ))
         .await
         .unwrap();
     let reason = |addr: &str, account: &str, class: &str| {
@@ -422,12 +487,16 @@ pub(crate) async fn suppressions_are_scoped_by_account_and_class_and_expire(b: &
         }
     };
     assert_eq!(
-        reason("gone@example.net", "b", "transactional").await.as_deref(),
+        reason("gone@example.net", "b", "transactional")
+            .await
+            .as_deref(),
         Some("hard bounce")
     );
     assert!(reason("annoyed@example.net", "a", "bulk").await.is_some());
     assert!(
-        reason("annoyed@example.net", "a", "transactional").await.is_none(),
+        reason("annoyed@example.net", "a", "transactional")
+            .await
+            .is_none(),
         "a bulk complaint must not block transactional mail"
     );
     assert!(
@@ -436,9 +505,16 @@ pub(crate) async fn suppressions_are_scoped_by_account_and_class_and_expire(b: &
     );
     assert!(reason("later@example.net", "a", "bulk").await.is_some());
     clock.advance_ms(1_000);
-    assert!(reason("later@example.net", "a", "bulk").await.is_none(), "expired");
+    assert!(
+        reason("later@example.net", "a", "bulk").await.is_none(),
+        "expired"
+    );
     assert_eq!(ledger.suppressions().await.unwrap().len(), 2);
-    assert_eq!(ledger.purge().await.unwrap().suppressions, 1, "the expired entry");
+    assert_eq!(
+        ledger.purge().await.unwrap().suppressions,
+        1,
+        "the expired entry"
+    );
     assert!(ledger
         .unsuppress("annoyed@example.net".into(), "a".into(), "bulk".into())
         .await
@@ -491,8 +567,15 @@ pub(crate) async fn feedback_applied_twice_counts_once_and_derives_the_state(b: 
     assert_eq!(r.state, State::Sent, "carol not delivered yet");
     assert_eq!(r.delivery["bob@example.net"].outcome, Outcome::Delivered);
 
-    let carol = vec![event(Outcome::Delivered, &["carol@example.net"], START + 20)];
-    ledger.apply_feedback(Some("sns-2".into()), carol).await.unwrap();
+    let carol = vec![event(
+        Outcome::Delivered,
+        &["carol@example.net"],
+        START + 20,
+    )];
+    ledger
+        .apply_feedback(Some("sns-2".into()), carol)
+        .await
+        .unwrap();
     let delivered = record(&spool, id).await;
     assert_eq!(delivered.state, State::Delivered);
 
@@ -537,7 +620,14 @@ pub(crate) async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_
     assert_eq!(r.delivery["bob@example.net"].outcome, Outcome::Bounced);
     assert_eq!(r.state, State::Bounced);
     let bob = vec!["bob@example.net".to_string()];
-    assert_eq!(ledger.suppressed_among(&bob, "a", "bulk").await.unwrap().len(), 1);
+    assert_eq!(
+        ledger
+            .suppressed_among(&bob, "a", "bulk")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(ledger
         .suppressed_among(&bob, "a", "transactional")
         .await
@@ -547,7 +637,11 @@ pub(crate) async fn a_late_delivery_does_not_undo_a_bounce_and_bounces_suppress_
     ledger
         .apply_feedback(
             Some("sns-c".into()),
-            vec![event(Outcome::Complained, &["carol@example.net"], START + 60)],
+            vec![event(
+                Outcome::Complained,
+                &["carol@example.net"],
+                START + 60,
+            )],
         )
         .await
         .unwrap();
@@ -571,7 +665,11 @@ pub(crate) async fn feedback_for_an_unknown_message_matches_nothing_but_suppress
     assert!(applied.matched.is_empty());
     let x = vec!["x@example.net".to_string()];
     assert_eq!(
-        ledger.suppressed_among(&x, "any", "bulk").await.unwrap().len(),
+        ledger
+            .suppressed_among(&x, "any", "bulk")
+            .await
+            .unwrap()
+            .len(),
         1,
         "no account or class known: the entry covers all"
     );
@@ -588,9 +686,7 @@ pub(crate) async fn feedback_for_an_unknown_message_matches_nothing_but_suppress
     assert_eq!(record(&spool, id).await.state, State::Sent);
 }
 
-pub(crate) async fn feedback_that_overtakes_the_send_applies_when_it_is_recorded(
-    b: &dyn Backend,
-) {
+pub(crate) async fn feedback_that_overtakes_the_send_applies_when_it_is_recorded(b: &dyn Backend) {
     let clock = ManualClock::new(START);
     let spool = b.open(options(), clock.clone());
     let id = submit(&spool, &clock, "m").await;
@@ -605,7 +701,11 @@ pub(crate) async fn feedback_that_overtakes_the_send_applies_when_it_is_recorded
         .await
         .unwrap();
     assert_eq!(applied.matched, vec![id]);
-    assert_eq!(record(&spool, id).await.state, State::Queued, "not sent yet");
+    assert_eq!(
+        record(&spool, id).await.state,
+        State::Queued,
+        "not sent yet"
+    );
     settle(&spool, &l, sent("ses-9")).await;
     assert_eq!(record(&spool, id).await.state, State::Bounced);
 }
@@ -647,7 +747,10 @@ pub(crate) async fn retention_purges_exactly_what_is_due(b: &dyn Backend) {
     // Late feedback for a purged submission matches nothing and changes nothing.
     let mut late = delivered;
     late.provider_id = Some("ses-old".into());
-    let applied = ledger.apply_feedback(Some("sns-2".into()), vec![late]).await.unwrap();
+    let applied = ledger
+        .apply_feedback(Some("sns-2".into()), vec![late])
+        .await
+        .unwrap();
     assert_eq!(applied.unmatched, 1);
     let still_queued = spool.queue.list(Listing::Queued, 10).await.unwrap();
     assert_eq!(still_queued.len(), 2, "queued mail is never purged");
@@ -690,7 +793,11 @@ pub(crate) async fn the_change_feed_resumes_from_a_cursor(b: &dyn Backend) {
     let jmap = try_submit(&spool, &clock, "via jmap", now, Some(link.clone()))
         .await
         .unwrap();
-    assert_eq!(record(&spool, jmap).await.jmap, Some(link), "the link is in the record");
+    assert_eq!(
+        record(&spool, jmap).await.jmap,
+        Some(link),
+        "the link is in the record"
+    );
     let smtp = submit(&spool, &clock, "via smtp").await;
     let page = ledger.changes(0, 100).await.unwrap();
     let seen: Vec<(QueueId, bool)> = page.changes.iter().map(|c| (c.id, c.jmap)).collect();
@@ -703,13 +810,25 @@ pub(crate) async fn the_change_feed_resumes_from_a_cursor(b: &dyn Backend) {
     settle(&spool, &l, sent("p")).await;
     let page = ledger.changes(cursor, 100).await.unwrap();
     assert!(!page.changes.is_empty());
-    assert!(page.changes.iter().all(|c| c.id == jmap), "{:?}", page.changes);
+    assert!(
+        page.changes.iter().all(|c| c.id == jmap),
+        "{:?}",
+        page.changes
+    );
     assert!(page.changes.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(ledger.changes(page.next, 100).await.unwrap().changes.is_empty());
+    assert!(ledger
+        .changes(page.next, 100)
+        .await
+        .unwrap()
+        .changes
+        .is_empty());
     // Paging.
     let one = ledger.changes(0, 1).await.unwrap();
     assert_eq!(one.changes.len(), 1);
-    assert_eq!(ledger.changes(one.next, 1).await.unwrap().changes[0].id, smtp);
+    assert_eq!(
+        ledger.changes(one.next, 1).await.unwrap().changes[0].id,
+        smtp
+    );
 
     // A waiter for news is woken by the next change.
     let waiter = {

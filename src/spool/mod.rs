@@ -29,7 +29,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::SpoolConfig;
-use crate::domain::{FeedbackApplied, FeedbackEvent, Job, QueueId, State, SubmissionRecord, Suppression};
+use crate::domain::{
+    FeedbackApplied, FeedbackEvent, Job, QueueId, State, SubmissionRecord, Suppression,
+};
 
 /// How long a feedback message id is remembered: longer than SNS retries (about an hour with
 /// the default policy, 23 days at most) and SQS retention (14 days).
@@ -82,7 +84,10 @@ pub enum Settlement {
     Failed { reason: String },
     /// A temporary failure: again after `after_ms` (or the backoff schedule), or to the
     /// dead-letter queue once the attempts are used up.
-    Retry { reason: String, after_ms: Option<u64> },
+    Retry {
+        reason: String,
+        after_ms: Option<u64>,
+    },
     /// The transport could not even try (unreachable, paused): due again now, and the lease
     /// does not count as an attempt.
     Release { reason: String },
@@ -93,7 +98,9 @@ pub enum Settlement {
 pub enum Settled {
     /// Recorded sent or failed.
     Applied,
-    Requeued { due_ms: u64 },
+    Requeued {
+        due_ms: u64,
+    },
     DeadLettered,
     /// The lease had expired and someone else holds the message now; nothing changed.
     /// (A `Sent` is recorded even then: sent is what really happened.)
@@ -249,7 +256,11 @@ pub trait Ledger: Send + Sync {
     /// Up to `max` feed entries after `cursor` (0: from the start).
     fn changes(&self, cursor: u64, max: usize) -> Fut<'_, Changes>;
     /// Resolves when there may be entries after `cursor`, or after `wait` at the latest.
-    fn wait_for_changes(&self, cursor: u64, wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    fn wait_for_changes(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Removes what retention says is due: finished records older than the retention period
     /// (with their indexes and provider ids), expired dead letters and suppressions,
     /// remembered feedback ids and old change-feed entries.

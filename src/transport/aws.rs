@@ -66,9 +66,10 @@ where
         SdkError::DispatchFailure(failure) if failure.is_io() => {
             (Class::Pause, "AWS endpoint unreachable".to_string())
         }
-        SdkError::ConstructionFailure(_) => {
-            (Class::Reject, "the AWS request could not be built".to_string())
-        }
+        SdkError::ConstructionFailure(_) => (
+            Class::Reject,
+            "the AWS request could not be built".to_string(),
+        ),
         SdkError::TimeoutError(_) => (Class::Retry, "the AWS call timed out".to_string()),
         SdkError::ResponseError(_) => (
             Class::Retry,

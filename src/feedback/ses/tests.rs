@@ -133,7 +133,10 @@ fn our_tags_name_the_submission_account_and_class() {
     v["mail"]["tags"]["account_id"] = serde_json::json!(["alice"]);
     v["mail"]["tags"]["message_class"] = serde_json::json!(["bulk"]);
     let e = events(&v.to_string(), POLICY).unwrap();
-    assert_eq!(e[0].submission_id, Some("01KBA0XYZ00000000000000004".parse::<QueueId>().unwrap()));
+    assert_eq!(
+        e[0].submission_id,
+        Some("01KBA0XYZ00000000000000004".parse::<QueueId>().unwrap())
+    );
     assert_eq!(e[0].tag_account.as_deref(), Some("alice"));
     assert_eq!(e[0].tag_class.as_deref(), Some("bulk"));
 }

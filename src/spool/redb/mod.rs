@@ -509,11 +509,19 @@ impl Ledger for RedbSpool {
             };
             // Entries are numbered without gaps: a first entry past cursor + 1 means the ones
             // in between were purged.
-            let first = table.first().map_err(SpoolError::storage)?.map(|(k, _)| k.value());
+            let first = table
+                .first()
+                .map_err(SpoolError::storage)?
+                .map(|(k, _)| k.value());
             out.truncated = first.is_some_and(|first| first > cursor + 1);
-            for entry in table.range(cursor + 1..).map_err(SpoolError::storage)?.take(max) {
+            for entry in table
+                .range(cursor + 1..)
+                .map_err(SpoolError::storage)?
+                .take(max)
+            {
                 let (k, v) = entry.map_err(SpoolError::storage)?;
-                let change: Change = serde_json::from_slice(v.value()).map_err(SpoolError::storage)?;
+                let change: Change =
+                    serde_json::from_slice(v.value()).map_err(SpoolError::storage)?;
                 out.next = k.value();
                 out.changes.push(change);
             }
@@ -594,7 +602,10 @@ mod tests {
         }
         let commits = spool.commits() - before;
         // Each submission is a put and an enqueue: 400 operations.
-        assert!(commits < 200, "200 concurrent submissions took {commits} commits");
+        assert!(
+            commits < 200,
+            "200 concurrent submissions took {commits} commits"
+        );
         let leased = spool.lease(500, Duration::ZERO).await.unwrap();
         assert_eq!(leased.len(), 200);
     }
@@ -606,10 +617,16 @@ mod tests {
         let (kept, orphan) = (QueueId::generate(START), QueueId::generate(START));
         {
             let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
-            spool.put(kept, vec![Bytes::from_static(b"kept")]).await.unwrap();
+            spool
+                .put(kept, vec![Bytes::from_static(b"kept")])
+                .await
+                .unwrap();
             spool.enqueue(record(kept)).await.unwrap();
             // A put whose enqueue never came (the process died, or the enqueue failed).
-            spool.put(orphan, vec![Bytes::from_static(b"orphan")]).await.unwrap();
+            spool
+                .put(orphan, vec![Bytes::from_static(b"orphan")])
+                .await
+                .unwrap();
             assert_eq!(spool.depth().await.unwrap().stored_messages, 2);
         }
         let spool = RedbSpool::open(dir.path(), options(), clock).unwrap();

@@ -25,8 +25,8 @@ use super::{
     PROVIDER_IDS, QUEUE, RECORDS, SUPPRESSIONS,
 };
 use crate::domain::{
-    FeedbackApplied, FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord,
-    Suppression, Transition, ALL_ACCOUNTS, ALL_CLASSES,
+    FeedbackApplied, FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Suppression,
+    Transition, ALL_ACCOUNTS, ALL_CLASSES,
 };
 use crate::spool::{
     Action, Change, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions,
@@ -98,12 +98,16 @@ impl Op {
     /// Whether the caller is told "done" only once this is on disk. Blob writes are not
     /// acknowledged to anyone outside; what makes them matter (an enqueue) is fsync'd.
     fn needs_fsync(&self) -> bool {
-        !matches!(self, Op::PutBlob { .. } | Op::DeleteBlob { .. } | Op::Extend { .. })
+        !matches!(
+            self,
+            Op::PutBlob { .. } | Op::DeleteBlob { .. } | Op::Extend { .. }
+        )
     }
 }
 
-/// An answer computed inside the transaction, sent only after the commit.
-struct Done(Box<dyn FnOnce(&Result<(), SpoolError>) + Send>);
+/// An answer computed inside the transaction, sent only after the commit (given its result).
+type Answer = Box<dyn FnOnce(&Result<(), SpoolError>) + Send>;
+struct Done(Answer);
 
 fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T, SpoolError>) -> Done {
     Done(Box::new(move |commit| {
@@ -436,7 +440,11 @@ impl Writer {
         Ok(())
     }
 
-    fn enqueue(&mut self, txn: &WriteTransaction, record: &SubmissionRecord) -> Result<(), SpoolError> {
+    fn enqueue(
+        &mut self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
         let id = record.job.id;
         let due = record.due_ms.unwrap_or(0);
         let blobs = txn.open_table(BLOB_CHUNKS).map_err(table_err)?;
@@ -455,14 +463,22 @@ impl Writer {
         self.store(txn, record)
     }
 
-    fn load(&self, txn: &WriteTransaction, id: QueueId) -> Result<Option<SubmissionRecord>, SpoolError> {
+    fn load(
+        &self,
+        txn: &WriteTransaction,
+        id: QueueId,
+    ) -> Result<Option<SubmissionRecord>, SpoolError> {
         let records = txn.open_table(RECORDS).map_err(table_err)?;
         let value = records.get(id.0).map_err(table_err)?;
         value.map(|v| decode(v.value())).transpose()
     }
 
     /// Writes the record, its retention index entry, and notes it for the change feed.
-    fn store(&mut self, txn: &WriteTransaction, record: &SubmissionRecord) -> Result<(), SpoolError> {
+    fn store(
+        &mut self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
         let id = record.job.id;
         let mut records = txn.open_table(RECORDS).map_err(table_err)?;
         records
@@ -492,7 +508,12 @@ impl Writer {
         );
     }
 
-    fn lease(&mut self, txn: &WriteTransaction, now: u64, max: usize) -> Result<Vec<Lease>, SpoolError> {
+    fn lease(
+        &mut self,
+        txn: &WriteTransaction,
+        now: u64,
+        max: usize,
+    ) -> Result<Vec<Lease>, SpoolError> {
         let mut due = Vec::new();
         {
             let queue = txn.open_table(QUEUE).map_err(table_err)?;
@@ -575,7 +596,9 @@ impl Writer {
         if let Some(old) = record.due_ms {
             queue.remove((old, record.job.id.0)).map_err(table_err)?;
         }
-        queue.insert((due, record.job.id.0), ()).map_err(table_err)?;
+        queue
+            .insert((due, record.job.id.0), ())
+            .map_err(table_err)?;
         record.due_ms = Some(due);
         Ok(())
     }
@@ -641,7 +664,9 @@ impl Writer {
                 }
                 if !provider_id.is_empty() {
                     let mut index = txn.open_table(PROVIDER_IDS).map_err(table_err)?;
-                    index.insert(provider_id.as_str(), id.0).map_err(table_err)?;
+                    index
+                        .insert(provider_id.as_str(), id.0)
+                        .map_err(table_err)?;
                 }
                 record.provider_id = Some(provider_id.clone());
                 record.transition(now, State::Sent, Some(provider_id));
@@ -668,7 +693,8 @@ impl Writer {
                     record.transition(now, State::Dead, Some(reason));
                     Settled::DeadLettered
                 } else {
-                    let due = now + after_ms.unwrap_or_else(|| self.backoff_ms(record.receive_count));
+                    let due =
+                        now + after_ms.unwrap_or_else(|| self.backoff_ms(record.receive_count));
                     self.move_in_queue(txn, &mut record, due)?;
                     record
                         .history
@@ -769,7 +795,11 @@ impl Writer {
     }
 
     /// Removes a record with everything that points at it, and says so on the feed.
-    fn forget(&mut self, txn: &WriteTransaction, record: &SubmissionRecord) -> Result<(), SpoolError> {
+    fn forget(
+        &mut self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
         let id = record.job.id;
         self.delete_blob(txn, id)?;
         if let Some(pid) = record.provider_id.as_deref().filter(|p| !p.is_empty()) {
@@ -833,7 +863,9 @@ impl Writer {
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(table_err)?;
         let before = suppressions.len().map_err(table_err)?;
         suppressions
-            .retain(|_, v| serde_json::from_slice::<Suppression>(v).map_or(true, |e| e.active_at(now)))
+            .retain(|_, v| {
+                serde_json::from_slice::<Suppression>(v).map_or(true, |e| e.active_at(now))
+            })
             .map_err(table_err)?;
         purged.suppressions = before - suppressions.len().map_err(table_err)?;
         let forget = now.saturating_sub(FEEDBACK_DEDUPE_MS);
@@ -904,10 +936,19 @@ impl Writer {
                 _ => true,
             });
             let (account, class) = match &record {
-                Some(r) => (r.job.account_id.clone(), r.job.message_class.as_str().to_string()),
+                Some(r) => (
+                    r.job.account_id.clone(),
+                    r.job.message_class.as_str().to_string(),
+                ),
                 None => (
-                    event.tag_account.clone().unwrap_or_else(|| ALL_ACCOUNTS.into()),
-                    event.tag_class.clone().unwrap_or_else(|| ALL_CLASSES.into()),
+                    event
+                        .tag_account
+                        .clone()
+                        .unwrap_or_else(|| ALL_ACCOUNTS.into()),
+                    event
+                        .tag_class
+                        .clone()
+                        .unwrap_or_else(|| ALL_CLASSES.into()),
                 ),
             };
             let recipients: Vec<String> = if event.recipients.is_empty() {
