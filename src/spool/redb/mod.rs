@@ -198,10 +198,17 @@ impl Queue for RedbSpool {
                 let notified = self.work.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let leases = self.lease_now(max).await?;
+                // A look first: an idle worker costs a read, not a write transaction.
+                let next_due = self.next_due()?;
+                if next_due.is_some_and(|due| due <= self.clock.now_ms()) {
+                    let leases = self.lease_now(max).await?;
+                    if !leases.is_empty() {
+                        return Ok(leases);
+                    }
+                }
                 let now = tokio::time::Instant::now();
-                if !leases.is_empty() || now >= deadline {
-                    return Ok(leases);
+                if now >= deadline {
+                    return Ok(Vec::new());
                 }
                 let due_in = match self.next_due()? {
                     Some(due) => Duration::from_millis(due.saturating_sub(self.clock.now_ms())),

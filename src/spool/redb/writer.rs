@@ -338,7 +338,11 @@ impl Writer {
                 *wake |= r.is_ok();
                 done(reply, r)
             }
-            Op::Lease { now, max, reply } => done(reply, self.lease(txn, now, max)),
+            Op::Lease { now, max, reply } => {
+                // The poller gave up (shutdown): take nothing it would never send.
+                let max = if reply.is_closed() { 0 } else { max };
+                done(reply, self.lease(txn, now, max))
+            }
             Op::Extend {
                 now,
                 id,
