@@ -113,8 +113,8 @@ impl Breaker {
         }
     }
 
-    /// Waits until this worker may send (possibly as the probe).
-    pub async fn admit(&self) {
+    /// Waits until this worker may send; true when it is admitted as the probe.
+    pub async fn admit(&self) -> bool {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -122,10 +122,10 @@ impl Breaker {
             let wait_until = {
                 let mut state = self.state.lock().unwrap();
                 match *state {
-                    State::Closed => return,
+                    State::Closed => return false,
                     State::Open { until, backoff } if Instant::now() >= until => {
                         *state = State::Probing { backoff };
-                        return;
+                        return true;
                     }
                     State::Open { until, .. } => Some(until),
                     State::Probing { .. } => None,
@@ -141,6 +141,11 @@ impl Breaker {
                 None => notified.await,
             }
         }
+    }
+
+    /// Whether everyone may send (no pause, no probe under way).
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.state.lock().unwrap(), State::Closed)
     }
 
     /// The provider answered (whatever it said): sending resumes.

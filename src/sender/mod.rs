@@ -100,29 +100,39 @@ pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>
         if *shutdown.borrow() {
             return;
         }
-        tokio::select! {
-            _ = sender.breaker.admit() => {}
+        let probe = tokio::select! {
+            probe = sender.breaker.admit() => probe,
             _ = shutdown.wait_for(|stop| *stop) => return,
-        }
+        };
         let leased = tokio::select! {
             leased = queue.lease(1, MAX_IDLE) => leased,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        match leased {
-            Ok(leases) if !leases.is_empty() => {
-                for lease in leases {
-                    deliver(&sender, lease).await;
-                }
-            }
-            Ok(_) => sender.breaker.probe_unused(),
+        let leases = match leased {
+            Ok(leases) => leases,
             Err(e) => {
-                sender.breaker.probe_unused();
                 tracing::error!(error = %e, "leasing from the spool failed");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 }
+                Vec::new()
             }
+        };
+        if leases.is_empty() && probe {
+            sender.breaker.probe_unused();
+        }
+        for lease in leases {
+            // Sending was paused while this worker waited for mail: hand the message back
+            // without spending its attempt, and wait for the breaker with everyone else.
+            if !probe && !sender.breaker.is_closed() {
+                let reason = "sending paused: the provider is unavailable".to_string();
+                if let Err(e) = queue.settle(&lease, Settlement::Release { reason }).await {
+                    tracing::warn!(id = %lease.job.id, error = %e, "handing back a lease failed; it expires");
+                }
+                continue;
+            }
+            deliver(&sender, lease).await;
         }
     }
 }
