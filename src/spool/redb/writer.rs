@@ -827,35 +827,18 @@ impl Writer {
         let mut purged = Purged::default();
         // Dead letters past their retention.
         let cutoff = now.saturating_sub(self.options.dead_letter_retention_ms);
-        let expired: Vec<(u64, u128)> = {
-            let mut dead = txn.open_table(DEAD).map_err(table_err)?;
-            let taken = dead
-                .extract_from_if((0, 0)..(cutoff, 0), |_, _| true)
-                .map_err(table_err)?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(table_err)?;
-            taken
-        };
-        for (_, id) in expired {
-            if let Some(record) = self.load(txn, QueueId(id))? {
-                self.forget(txn, &record)?;
-                purged.dead += 1;
+        for (_, id) in take_older(txn, DEAD, cutoff)? {
+            match self.load(txn, QueueId(id))? {
+                Some(record) if record.state == State::Dead => {
+                    self.forget(txn, &record)?;
+                    purged.dead += 1;
+                }
+                _ => {}
             }
         }
         // Finished records past retention; index entries the record has moved on from go.
         let cutoff = now.saturating_sub(self.options.retention_ms);
-        let due: Vec<(u64, u128)> = {
-            let mut finished = txn.open_table(FINISHED).map_err(table_err)?;
-            let taken = finished
-                .extract_from_if((0, 0)..(cutoff, 0), |_, _| true)
-                .map_err(table_err)?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()
-                .map_err(table_err)?;
-            taken
-        };
-        for (at, id) in due {
+        for (at, id) in take_older(txn, FINISHED, cutoff)? {
             match self.load(txn, QueueId(id))? {
                 Some(record) if record.state.is_finished() && record.finished_ms == Some(at) => {
                     self.forget(txn, &record)?;
@@ -1008,6 +991,22 @@ impl Writer {
         }
         Ok(applied)
     }
+}
+
+/// Removes and returns the entries of a (time, id) index older than `cutoff`.
+fn take_older(
+    txn: &WriteTransaction,
+    index: redb::TableDefinition<(u64, u128), ()>,
+    cutoff: u64,
+) -> Result<Vec<(u64, u128)>, SpoolError> {
+    let mut table = txn.open_table(index).map_err(table_err)?;
+    let taken = table
+        .extract_from_if((0, 0)..(cutoff, 0), |_, _| true)
+        .map_err(table_err)?
+        .map(|e| e.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .map_err(table_err)?;
+    Ok(taken)
 }
 
 fn suppress(txn: &WriteTransaction, entry: &Suppression, remove: bool) -> Result<bool, SpoolError> {
