@@ -58,6 +58,7 @@ pub struct Metrics {
     pub suppressions_added: Counter,
     queue_length: Gauge,
     dead_letters: Gauge,
+    held: Gauge,
     spool_messages: Gauge,
     spool_bytes: Gauge,
     ready: AtomicBool,
@@ -83,6 +84,7 @@ impl Metrics {
             suppressions_added: Counter::default(),
             queue_length: Gauge::default(),
             dead_letters: Gauge::default(),
+            held: Gauge::default(),
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             ready: AtomicBool::new(false),
@@ -118,6 +120,7 @@ impl Metrics {
         if let Some(depth) = depth {
             self.queue_length.set(depth.queued as i64);
             self.dead_letters.set(depth.dead as i64);
+            self.held.set(depth.held as i64);
             self.spool_messages.set(depth.stored_messages as i64);
             self.spool_bytes.set(depth.stored_bytes as i64);
         }
@@ -187,6 +190,11 @@ impl Metrics {
             "dead_letters",
             "Messages in the dead-letter queue",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "held_messages",
+            "Messages an operator holds (not sent until released)",
+            m.held.clone(),
         );
         registry.register(
             "spool_messages",

@@ -457,6 +457,35 @@ mod tests {
         }
     }
 
+    /// Queues a bulk message to two recipients, one of them in Bcc.
+    async fn queue_test_message(spool: &Spool, now: u64) -> QueueId {
+        let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";
+        let id = QueueId::generate(now);
+        let job = Job {
+            id,
+            login: "a".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "a".into(),
+            identity_id: "i".into(),
+            mail_from: "a@example.com".into(),
+            recipients: vec!["to@example.net".into(), "hidden@example.net".into()],
+            message_class: MessageClass::Bulk,
+            size: mime.len() as u64,
+        };
+        spool
+            .blobs
+            .put(id, vec![bytes::Bytes::from_static(mime)])
+            .await
+            .unwrap();
+        spool
+            .queue
+            .enqueue(SubmissionRecord::queued(job, now, now, None))
+            .await
+            .unwrap();
+        id
+    }
+
     async fn run(
         outcomes: Vec<Delivery>,
         max_attempts: u32,
@@ -492,31 +521,7 @@ mod tests {
             clock.clone(),
         ));
 
-        let mime = b"From: a@example.com\r\nBcc: hidden@example.net\r\nX-Outbox-Class: bulk\r\nSubject: s\r\n\r\nbody\r\n";
-        let now = clock.now_ms();
-        let id = QueueId::generate(now);
-        let job = Job {
-            id,
-            login: "a".into(),
-            tenant_id: "t".into(),
-            account_id: "a".into(),
-            user_id: "a".into(),
-            identity_id: "i".into(),
-            mail_from: "a@example.com".into(),
-            recipients: vec!["to@example.net".into(), "hidden@example.net".into()],
-            message_class: MessageClass::Bulk,
-            size: mime.len() as u64,
-        };
-        spool
-            .blobs
-            .put(id, vec![bytes::Bytes::from_static(mime)])
-            .await
-            .unwrap();
-        spool
-            .queue
-            .enqueue(SubmissionRecord::queued(job, now, now, None))
-            .await
-            .unwrap();
+        let id = queue_test_message(&spool, clock.now_ms()).await;
         // Queued before the worker starts: paused time jumps ahead whenever every task waits,
         // and a worker idling in its long poll while the spool's writer thread commits the
         // enqueue would see a minute pass.
@@ -579,5 +584,75 @@ mod tests {
         assert_eq!(attempts.len(), 5);
         assert_eq!(record.state, State::Dead);
         assert_eq!(record.last_error.as_deref(), Some("throttled"));
+    }
+
+    /// A transport that takes its time (a large message to a slow endpoint), then accepts.
+    struct Slow {
+        takes: Duration,
+        sends: std::sync::atomic::AtomicU32,
+    }
+
+    impl Transport for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn send(&self, _message: Arc<OutboundMessage>) -> crate::transport::SendFuture<'_> {
+            self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(self.takes).await;
+                Delivery::Sent {
+                    provider_id: "slow-1".into(),
+                }
+            })
+        }
+    }
+
+    /// A send that lasts three visibility timeouts: the lease is extended while it runs, so
+    /// the second worker never takes the message and it goes out once. (Real time: paused
+    /// time would jump ahead while the spool's writer thread works.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_longer_than_the_visibility_timeout_keeps_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let options = SpoolOptions {
+            visibility_timeout_ms: 2_000,
+            ..crate::spool::contract::options()
+        };
+        let spool = crate::spool::redb::open(dir.path(), options, clock.clone()).unwrap();
+        let id = queue_test_message(&spool, clock.now_ms()).await;
+        let transport = Arc::new(Slow {
+            takes: Duration::from_secs(6),
+            sends: Default::default(),
+        });
+        let sender = Arc::new(Sender::new(
+            spool.clone(),
+            transport.clone(),
+            directory(),
+            "mx.test".into(),
+            clock,
+        ));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(run_worker(sender.clone(), stop_rx.clone())))
+            .collect();
+        let mut feed = 0;
+        let record = loop {
+            spool
+                .ledger
+                .wait_for_changes(feed, Duration::from_secs(1))
+                .await;
+            feed = spool.ledger.changes(0, 1000).await.unwrap().next;
+            let record = spool.ledger.get(id).await.unwrap().unwrap();
+            if record.state != State::Queued {
+                break record;
+            }
+        };
+        stop_tx.send(true).unwrap();
+        for w in workers {
+            w.await.unwrap();
+        }
+        assert_eq!(record.state, State::Sent);
+        assert_eq!(transport.sends.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(record.receive_count, 1, "nobody else leased it");
     }
 }

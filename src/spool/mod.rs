@@ -19,7 +19,7 @@
 pub mod redb;
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -48,4 +48,5 @@ def test_metrics_follow_traffic(server):
     assert value(text, "outbox_send_duration_seconds_count", '{transport="dir"}') == 1
     assert value(text, "outbox_queue_length") == 0
     assert value(text, "outbox_dead_letters") == 0
+    assert value(text, "outbox_held_messages") == 0
     assert text.rstrip().endswith("# EOF")
