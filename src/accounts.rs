@@ -152,17 +152,61 @@ impl Directory {
     }
 }
 
+/// First buffer for one user database record when `sysconf(_SC_GETPW_R_SIZE_MAX)` gives no
+/// size (POSIX allows -1, "no determinate limit"); ample for ordinary passwd entries.
+const PASSWD_BUF_DEFAULT: usize = 16 * 1024;
+/// Largest buffer tried when `getpwnam_r` answers ERANGE (NSS backends such as LDAP can return
+/// large records); a record bigger than this counts as no such user.
+const PASSWD_BUF_MAX: usize = 1024 * 1024;
+
 /// A Unix user name or numeric uid, resolved through the system's user database.
+///
+/// Uses the re-entrant `getpwnam_r` with a buffer of our own: the config is resolved again on
+/// every SIGHUP reload while the server's other threads run, and `getpwnam`'s shared static
+/// record can be overwritten by a concurrent lookup before its uid is read.
 fn resolve_uid(user: &str) -> Option<u32> {
     if let Ok(uid) = user.parse() {
         return Some(uid);
     }
     let name = std::ffi::CString::new(user).ok()?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; we read one field
-    // immediately (the config is loaded once, before other threads use the user database).
-    unsafe {
-        let entry = libc::getpwnam(name.as_ptr());
-        (!entry.is_null()).then(|| (*entry).pw_uid)
+    // SAFETY: sysconf only reads a configuration value.
+    let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
+    let first = usize::try_from(hint)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(PASSWD_BUF_DEFAULT);
+    lookup_uid(&name, first)
+}
+
+/// `getpwnam_r` with a buffer of `first` bytes, doubled on ERANGE up to [`PASSWD_BUF_MAX`].
+fn lookup_uid(name: &std::ffi::CStr, first: usize) -> Option<u32> {
+    let mut size = first.clamp(1, PASSWD_BUF_MAX);
+    loop {
+        let mut buf: Vec<libc::c_char> = vec![0; size];
+        let mut entry = std::mem::MaybeUninit::<libc::passwd>::uninit();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; `entry` and `buf` are ours, valid for writes, and
+        // `buf.len()` is the buffer's true length. getpwnam_r fills `entry` (its strings point
+        // into `buf`) and sets `found` to `entry` or to null.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                entry.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && size < PASSWD_BUF_MAX {
+            size = (size * 2).min(PASSWD_BUF_MAX);
+            continue;
+        }
+        // Not found (0 with a null result) or an error: no such user, as getpwnam's null was.
+        if rc != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null `found` points at `entry`, which getpwnam_r filled in.
+        return Some(unsafe { (*found).pw_uid });
     }
 }
 
@@ -481,6 +525,54 @@ mod tests {
             .check("nobody".into(), "s3cret".into())
             .await
             .is_none());
+    }
+
+    #[test]
+    fn resolves_unix_users() {
+        assert_eq!(resolve_uid("root"), Some(0));
+        assert_eq!(resolve_uid("0"), Some(0));
+        assert_eq!(resolve_uid("4242"), Some(4242));
+        assert_eq!(resolve_uid("outbox-no-such-user"), None);
+        assert_eq!(resolve_uid(""), None);
+        assert_eq!(resolve_uid("ro\0ot"), None);
+        // A buffer too small for the record grows until it fits (ERANGE, then doubling).
+        assert_eq!(lookup_uid(c"root", 1), Some(0));
+        assert_eq!(lookup_uid(c"outbox-no-such-user", 1), None);
+    }
+
+    /// A reload resolves users while other threads run. getpwnam's shared static record could
+    /// hand one thread the uid another thread's lookup was writing.
+    #[test]
+    fn resolves_unix_users_from_many_threads() {
+        // Whatever this system's user database says, looked up one at a time.
+        let names = [
+            "root",
+            "daemon",
+            "bin",
+            "sys",
+            "nobody",
+            "outbox-no-such-user",
+        ];
+        let expected: Vec<(&str, Option<u32>)> =
+            names.iter().map(|&n| (n, resolve_uid(n))).collect();
+        assert_eq!(expected[0], ("root", Some(0)));
+        assert_eq!(expected[5], ("outbox-no-such-user", None));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (start, expected) = (start.clone(), expected.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for i in 0..2_000 {
+                        let (name, want) = expected[(t + i) % expected.len()];
+                        assert_eq!(resolve_uid(name), want, "{name}, thread {t}, round {i}");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 
     #[test]

@@ -416,30 +416,34 @@ impl Session {
         }
     }
 
-    /// RFC 4865: HOLDFOR (seconds) or HOLDUNTIL (a Unix time), at most one, within the limit.
+    /// RFC 4865: HOLDFOR (seconds) or HOLDUNTIL (a date-time, which the parser hands over as a
+    /// Unix time in seconds), at most one, within the limit.
     fn release_at(&self, (hold_for, hold_until): (u64, u64)) -> Result<Option<u64>, Reply> {
         let now = self.clock.now_ms();
         let max = self.limits.max_hold_secs;
+        // In milliseconds. Checked: a client's far-off date (HOLDUNTIL in the year 999999999)
+        // does not fit in a u64 of milliseconds; None is then a hold past any limit.
         let release = match (hold_for, hold_until) {
             (0, 0) => return Ok(None),
             _ if max == 0 => return Err(Reply::new(555, 5, 4, "FUTURERELEASE is not offered")),
             (f, u) if f > 0 && u > 0 => {
                 return Err(Reply::new(501, 5, 5, "Give HOLDFOR or HOLDUNTIL, not both"))
             }
-            (f, 0) => now + f * 1000,
+            (f, 0) => f.checked_mul(1000).and_then(|ms| now.checked_add(ms)),
             // A time already past means: release at once.
-            (0, u) => (u * 1000).max(now),
+            (0, u) => u.checked_mul(1000).map(|ms| ms.max(now)),
             _ => unreachable!(),
         };
-        if release > now + max * 1000 {
-            return Err(Reply::new(
+        let latest = now.saturating_add(max.saturating_mul(1000));
+        match release {
+            Some(release) if release <= latest => Ok(Some(release)),
+            _ => Err(Reply::new(
                 501,
                 5,
                 4,
                 format!("Hold longer than {max} seconds"),
-            ));
+            )),
         }
-        Ok(Some(release))
     }
 
     fn mail(&mut self, from: String, size: usize, flags: u64, hold: (u64, u64)) -> Vec<Action> {

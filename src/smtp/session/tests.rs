@@ -507,6 +507,19 @@ fn future_release() {
         ),
         body,
     );
+    // Far-off times are refused, not overflowed: from about the year 584554050 a HOLDUNTIL in
+    // milliseconds no longer fits in a u64 (a panic in debug builds, a wrapped due time in
+    // release ones). 4294967295 is the largest year the parser gives (it saturates at
+    // u32::MAX); a bare number is not an RFC 3339 date-time and the parser refuses it.
+    for mail in [
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=9999999-01-01T00:00:00Z",
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=999999999-01-01T00:00:00Z",
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=4294967295-12-31T23:59:59Z",
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=99999999999999999999-01-01T00:00:00Z",
+        "MAIL FROM:<alice@example.com> HOLDUNTIL=99999999999999999999",
+    ] {
+        dialog(PortKind::Submissions, &hold(mail, &["501 5.5.4"]), body);
+    }
 }
 
 #[test]
