@@ -642,6 +642,15 @@ impl Config {
         if self.spool.max_attempts == 0 {
             problem!("spool: max_attempts must be at least 1");
         }
+        // RFC 4865 §3: HOLDFOR takes at most 9 digits of seconds (about 31 years).
+        if smtp.max_hold_secs > 999_999_999 {
+            problem!("smtp: max_hold_secs must be at most 999999999 (RFC 4865)");
+        }
+        if self.spool.retention_days == 0 {
+            problem!(
+                "spool: retention_days must be at least 1 (finished records are kept that long)"
+            );
+        }
         if matches!(self.sender.transport, TransportConfig::Ses(_))
             && smtp.max_recipients > crate::transport::ses::MAX_DESTINATIONS
         {
@@ -764,10 +773,17 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported() {
-        let text = "state_dir = \"s\"\n[smtp]\nmax_recipients = 0\n[spool]\nmax_attempts = 0\n\
+        let text = "state_dir = \"s\"\n[smtp]\nmax_recipients = 0\nmax_hold_secs = 1000000000\n\
+                    [spool]\nmax_attempts = 0\nretention_days = 0\n\
                     [[account]]\nlogin = \"a\"\npassword_hash = \"x\"\n";
         let err = format!("{:#}", Config::parse(text, Path::new("/")).unwrap_err());
-        for needle in ["max_recipients", "max_attempts", "account a: password_hash"] {
+        for needle in [
+            "max_recipients",
+            "max_hold_secs",
+            "max_attempts",
+            "retention_days",
+            "account a: password_hash",
+        ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }
