@@ -137,32 +137,67 @@ async fn settle_all(jmap: &Jmap) {
     }
 }
 
+/// Where the watcher is in the ledger's change feed. The position is saved in the JMAP store
+/// when a page touched a JMAP submission, and otherwise at most every
+/// [`CURSOR_SAVE_INTERVAL`]: SMTP traffic moves the feed too, and saving after each of its
+/// commits would add an fsync to each. Re-reading changes after a restart is harmless (a view
+/// that is up to date is not written).
+pub struct FeedCursor {
+    at: u64,
+    saved: u64,
+    saved_when: tokio::time::Instant,
+}
+
+/// Longest the saved feed position lags the applied one without JMAP work.
+const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+impl FeedCursor {
+    /// The position saved in the JMAP store.
+    pub fn load(jmap: &Jmap) -> anyhow::Result<FeedCursor> {
+        let at = jmap.store.read()?.counter(FEED_CURSOR)?;
+        Ok(FeedCursor {
+            at,
+            saved: at,
+            saved_when: tokio::time::Instant::now(),
+        })
+    }
+
+    fn save(&mut self, jmap: &Jmap) -> anyhow::Result<()> {
+        if self.at != self.saved {
+            jmap.store
+                .write(|tx| tx.set_counter(FEED_CURSOR, self.at))?;
+            self.saved = self.at;
+        }
+        self.saved_when = tokio::time::Instant::now();
+        Ok(())
+    }
+}
+
 /// Applies one page of the ledger's change feed; false when there was nothing new.
-pub async fn follow(jmap: &Jmap) -> anyhow::Result<bool> {
-    let cursor = jmap.store.read()?.counter(FEED_CURSOR)?;
-    let page = jmap.spool.ledger.changes(cursor, FEED_PAGE).await?;
+pub async fn follow(jmap: &Jmap, cursor: &mut FeedCursor) -> anyhow::Result<bool> {
+    let page = jmap.spool.ledger.changes(cursor.at, FEED_PAGE).await?;
     if page.truncated {
-        tracing::warn!(cursor, "the ledger's change feed no longer holds what JMAP missed; re-reading every open submission");
+        tracing::warn!(cursor = cursor.at, "the ledger's change feed no longer holds what JMAP missed; re-reading every open submission");
         settle_all(jmap).await;
     }
-    let mut applied = cursor;
     let mut failed = None;
+    let mut touched_jmap = false;
     for change in &page.changes {
         if change.jmap {
+            touched_jmap = true;
             if let Err(e) = try_settle(jmap, change.id).await {
                 // Stop here: the next round starts again with this change.
                 failed = Some(e.context(format!("submission {}", change.id)));
                 break;
             }
         }
-        applied = change.seq;
+        cursor.at = change.seq;
     }
     if failed.is_none() {
-        applied = page.next;
+        cursor.at = page.next;
     }
-    if applied != cursor {
-        jmap.store
-            .write(|tx| tx.set_counter(FEED_CURSOR, applied))?;
+    if touched_jmap || cursor.saved_when.elapsed() >= CURSOR_SAVE_INTERVAL {
+        cursor.save(jmap)?;
     }
     match failed {
         Some(e) => Err(e),
@@ -173,8 +208,20 @@ pub async fn follow(jmap: &Jmap) -> anyhow::Result<bool> {
 /// Runs until shutdown, following the ledger's change feed.
 pub async fn watch_ledger(jmap: Arc<Jmap>) {
     let mut stop = jmap.stop.clone();
+    let mut cursor = loop {
+        match FeedCursor::load(&jmap) {
+            Ok(cursor) => break cursor,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the JMAP feed position failed; trying again in a second");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    };
     loop {
-        let more = match follow(&jmap).await {
+        let more = match follow(&jmap, &mut cursor).await {
             Ok(more) => more,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "following the ledger's changes failed; trying again in a second");
@@ -188,14 +235,12 @@ pub async fn watch_ledger(jmap: Arc<Jmap>) {
         if more {
             continue;
         }
-        let cursor = jmap
-            .store
-            .read()
-            .and_then(|rx| rx.counter(FEED_CURSOR))
-            .unwrap_or(0);
         tokio::select! {
-            _ = jmap.spool.ledger.wait_for_changes(cursor, Duration::from_secs(60)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = jmap.spool.ledger.wait_for_changes(cursor.at, CURSOR_SAVE_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => {
+                let _ = cursor.save(&jmap);
+                return;
+            }
         }
     }
 }

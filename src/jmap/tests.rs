@@ -469,11 +469,12 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     // The sender sends it before the watcher ran.
     let lease = lease(&f).await;
     sent(&f, &lease, "ses-7").await;
+    let mut cursor = push::FeedCursor::load(&f.jmap).unwrap();
     assert!(
-        push::follow(&f.jmap).await.unwrap(),
+        push::follow(&f.jmap, &mut cursor).await.unwrap(),
         "there were changes to read"
     );
-    while push::follow(&f.jmap).await.unwrap() {}
+    while push::follow(&f.jmap, &mut cursor).await.unwrap() {}
     let after = request(
         &f,
         json!([
@@ -491,6 +492,8 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     );
     assert_eq!(after[1][1]["ids"], json!([id.to_string()]));
     assert_eq!(after[2][1]["list"][0]["mailboxIds"], json!({"sent": true}));
-    // The cursor is kept: nothing is read twice.
-    assert!(!push::follow(&f.jmap).await.unwrap());
+    // The position is kept (saved, since JMAP submissions changed): nothing is read twice.
+    assert!(!push::follow(&f.jmap, &mut cursor).await.unwrap());
+    let mut reloaded = push::FeedCursor::load(&f.jmap).unwrap();
+    assert!(!push::follow(&f.jmap, &mut reloaded).await.unwrap());
 }
