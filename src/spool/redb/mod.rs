@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use std::sync::mpsc;
+
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::{
     Action, Blobs, Change, Changes, Depth, Fut, Lease, Ledger, Listing, Purged, Queue, Settled,
@@ -60,7 +62,7 @@ struct Usage {
 /// The redb backend; one value serves as all three seams.
 pub struct RedbSpool {
     db: Arc<Database>,
-    ops: mpsc::UnboundedSender<Op>,
+    ops: mpsc::Sender<Op>,
     usage: Arc<Usage>,
     options: SpoolOptions,
     clock: Arc<dyn Clock>,
@@ -75,7 +77,7 @@ impl Drop for RedbSpool {
     /// Closes the writer's channel and waits for it to finish, so the database is closed (and
     /// can be reopened) when the spool is gone.
     fn drop(&mut self) {
-        let (closed, _) = mpsc::unbounded_channel();
+        let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.ops, closed));
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -615,6 +617,27 @@ mod tests {
         );
         let leased = spool.lease(500, Duration::ZERO).await.unwrap();
         assert_eq!(leased.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_submission_is_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path(), options(), ManualClock::new(START)).unwrap();
+        for n in 0..5 {
+            let before = spool.commits();
+            let id = QueueId::generate(START);
+            let chunks = vec![
+                Bytes::from_static(b"Received: x\r\n"),
+                Bytes::from(format!("m{n}")),
+            ];
+            spool.put(id, chunks).await.unwrap();
+            spool.enqueue(record(id)).await.unwrap();
+            assert_eq!(spool.commits() - before, 1, "the put waits for its enqueue");
+            assert_eq!(
+                &Blobs::get(&*spool, id).await.unwrap()[..],
+                format!("Received: x\r\nm{n}").as_bytes()
+            );
+        }
     }
 
     #[tokio::test]

@@ -18,7 +18,9 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, WriteTransaction};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use std::sync::mpsc;
+
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::{
     decode, encode, Usage, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, FINISHED, HELD, OLD_QUEUE,
@@ -35,6 +37,10 @@ use crate::spool::{
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
+/// How long a transaction holding only blob writes stays open for the enqueue that follows
+/// them (the submitting task sends it as soon as its put is acknowledged): then both share one
+/// commit and one fsync instead of two commits.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
@@ -102,6 +108,13 @@ impl Op {
             self,
             Op::PutBlob { .. } | Op::DeleteBlob { .. } | Op::Extend { .. }
         )
+    }
+
+    /// Answered as soon as it is applied, before the commit: a blob write only has to be
+    /// visible to the operations after it (an enqueue checks the bytes are there, in the same
+    /// or a later transaction, and fails with the transaction if it fails).
+    fn answered_early(&self) -> bool {
+        matches!(self, Op::PutBlob { .. } | Op::DeleteBlob { .. })
     }
 }
 
@@ -189,8 +202,8 @@ pub(super) fn start(
     work: Arc<Notify>,
     feed: watch::Sender<u64>,
     last_seq: u64,
-) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>), SpoolError> {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>), SpoolError> {
+    let (tx, rx) = mpsc::channel();
     let writer = Writer {
         db,
         dir,
@@ -231,48 +244,60 @@ fn table_err(e: impl std::fmt::Display) -> SpoolError {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(op) = rx.blocking_recv() {
-            batch.push(op);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            self.commit_batch(&mut batch);
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            self.transaction(first, &rx);
         }
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<Op>) {
+    /// One write transaction and one commit for `first` and whatever else is pending (up to
+    /// [`MAX_BATCH`]); while it holds only blob writes it waits up to [`LINGER`] for more.
+    fn transaction(&mut self, first: Op, rx: &mpsc::Receiver<Op>) {
         let (before_msgs, before_bytes, before_seq) = (
             self.usage.messages.load(Ordering::Relaxed),
             self.usage.bytes.load(Ordering::Relaxed),
             self.seq,
         );
-        let fsync = self.options.fsync && batch.iter().any(Op::needs_fsync);
-        let mut answers = Vec::with_capacity(batch.len());
+        let mut answers = Vec::new();
         let mut wake = false;
+        let mut first = Some(first);
         let result = (|| {
             let mut txn = self.db.begin_write().map_err(table_err)?;
-            txn.set_durability(if fsync {
+            let mut disk_checked = None;
+            let (mut applied, mut fsync, mut only_blobs) = (0, false, true);
+            while applied < MAX_BATCH {
+                let next = match first.take() {
+                    Some(op) => Some(op),
+                    None => match rx.try_recv() {
+                        Ok(op) => Some(op),
+                        Err(_) if only_blobs => rx.recv_timeout(LINGER).ok(),
+                        Err(_) => None,
+                    },
+                };
+                let Some(op) = next else { break };
+                applied += 1;
+                fsync |= op.needs_fsync();
+                let early = op.answered_early();
+                only_blobs &= early;
+                let answer = self.apply(&txn, op, &mut disk_checked, &mut wake);
+                if early {
+                    (answer.0)(&Ok(()));
+                } else {
+                    answers.push(answer);
+                }
+            }
+            txn.set_durability(if fsync && self.options.fsync {
                 Durability::Immediate
             } else {
                 Durability::None
             })
             .map_err(table_err)?;
-            let mut disk_checked = None;
-            for op in batch.drain(..) {
-                answers.push(self.apply(&txn, op, &mut disk_checked, &mut wake));
-            }
             self.write_feed(&txn)?;
             txn.commit().map_err(table_err)
         })();
-        batch.clear();
         self.touched.clear();
         if let Err(e) = &result {
-            // Nothing of the batch happened: restore what it had counted.
+            // Nothing of the transaction happened: restore what it had counted.
             self.usage.messages.store(before_msgs, Ordering::Relaxed);
             self.usage.bytes.store(before_bytes, Ordering::Relaxed);
             self.seq = before_seq;
