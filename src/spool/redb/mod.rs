@@ -195,14 +195,19 @@ impl Queue for RedbSpool {
     fn lease(&self, max: usize, wait: Duration) -> Fut<'_, Vec<Lease>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
+            let mut first_try = true;
             loop {
                 // Register for wake-ups before looking, so an enqueue in between is not missed.
                 let notified = self.work.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                // A look first: an idle worker costs a read, not a write transaction.
-                let next_due = self.next_due()?;
-                if next_due.is_some_and(|due| due <= self.clock.now_ms()) {
+                // The first try goes straight to the writer (a busy sender finds mail); after
+                // that, a look first, so an idle worker costs a read, not a write transaction.
+                let due_now = std::mem::take(&mut first_try)
+                    || self
+                        .next_due()?
+                        .is_some_and(|due| due <= self.clock.now_ms());
+                if due_now {
                     let leases = self.lease_now(max).await?;
                     if !leases.is_empty() {
                         return Ok(leases);

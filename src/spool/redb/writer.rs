@@ -508,6 +508,18 @@ impl Writer {
         txn: &WriteTransaction,
         record: &SubmissionRecord,
     ) -> Result<(), SpoolError> {
+        self.write_record(txn, record)?;
+        self.note(record, false);
+        Ok(())
+    }
+
+    /// Writes the record without a change-feed entry: for changes no consumer watches (a
+    /// lease taken or extended changes nothing a client or operator is shown as it happens).
+    fn write_record(
+        &self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
         let id = record.job.id;
         let mut records = txn.open_table(RECORDS).map_err(table_err)?;
         records
@@ -518,7 +530,6 @@ impl Writer {
             let mut finished = txn.open_table(FINISHED).map_err(table_err)?;
             finished.insert((at, id.0), ()).map_err(table_err)?;
         }
-        self.note(record, false);
         Ok(())
     }
 
@@ -570,7 +581,7 @@ impl Writer {
             record.receive_count += 1;
             record.due_ms = Some(deadline);
             record.lease_token = Some(token);
-            self.store(txn, &record)?;
+            self.write_record(txn, &record)?;
             leases.push(Lease {
                 job: record.job,
                 token: format!("{token:016x}"),
@@ -607,11 +618,7 @@ impl Writer {
         }
         let deadline = now + visibility_ms;
         self.move_in_queue(txn, &mut record, deadline)?;
-        // Not a change anyone watches: written without a feed entry.
-        let mut records = txn.open_table(RECORDS).map_err(table_err)?;
-        records
-            .insert(id.0, encode(&record).as_slice())
-            .map_err(table_err)?;
+        self.write_record(txn, &record)?;
         Ok(deadline)
     }
 
