@@ -1,0 +1,245 @@
+//! The ledger's writes inside the writer's transaction: provider feedback (dedupe, outcomes,
+//! derived states, suppressions), the suppression list, and retention.
+
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use super::{table_err, Writer};
+use crate::domain::{
+    FeedbackApplied, FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Suppression,
+    ALL_ACCOUNTS, ALL_CLASSES,
+};
+use crate::spool::redb::{
+    DEAD, FEED, FEEDBACK_SEEN, FINISHED, PROVIDER_IDS, RECORDS, SUPPRESSIONS,
+};
+use crate::spool::{Change, Purged, SpoolError, CHANGE_FEED_RETENTION_MS, FEEDBACK_DEDUPE_MS};
+
+impl Writer {
+    /// Removes a record with everything that points at it, and says so on the feed.
+    fn forget(
+        &mut self,
+        txn: &WriteTransaction,
+        record: &SubmissionRecord,
+    ) -> Result<(), SpoolError> {
+        let id = record.job.id;
+        self.delete_blob(txn, id)?;
+        if let Some(pid) = record.provider_id.as_deref().filter(|p| !p.is_empty()) {
+            let mut index = txn.open_table(PROVIDER_IDS).map_err(table_err)?;
+            // Only if it still names this submission (a provider could reuse an id).
+            let ours = index
+                .get(pid)
+                .map_err(table_err)?
+                .is_some_and(|v| v.value() == id.0);
+            if ours {
+                index.remove(pid).map_err(table_err)?;
+            }
+        }
+        let mut records = txn.open_table(RECORDS).map_err(table_err)?;
+        records.remove(id.0).map_err(table_err)?;
+        self.note(record, true);
+        Ok(())
+    }
+
+    pub(super) fn purge(&mut self, txn: &WriteTransaction, now: u64) -> Result<Purged, SpoolError> {
+        let mut purged = Purged::default();
+        // Dead letters past their retention.
+        let cutoff = now.saturating_sub(self.options.dead_letter_retention_ms);
+        for (_, id) in take_older(txn, DEAD, cutoff)? {
+            match self.load(txn, QueueId(id))? {
+                Some(record) if record.state == State::Dead => {
+                    self.forget(txn, &record)?;
+                    purged.dead += 1;
+                }
+                _ => {}
+            }
+        }
+        // Finished records past retention; index entries the record has moved on from go.
+        let cutoff = now.saturating_sub(self.options.retention_ms);
+        for (at, id) in take_older(txn, FINISHED, cutoff)? {
+            match self.load(txn, QueueId(id))? {
+                Some(record) if record.state.is_finished() && record.finished_ms == Some(at) => {
+                    self.forget(txn, &record)?;
+                    purged.finished += 1;
+                }
+                _ => {}
+            }
+        }
+        let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(table_err)?;
+        let before = suppressions.len().map_err(table_err)?;
+        suppressions
+            .retain(|_, v| {
+                serde_json::from_slice::<Suppression>(v).map_or(true, |e| e.active_at(now))
+            })
+            .map_err(table_err)?;
+        purged.suppressions = before - suppressions.len().map_err(table_err)?;
+        let forget = now.saturating_sub(FEEDBACK_DEDUPE_MS);
+        let mut seen = txn.open_table(FEEDBACK_SEEN).map_err(table_err)?;
+        let before = seen.len().map_err(table_err)?;
+        seen.retain(|_, at| at >= forget).map_err(table_err)?;
+        purged.feedback_ids = before - seen.len().map_err(table_err)?;
+        // The feed is in time order: drop from the front while entries are too old.
+        let keep_from = now.saturating_sub(CHANGE_FEED_RETENTION_MS);
+        let mut feed = txn.open_table(FEED).map_err(table_err)?;
+        loop {
+            let old = match feed.first().map_err(table_err)? {
+                Some((k, v)) => {
+                    let change: Change = serde_json::from_slice(v.value()).map_err(table_err)?;
+                    (change.at_ms < keep_from).then(|| k.value())
+                }
+                None => None,
+            };
+            let Some(seq) = old else { break };
+            feed.remove(seq).map_err(table_err)?;
+            purged.changes += 1;
+        }
+        Ok(purged)
+    }
+
+    /// Applies provider feedback: per-recipient outcomes on the submission (precedence in
+    /// [`SubmissionRecord::report`]), the derived submission state, and suppressions.
+    pub(super) fn feedback(
+        &mut self,
+        txn: &WriteTransaction,
+        now: u64,
+        message_id: Option<String>,
+        events: Vec<FeedbackEvent>,
+    ) -> Result<FeedbackApplied, SpoolError> {
+        let mut applied = FeedbackApplied::default();
+        if let Some(message_id) = &message_id {
+            let mut seen = txn.open_table(FEEDBACK_SEEN).map_err(table_err)?;
+            if seen
+                .insert(message_id.as_str(), now)
+                .map_err(table_err)?
+                .is_some()
+            {
+                applied.duplicate = true;
+                return Ok(applied);
+            }
+        }
+        for event in events {
+            let id = match event.submission_id {
+                Some(id) => Some(id),
+                None => match &event.provider_id {
+                    Some(pid) => txn
+                        .open_table(PROVIDER_IDS)
+                        .map_err(table_err)?
+                        .get(pid.as_str())
+                        .map_err(table_err)?
+                        .map(|v| QueueId(v.value())),
+                    None => None,
+                },
+            };
+            let record = match id {
+                Some(id) => self.load(txn, id)?,
+                None => None,
+            };
+            // A tag can name a submission that is not ours (another Outbox sharing the
+            // configuration set): the provider id must then agree.
+            let record = record.filter(|r| match (&event.provider_id, &r.provider_id) {
+                (Some(event_pid), Some(ours)) => event_pid == ours,
+                _ => true,
+            });
+            let (account, class) = match &record {
+                Some(r) => (
+                    r.job.account_id.clone(),
+                    r.job.message_class.as_str().to_string(),
+                ),
+                None => (
+                    event
+                        .tag_account
+                        .clone()
+                        .unwrap_or_else(|| ALL_ACCOUNTS.into()),
+                    event
+                        .tag_class
+                        .clone()
+                        .unwrap_or_else(|| ALL_CLASSES.into()),
+                ),
+            };
+            let recipients: Vec<String> = if event.recipients.is_empty() {
+                record
+                    .as_ref()
+                    .map(|r| r.job.recipients.clone())
+                    .unwrap_or_default()
+            } else {
+                event.recipients.clone()
+            };
+            if let Some(mut record) = record {
+                let mut changed = false;
+                for rcpt in &recipients {
+                    changed |= record.report(
+                        rcpt,
+                        RecipientStatus {
+                            outcome: event.outcome,
+                            detail: event.detail.clone(),
+                            at_ms: event.at_ms,
+                        },
+                    );
+                }
+                if changed {
+                    let derived = record.derive_state();
+                    if derived != record.state {
+                        let detail = format!(
+                            "{} {}",
+                            event.outcome.as_str(),
+                            event.detail.as_deref().unwrap_or("")
+                        );
+                        record.transition(now, derived, Some(detail.trim_end().to_string()));
+                    }
+                    self.store(txn, &record)?;
+                }
+                applied.matched.push(record.job.id);
+            } else {
+                applied.unmatched += 1;
+            }
+            if let Some((reason, lasts_ms)) = &event.suppress {
+                for rcpt in &recipients {
+                    let entry = Suppression::new(
+                        rcpt,
+                        &account,
+                        &class,
+                        reason.clone(),
+                        now,
+                        lasts_ms.map(|d| now.saturating_add(d)),
+                    );
+                    suppress(txn, &entry, false)?;
+                    applied.suppressed.push(entry);
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// Removes and returns the entries of a (time, id) index older than `cutoff`.
+pub(super) fn take_older(
+    txn: &WriteTransaction,
+    index: redb::TableDefinition<(u64, u128), ()>,
+    cutoff: u64,
+) -> Result<Vec<(u64, u128)>, SpoolError> {
+    let mut table = txn.open_table(index).map_err(table_err)?;
+    let taken = table
+        .extract_from_if((0, 0)..(cutoff, 0), |_, _| true)
+        .map_err(table_err)?
+        .map(|e| e.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .map_err(table_err)?;
+    Ok(taken)
+}
+
+pub(super) fn suppress(
+    txn: &WriteTransaction,
+    entry: &Suppression,
+    remove: bool,
+) -> Result<bool, SpoolError> {
+    let mut table = txn.open_table(SUPPRESSIONS).map_err(table_err)?;
+    let key = (
+        entry.address.as_str(),
+        entry.account.as_str(),
+        entry.class.as_str(),
+    );
+    if remove {
+        return Ok(table.remove(key).map_err(table_err)?.is_some());
+    }
+    let json = serde_json::to_vec(entry).map_err(table_err)?;
+    table.insert(key, json.as_slice()).map_err(table_err)?;
+    Ok(true)
+}
