@@ -22,17 +22,19 @@ pub struct QueueId(pub u128);
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Characters in the textual form: 128 bits in 5-bit digits.
 pub const QUEUE_ID_LEN: usize = 26;
-const RANDOM_BITS: u32 = 80;
 
 /// The last id handed out, so ids of one millisecond count up instead of colliding.
 static LAST_ID: Mutex<u128> = Mutex::new(0);
 
 impl QueueId {
+    /// Bits below the millisecond timestamp.
+    pub const RANDOM_BITS: u32 = 80;
+
     /// A new id for something created at `now_ms`.
     pub fn generate(now_ms: u64) -> QueueId {
-        let time = u128::from(now_ms & ((1 << 48) - 1)) << RANDOM_BITS;
+        let time = u128::from(now_ms & ((1 << 48) - 1)) << Self::RANDOM_BITS;
         let mut last = LAST_ID.lock().unwrap_or_else(|e| e.into_inner());
-        let id = if *last >> RANDOM_BITS == time >> RANDOM_BITS
+        let id = if *last >> Self::RANDOM_BITS == time >> Self::RANDOM_BITS
             && *last & random_mask() != random_mask()
         {
             *last + 1
@@ -46,12 +48,12 @@ impl QueueId {
 
     /// When the id was made (ms since the Unix epoch).
     pub fn created_ms(self) -> u64 {
-        (self.0 >> RANDOM_BITS) as u64
+        (self.0 >> Self::RANDOM_BITS) as u64
     }
 }
 
 fn random_mask() -> u128 {
-    (1u128 << RANDOM_BITS) - 1
+    (1u128 << QueueId::RANDOM_BITS) - 1
 }
 
 impl fmt::Display for QueueId {

@@ -9,7 +9,6 @@
 //! Tables (ids are [`QueueId`]s as `u128`):
 //! `records` id → JSON [`SubmissionRecord`]; `blob_chunks` (id, n) → bytes;
 //! `queue` (due or lease deadline, id); `held` id; `dead` (dead since, id);
-//! `finished` (finished at, id) — the retention index, entries checked against the record;
 //! `suppressions` (address, account, class) → JSON; `provider_ids` SES id → id;
 //! `feedback_seen` message id → when; `feed` seq → JSON [`Change`].
 
@@ -41,7 +40,6 @@ const BLOB_CHUNKS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("b
 const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_v2");
 const HELD: TableDefinition<u128, ()> = TableDefinition::new("held");
 const DEAD: TableDefinition<(u64, u128), ()> = TableDefinition::new("dead_v2");
-const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
 const SUPPRESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
     TableDefinition::new("suppression_list");
 const PROVIDER_IDS: TableDefinition<&str, u128> = TableDefinition::new("provider_ids_v2");

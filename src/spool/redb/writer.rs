@@ -28,8 +28,8 @@ mod ledger;
 mod queue;
 
 use super::{
-    decode, encode, Usage, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, FINISHED, HELD, OLD_QUEUE,
-    PROVIDER_IDS, QUEUE, RECORDS, SUPPRESSIONS,
+    decode, encode, Usage, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, HELD, OLD_QUEUE, PROVIDER_IDS,
+    QUEUE, RECORDS, SUPPRESSIONS,
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
 use crate::spool::{Action, Change, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions};
@@ -150,7 +150,6 @@ pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
         txn.open_table(QUEUE).map_err(SpoolError::storage)?;
         txn.open_table(HELD).map_err(SpoolError::storage)?;
         txn.open_table(DEAD).map_err(SpoolError::storage)?;
-        txn.open_table(FINISHED).map_err(SpoolError::storage)?;
         txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
         txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
         txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
@@ -501,7 +500,7 @@ impl Writer {
         value.map(|v| decode(v.value())).transpose()
     }
 
-    /// Writes the record, its retention index entry, and notes it for the change feed.
+    /// Writes the record and notes it for the change feed.
     fn store(
         &mut self,
         txn: &WriteTransaction,
@@ -524,11 +523,6 @@ impl Writer {
         records
             .insert(id.0, encode(record).as_slice())
             .map_err(table_err)?;
-        if let Some(at) = record.finished_ms {
-            // Older entries for the same id stay; purge checks each against the record.
-            let mut finished = txn.open_table(FINISHED).map_err(table_err)?;
-            finished.insert((at, id.0), ()).map_err(table_err)?;
-        }
         Ok(())
     }
 

@@ -8,9 +8,7 @@ use crate::domain::{
     FeedbackApplied, FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Suppression,
     ALL_ACCOUNTS, ALL_CLASSES,
 };
-use crate::spool::redb::{
-    DEAD, FEED, FEEDBACK_SEEN, FINISHED, PROVIDER_IDS, RECORDS, SUPPRESSIONS,
-};
+use crate::spool::redb::{decode, DEAD, FEED, FEEDBACK_SEEN, PROVIDER_IDS, RECORDS, SUPPRESSIONS};
 use crate::spool::{Change, Purged, SpoolError, CHANGE_FEED_RETENTION_MS, FEEDBACK_DEDUPE_MS};
 
 impl Writer {
@@ -52,17 +50,26 @@ impl Writer {
                 _ => {}
             }
         }
-        // Finished records past retention; index entries the record has moved on from go.
+        // Finished records past retention. A record cannot have finished before it was made,
+        // and ids sort by when they were made: only ids older than the cutoff are candidates
+        // (each pass reads what crossed the cutoff since the last one, and the few old records
+        // still queued, held, dead or recently finished).
         let cutoff = now.saturating_sub(self.options.retention_ms);
-        for (at, id) in take_older(txn, FINISHED, cutoff)? {
-            match self.load(txn, QueueId(id))? {
-                Some(record) if record.state.is_finished() && record.finished_ms == Some(at) => {
-                    self.forget(txn, &record)?;
-                    purged.finished += 1;
+        let made_before = u128::from(cutoff) << QueueId::RANDOM_BITS;
+        let mut due = Vec::new();
+        {
+            let records = txn.open_table(RECORDS).map_err(table_err)?;
+            for entry in records.range(..made_before).map_err(table_err)? {
+                let record = decode(entry.map_err(table_err)?.1.value())?;
+                if record.state.is_finished() && record.finished_ms.is_some_and(|f| f < cutoff) {
+                    due.push(record);
                 }
-                _ => {}
             }
         }
+        for record in &due {
+            self.forget(txn, record)?;
+        }
+        purged.finished = due.len() as u64;
         let mut suppressions = txn.open_table(SUPPRESSIONS).map_err(table_err)?;
         let before = suppressions.len().map_err(table_err)?;
         suppressions
