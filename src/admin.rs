@@ -172,18 +172,6 @@ fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
         .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
 }
 
-/// Records in `state`: queued, held and dead ones through the queue's indexes, finished ones
-/// from the ledger (what retention keeps).
-async fn in_state(spool: &Spool, state: State) -> Result<Vec<SubmissionRecord>, SpoolError> {
-    match Listing::for_state(state) {
-        Some(which) => {
-            let ids = spool.queue.list(which, MAX_LISTED).await?;
-            spool.ledger.get_many(ids).await
-        }
-        None => spool.ledger.in_state(state, MAX_LISTED).await,
-    }
-}
-
 async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
     let (queue, ledger) = (&spool.queue, &spool.ledger);
     let mut response = Response::default();
@@ -194,7 +182,8 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             recipient,
         } => {
             let recipient = recipient.map(|r| r.to_lowercase());
-            response.records = in_state(spool, state.unwrap_or(State::Queued))
+            response.records = ledger
+                .in_state(state.unwrap_or(State::Queued), MAX_LISTED)
                 .await?
                 .into_iter()
                 .filter(|r| {
@@ -231,7 +220,7 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             queue.act(parse_id(&id)?, Action::Delete).await?;
             response.changed = 1;
         }
-        Request::DlqList => response.records = in_state(spool, State::Dead).await?,
+        Request::DlqList => response.records = ledger.in_state(State::Dead, MAX_LISTED).await?,
         Request::DlqRedrive { id, all } => {
             for id in targets(spool, id, all, Listing::Dead).await? {
                 queue.act(id, Action::Redrive).await?;

@@ -228,7 +228,8 @@ pub trait Ledger: Send + Sync {
     fn get(&self, id: QueueId) -> Fut<'_, Option<SubmissionRecord>>;
     /// Records of the ids given, those that exist, in order.
     fn get_many(&self, ids: Vec<QueueId>) -> Fut<'_, Vec<SubmissionRecord>>;
-    /// Records in `state` (the finished ones within retention), oldest first, at most `limit`.
+    /// Records in `state`, oldest first, at most `limit`: queued, held and dead ones from the
+    /// queue's own indexes, finished ones from what retention keeps.
     fn in_state(&self, state: State, limit: usize) -> Fut<'_, Vec<SubmissionRecord>>;
     /// The submission an SES message id belongs to.
     fn by_provider_id<'a>(&'a self, provider_id: &'a str) -> Fut<'a, Option<QueueId>>;
