@@ -198,6 +198,48 @@ pub struct SpoolConfig {
     /// its record, per-recipient outcomes and SES message id — before it is purged. Feedback
     /// arriving later matches nothing (SES reports within days; complaints can take longer).
     pub retention_days: u64,
+    /// Where the queue, the message bytes and the submission records live: `redb` (one
+    /// machine, the embedded default) or `aws` (SQS + S3 + DynamoDB, shared by many nodes).
+    pub backend: SpoolBackend,
+    /// The AWS resources of `backend = "aws"` (`outbox aws init` creates them).
+    pub aws: Option<AwsSpoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolBackend {
+    #[default]
+    Redb,
+    Aws,
+}
+
+/// The shared spool on AWS: names, not ARNs; region and endpoint come from the standard AWS
+/// chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, …) unless `region` is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSpoolConfig {
+    pub region: Option<String>,
+    /// SQS standard queue of due messages.
+    pub queue: String,
+    /// Its dead-letter queue (the redrive policy's target).
+    pub dead_letter_queue: String,
+    /// S3 bucket of message bytes, under `prefix`.
+    pub bucket: String,
+    #[serde(default = "default_spool_prefix")]
+    pub prefix: String,
+    /// DynamoDB table of submission records, suppressions and feedback ids.
+    pub table: String,
+    /// Seconds an AWS call may take before it counts as failed.
+    #[serde(default = "default_aws_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_spool_prefix() -> String {
+    "spool/".into()
+}
+
+fn default_aws_timeout() -> u64 {
+    20
 }
 
 impl Default for SpoolConfig {
@@ -213,6 +255,8 @@ impl Default for SpoolConfig {
             retry_max_secs: 3600,
             dead_letter_retention_days: 14,
             retention_days: 30,
+            backend: SpoolBackend::Redb,
+            aws: None,
         }
     }
 }
@@ -650,6 +694,18 @@ impl Config {
             problem!(
                 "spool: retention_days must be at least 1 (finished records are kept that long)"
             );
+        }
+        match (self.spool.backend, &self.spool.aws) {
+            (SpoolBackend::Aws, None) => {
+                problem!("spool: backend = \"aws\" needs a [spool.aws] section (queue, dead_letter_queue, bucket, table)")
+            }
+            (SpoolBackend::Redb, Some(_)) => {
+                problem!("spool.aws: given, but backend is \"redb\" (set backend = \"aws\")")
+            }
+            _ => {}
+        }
+        if self.spool.backend == SpoolBackend::Aws && self.spool.visibility_timeout_secs > 43_200 {
+            problem!("spool: visibility_timeout_secs is at most 43200 (12 h) with SQS");
         }
         if matches!(self.sender.transport, TransportConfig::Ses(_))
             && smtp.max_recipients > crate::transport::ses::MAX_DESTINATIONS

@@ -17,6 +17,7 @@
 //! ([`crate::server`]) picks the backend.
 
 pub mod redb;
+pub(crate) mod rules;
 
 #[cfg(test)]
 pub(crate) mod contract;

@@ -5,10 +5,10 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{table_err, Writer};
 use crate::domain::{
-    FeedbackApplied, FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Suppression,
-    ALL_ACCOUNTS, ALL_CLASSES,
+    FeedbackApplied, FeedbackEvent, QueueId, State, SubmissionRecord, Suppression,
 };
 use crate::spool::redb::{decode, DEAD, FEED, FEEDBACK_SEEN, PROVIDER_IDS, RECORDS, SUPPRESSIONS};
+use crate::spool::rules::{self, Target};
 use crate::spool::{Change, Purged, SpoolError, CHANGE_FEED_RETENTION_MS, FEEDBACK_DEDUPE_MS};
 
 impl Writer {
@@ -123,74 +123,24 @@ impl Writer {
             }
         }
         for event in events {
-            let id = match event.submission_id {
-                Some(id) => Some(id),
-                None => match &event.provider_id {
-                    Some(pid) => txn
-                        .open_table(PROVIDER_IDS)
-                        .map_err(table_err)?
-                        .get(pid.as_str())
-                        .map_err(table_err)?
-                        .map(|v| QueueId(v.value())),
-                    None => None,
-                },
+            let id = match rules::event_target(&event) {
+                Target::Id(id) => Some(id),
+                Target::ProviderId(pid) => txn
+                    .open_table(PROVIDER_IDS)
+                    .map_err(table_err)?
+                    .get(pid)
+                    .map_err(table_err)?
+                    .map(|v| QueueId(v.value())),
+                Target::None => None,
             };
             let record = match id {
                 Some(id) => self.load(txn, id)?,
                 None => None,
             };
-            // A tag can name a submission that is not ours (another Outbox sharing the
-            // configuration set): the provider id must then agree.
-            let record = record.filter(|r| match (&event.provider_id, &r.provider_id) {
-                (Some(event_pid), Some(ours)) => event_pid == ours,
-                _ => true,
-            });
-            let (account, class) = match &record {
-                Some(r) => (
-                    r.job.account_id.clone(),
-                    r.job.message_class.as_str().to_string(),
-                ),
-                None => (
-                    event
-                        .tag_account
-                        .clone()
-                        .unwrap_or_else(|| ALL_ACCOUNTS.into()),
-                    event
-                        .tag_class
-                        .clone()
-                        .unwrap_or_else(|| ALL_CLASSES.into()),
-                ),
-            };
-            let recipients: Vec<String> = if event.recipients.is_empty() {
-                record
-                    .as_ref()
-                    .map(|r| r.job.recipients.clone())
-                    .unwrap_or_default()
-            } else {
-                event.recipients.clone()
-            };
+            let record = record.filter(|r| rules::event_matches(&event, r));
+            let (account, class, recipients) = rules::event_scope(&event, record.as_ref());
             if let Some(mut record) = record {
-                let mut changed = false;
-                for rcpt in &recipients {
-                    changed |= record.report(
-                        rcpt,
-                        RecipientStatus {
-                            outcome: event.outcome,
-                            detail: event.detail.clone(),
-                            at_ms: event.at_ms,
-                        },
-                    );
-                }
-                if changed {
-                    let derived = record.derive_state();
-                    if derived != record.state {
-                        let detail = format!(
-                            "{} {}",
-                            event.outcome.as_str(),
-                            event.detail.as_deref().unwrap_or("")
-                        );
-                        record.transition(now, derived, Some(detail.trim_end().to_string()));
-                    }
+                if rules::apply_event(&mut record, &event, &recipients, now) {
                     self.store(txn, &record)?;
                 }
                 applied.matched.push(record.job.id);
