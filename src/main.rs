@@ -31,6 +31,12 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for the config.
     Passwd,
+    /// Create the AWS resources of `[spool] backend = "aws"` (SQS queue and dead-letter queue,
+    /// S3 bucket, DynamoDB table), or find them; safe to run again.
+    AwsInit {
+        #[arg(long, default_value = "config/outbox.toml")]
+        config: PathBuf,
+    },
     /// Load and validate a config file, then exit.
     CheckConfig {
         #[arg(long, default_value = "config/outbox.toml")]
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Passwd => passwd(),
+        Command::AwsInit { config } => aws_init(&config),
         Command::Sendmail { args } => return sendmail(args),
         Command::Queue {
             config,
@@ -293,6 +300,25 @@ fn submit_socket() -> PathBuf {
 }
 
 /// Prints every problem found, one per line, or "ok".
+fn aws_init(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let aws =
+        config.spool.aws.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("{}: no [spool.aws] section to create", path.display())
+        })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = runtime.block_on(outbox::spool::aws::init(
+        aws,
+        config.spool.visibility_timeout_secs,
+    ))?;
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn check_config(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     let problems = outbox::server::check(&config);

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::accounts::{Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, TransportConfig};
+use crate::config::{Config, SpoolBackend, TransportConfig};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::sender::dkim::DkimKeys;
@@ -76,12 +76,19 @@ pub async fn run(
     let directory = Live::new(Directory::from_config(&config.accounts)?);
     let tls_config = Live::new(tls::server_config(&config.tls)?);
     // The composition root is the one place that picks the storage backend.
-    let spool = crate::spool::redb::open(
-        &config.state_dir.join("spool"),
-        SpoolOptions::from(&config.spool),
-        clock.clone(),
-    )
-    .context("opening the spool")?;
+    let spool = match (config.spool.backend, &config.spool.aws) {
+        (SpoolBackend::Aws, Some(aws)) => {
+            crate::spool::aws::open(aws, SpoolOptions::from(&config.spool), clock.clone())
+                .await
+                .context("connecting to the AWS spool (SQS, S3, DynamoDB; see `outbox aws init`)")?
+        }
+        _ => crate::spool::redb::open(
+            &config.state_dir.join("spool"),
+            SpoolOptions::from(&config.spool),
+            clock.clone(),
+        )
+        .context("opening the spool")?,
+    };
     let submitter = Arc::new(Submitter::new(
         spool.clone(),
         config.hostname.clone(),
@@ -212,22 +219,35 @@ pub async fn run(
         )));
     }
     let router = axum::Router::new().merge(crate::feedback::service::router(feedback.clone()));
-    let router = router.merge(crate::jmap::router(crate::jmap::Jmap::new(
-        crate::jmap::Parts {
-            store: jmap_store,
-            spool: spool.clone(),
-            directory: directory.clone(),
-            passwords: ctx.passwords.clone(),
-            auth_throttle: ctx.auth_throttle.clone(),
-            submitter: ctx.submitter.clone(),
-            clock: clock.clone(),
-            max_message_size: config.smtp.max_message_size,
-            max_recipients: config.smtp.max_recipients,
-            max_hold_secs: config.smtp.max_hold_secs,
-            hostname: config.hostname.clone(),
-            stop: stop_rx.clone(),
-        },
-    )));
+    // JMAP keeps drafts, uploads and its states in a store of this node, and follows the
+    // spool's change feed, which the AWS backend does not keep yet: JMAP is not served there
+    // rather than served half-shared.
+    let jmap_here = config.spool.backend == SpoolBackend::Redb;
+    if !jmap_here {
+        tracing::warn!(
+            "JMAP is not served with the aws spool backend yet (SMTP, sendmail and /sns are)"
+        );
+    }
+    let router = if !jmap_here {
+        router
+    } else {
+        router.merge(crate::jmap::router(crate::jmap::Jmap::new(
+            crate::jmap::Parts {
+                store: jmap_store,
+                spool: spool.clone(),
+                directory: directory.clone(),
+                passwords: ctx.passwords.clone(),
+                auth_throttle: ctx.auth_throttle.clone(),
+                submitter: ctx.submitter.clone(),
+                clock: clock.clone(),
+                max_message_size: config.smtp.max_message_size,
+                max_recipients: config.smtp.max_recipients,
+                max_hold_secs: config.smtp.max_hold_secs,
+                hostname: config.hostname.clone(),
+                stop: stop_rx.clone(),
+            },
+        )))
+    };
     let (https, https_tasks) =
         crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
     tasks.extend(https_tasks);

@@ -16,11 +16,13 @@
 //! transaction, see [`redb`]). Consumers hold only the seams they use; the composition root
 //! ([`crate::server`]) picks the backend.
 
+#[cfg(test)]
+#[macro_use]
+pub(crate) mod contract;
+
+pub mod aws;
 pub mod redb;
 pub(crate) mod rules;
-
-#[cfg(test)]
-pub(crate) mod contract;
 
 use std::future::Future;
 use std::pin::Pin;
