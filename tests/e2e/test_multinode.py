@@ -1,0 +1,209 @@
+"""Several Outbox nodes sharing one spool on AWS (SQS + S3 + DynamoDB, here moto_server):
+load spread over three `outbox serve` processes, one killed with SIGKILL mid-load and started
+again; every message that got 250 is delivered (lost = 0; duplicates counted and reported).
+The queue, suppressions and feedback are shared: `queue list` on one node shows mail queued at
+another, and a bounce that arrives at one node refuses the recipient at another."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import smtplib
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    PASSWORDS, Server, apply_overrides, cli, default_config, make_message, queue_id_of, ses_env,
+    wait_record,
+)
+from snsfake import TOPIC, CERT_NAME, CertServer, Signer
+from test_feedback import ses_event
+
+NODES = 3
+SENDERS_PER_NODE = 3
+KILL_AFTER_ACKS = 60
+TOTAL_ACKS = 150
+
+
+def aws_spool(name: str) -> dict:
+    return {
+        "region": "us-east-1",
+        "queue": f"{name}-queue",
+        "dead_letter_queue": f"{name}-dlq",
+        "bucket": name,
+        "table": name,
+    }
+
+
+@pytest.fixture
+def cluster(start_server, moto, tmp_path, outbox_bin, password_hashes):
+    """Three nodes on one AWS spool, each with its own state folder and mail folder, all
+    trusting the test's SNS stand-in."""
+    name = f"mn{uuid.uuid4().hex[:10]}"
+    signer = Signer()
+    certs = CertServer(tmp_path / "sns", {CERT_NAME: signer.cert_pem})
+    overrides = {
+        "spool.backend": "aws",
+        "spool.aws": aws_spool(name),
+        # Short leases: what a killed node held is taken by another node soon.
+        "spool.visibility_timeout_secs": 5,
+        "spool.retry_base_secs": 1,
+        "spool.retry_max_secs": 2,
+        "feedback.topics": [TOPIC],
+        "feedback.test_trust_override": certs.config(),
+    }
+    env = {**ses_env(moto.url), "OUTBOX_ALLOW_TEST_TRUST_OVERRIDE": "yes"}
+    # The shared resources exist before any node starts: `outbox aws-init` with the nodes'
+    # own config.
+    config = apply_overrides(default_config(password_hashes), overrides)
+    init_config = Server(outbox_bin, tmp_path / "init", config).config_path
+    init = subprocess.run(
+        [str(outbox_bin), "aws-init", "--config", str(init_config)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )
+    assert init.returncode == 0, init.stderr
+    assert "queue" in init.stdout and "table" in init.stdout, init.stdout
+    nodes = [start_server(overrides, name=f"node{n}-", env=env) for n in range(NODES)]
+    yield nodes, signer
+    certs.stop()
+
+
+def delivered_everywhere(nodes) -> set[str]:
+    out: set[str] = set()
+    for node in nodes:
+        out |= node.delivered_ids()
+    return out
+
+
+def sends_logged(nodes) -> list[str]:
+    """Queue ids of every "message sent" log line of every node (all runs)."""
+    ids = []
+    for node in nodes:
+        text = node.log_path.read_text(errors="replace")
+        ids += re.findall(r"message sent id=([0-9A-HJKMNP-TV-Z]{26})", text)
+    return ids
+
+
+@pytest.mark.timeout(300)
+def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
+    nodes, _ = cluster
+    acked: list[str] = []
+    lock = threading.Lock()
+    kill_now = threading.Event()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def sender(node, n: int):
+        i = 0
+        while not stop.is_set():
+            try:
+                s = smtplib.SMTP_SSL("127.0.0.1", node.tls_port, context=node.tls_context(), timeout=30)
+                s.login("alice", PASSWORDS["alice"])
+                while not stop.is_set():
+                    i += 1
+                    rcpt = f"n{n}@example.net"
+                    s.mail("alice@example.com")
+                    s.rcpt(rcpt)
+                    code, resp = s.data(make_message(f"multi {n}/{i}", to=rcpt))
+                    if code != 250:
+                        errors.append(f"sender {n}: {code} {resp!r}")
+                        return
+                    with lock:
+                        acked.append(queue_id_of(resp))
+                        if len(acked) >= KILL_AFTER_ACKS:
+                            kill_now.set()
+                        if len(acked) >= TOTAL_ACKS:
+                            stop.set()
+                s.close()
+            except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
+                # Expected from the killed node's sessions.
+                if not node.alive() or stop.is_set():
+                    return
+                errors.append(f"sender {n}: {type(e).__name__}: {e}")
+                return
+
+    threads = [
+        threading.Thread(target=sender, args=(node, k * NODES + j), daemon=True)
+        for j, node in enumerate(nodes)
+        for k in range(SENDERS_PER_NODE)
+    ]
+    for t in threads:
+        t.start()
+    assert kill_now.wait(120), f"{len(acked)} acks; errors={errors}\n{nodes[1].log_tail()}"
+    victim = nodes[1]
+    victim.kill()
+    assert stop.wait(180), f"{len(acked)} acks after the kill; errors={errors}"
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    with lock:
+        got = list(acked)
+    assert len(set(got)) == len(got), "a queue id was handed out twice"
+    # The killed node comes back later; meanwhile the others already sent what it held.
+    victim.start()
+    deadline = time.monotonic() + 120
+    while set(got) - delivered_everywhere(nodes):
+        assert time.monotonic() < deadline, (
+            f"lost: {sorted(set(got) - delivered_everywhere(nodes))}\n{nodes[0].log_tail()}"
+        )
+        time.sleep(0.2)
+    sent = sends_logged(nodes)
+    duplicates = len(sent) - len(set(sent))
+    assert set(sent) >= set(got) - nodes[1].delivered_ids(), "the log names every send"
+    per_node = [len(n.delivered_ids()) for n in nodes]
+    print(f"acked={len(got)} lost=0 duplicates={duplicates} delivered per node={per_node}")
+    # Every node sent some of the load: the queue is shared.
+    assert sum(1 for c in per_node if c > 0) >= 2, per_node
+
+
+def test_queue_suppressions_and_feedback_are_shared(cluster):
+    (a, b, c), signer = cluster
+    # Mail queued at A for later is listed by B.
+    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
+        client.starttls(context=a.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com", options=["HOLDFOR=3600"])
+        client.rcpt("later@example.net")
+        code, reply = client.data(make_message("later", to="later@example.net"))
+        assert code == 250, reply
+    later = queue_id_of(reply)
+    listed = json.loads(cli(b, "queue", "list", "--json").stdout)
+    ids = [r["id"] for r in (listed if isinstance(listed, list) else listed.get("records", listed.get("messages", [])))]
+    assert later in ids, listed
+
+    # A message sent through A; SES's bounce for it arrives at C.
+    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
+        client.starttls(context=a.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com")
+        client.rcpt("gone@example.net")
+        code, reply = client.data(make_message("bulk", to="gone@example.net", extra_headers="X-Outbox-Class: bulk\r\n"))
+        assert code == 250, reply
+    qid = queue_id_of(reply)
+    rec = wait_record(b, qid, lambda r: r["state"] == "sent")
+    import requests
+
+    host, port = c.https[0]
+    message = signer.notification(ses_event("Bounce", rec, "gone@example.net"))
+    resp = requests.post(
+        f"https://{host}:{port}/sns", data=json.dumps(message),
+        headers={"Content-Type": "text/plain; charset=UTF-8"}, verify=c.ca, timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    # B sees the outcome, A refuses the suppressed recipient for that class.
+    assert wait_record(b, qid, lambda r: r["state"] == "bounced")["state"] == "bounced"
+    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
+        client.starttls(context=a.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com")
+        client.rcpt("gone@example.net")
+        code, reply = client.data(make_message("again", to="gone@example.net", extra_headers="X-Outbox-Class: bulk\r\n"))
+    assert code >= 500, (code, reply)
+    assert b"suppress" in reply.lower(), reply
