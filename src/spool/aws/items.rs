@@ -213,11 +213,12 @@ impl AwsSpool {
     pub(super) async fn mutate<T: Clone>(
         &self,
         id: QueueId,
+        announce: bool,
         mut decide: impl FnMut(Option<SubmissionRecord>) -> Result<Change<T>, SpoolError>,
     ) -> Result<T, SpoolError> {
         let op = self.random().await;
         let mut written: Option<T> = None;
-        for _ in 0..MAX_RACES {
+        for attempt in 0..MAX_RACES {
             let loaded = self.load(id).await?;
             if let (Some(done), Some((_, _, last_op))) = (&written, &loaded) {
                 if *last_op == op {
@@ -229,27 +230,75 @@ impl AwsSpool {
                 Change::Keep(answer) => return Ok(answer),
                 Change::Write(record, answer) => (record, answer),
             };
-            let mut put = self
-                .ddb
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(record_item(&record, ver + 1, op, &self.options)));
-            put = if ver == 0 {
-                put.condition_expression("attribute_not_exists(pk)")
+            let item = record_item(&record, ver + 1, op, &self.options);
+            let condition = if ver == 0 {
+                ("attribute_not_exists(pk)", None)
             } else {
-                put.condition_expression("ver = :v")
-                    .expression_attribute_values(":v", n(ver))
+                ("ver = :v", Some(n(ver)))
             };
-            match put.send().await {
-                Ok(_) => return Ok(answer),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                {
-                    written = Some(answer);
+            let announced = announce
+                .then(|| super::feed::announcement(&record, false, self.clock.now_ms()))
+                .flatten();
+            let done = match announced {
+                // A JMAP submission: the record and its feed entry in one transaction.
+                Some(change) => {
+                    let head = self.feed_head().await?;
+                    let mut put = aws_sdk_dynamodb::types::Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression(condition.0);
+                    if let Some(v) = condition.1 {
+                        put = put.expression_attribute_values(":v", v);
+                    }
+                    let mut writes = vec![aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                        .put(put.build().map_err(SpoolError::storage)?)
+                        .build()];
+                    writes.extend(self.feed_writes(head, vec![change])?);
+                    match self
+                        .ddb
+                        .transact_write_items()
+                        .set_transact_items(Some(writes))
+                        // Idempotent if the SDK repeats the call.
+                        .client_request_token(format!("{op:016x}-{attempt}"))
+                        .send()
+                        .await
+                    {
+                        Ok(_) => true,
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|s| s.is_transaction_canceled_exception()) =>
+                        {
+                            false
+                        }
+                        Err(e) => return Err(super::aws_error("DynamoDB TransactWriteItems", e)),
+                    }
                 }
-                Err(e) => return Err(super::aws_error("DynamoDB PutItem", e)),
+                None => {
+                    let mut put = self
+                        .ddb
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression(condition.0);
+                    if let Some(v) = condition.1 {
+                        put = put.expression_attribute_values(":v", v);
+                    }
+                    match put.send().await {
+                        Ok(_) => true,
+                        Err(e)
+                            if e.as_service_error()
+                                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                        {
+                            false
+                        }
+                        Err(e) => return Err(super::aws_error("DynamoDB PutItem", e)),
+                    }
+                }
+            };
+            if done {
+                return Ok(answer);
             }
+            written = Some(answer);
         }
         Err(SpoolError::Storage(format!(
             "record {id}: too many concurrent writers"

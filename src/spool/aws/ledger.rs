@@ -91,11 +91,44 @@ impl AwsSpool {
     async fn forget(&self, record: &SubmissionRecord, ver: u64) -> Result<bool, SpoolError> {
         let id = record.job.id;
         let values = HashMap::from([(":v".to_string(), items::n(ver))]);
-        if !self
-            .delete_item(record_key(id), Some(("ver = :v", values)))
-            .await?
-        {
-            return Ok(false);
+        match super::feed::announcement(record, true, self.clock.now_ms()) {
+            None => {
+                if !self
+                    .delete_item(record_key(id), Some(("ver = :v", values)))
+                    .await?
+                {
+                    return Ok(false);
+                }
+            }
+            // A JMAP submission: its removal is announced (JMAP forgets it too).
+            Some(change) => {
+                let delete = aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(record_key(id)))
+                    .condition_expression("ver = :v")
+                    .set_expression_attribute_values(Some(values))
+                    .build()
+                    .map_err(SpoolError::storage)?;
+                let mut writes = vec![TransactWriteItem::builder().delete(delete).build()];
+                writes.extend(self.feed_writes(self.feed_head().await?, vec![change])?);
+                let done = self
+                    .ddb
+                    .transact_write_items()
+                    .set_transact_items(Some(writes))
+                    .send()
+                    .await;
+                match done {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_transaction_canceled_exception()) =>
+                    {
+                        // Changed meanwhile (or a concurrent feed write): the next pass.
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(aws_error("DynamoDB TransactWriteItems", e)),
+                }
+            }
         }
         if let Some(pid) = record.provider_id.as_deref().filter(|p| !p.is_empty()) {
             let values = HashMap::from([(":id".to_string(), items::s(id.to_string()))]);
@@ -203,13 +236,19 @@ impl AwsSpool {
             )?);
         }
         let op = self.random().await;
+        let mut announced = Vec::new();
         for (record, ver, changed) in records.values() {
             if *changed {
                 writes.push(put(
                     record_item(record, ver + 1, op, &self.options),
                     Some(("ver = :v", Some((":v", items::n(*ver))))),
                 )?);
+                announced.extend(super::feed::announcement(record, false, now));
             }
+        }
+        if !announced.is_empty() {
+            let head = self.feed_head().await?;
+            writes.extend(self.feed_writes(head, announced)?);
         }
         for entry in &suppressions {
             writes.push(put(suppression_item(entry), None)?);
@@ -416,23 +455,17 @@ impl Ledger for AwsSpool {
         })
     }
 
-    /// The change feed is not kept on this backend yet: nothing to follow.
-    fn changes(&self, cursor: u64, _max: usize) -> Fut<'_, Changes> {
-        Box::pin(async move {
-            Ok(Changes {
-                changes: Vec::new(),
-                next: cursor,
-                truncated: false,
-            })
-        })
+    /// JMAP submissions' changes (see [`super::feed`]).
+    fn changes(&self, cursor: u64, max: usize) -> Fut<'_, Changes> {
+        Box::pin(self.feed_page(cursor, max))
     }
 
     fn wait_for_changes(
         &self,
-        _cursor: u64,
+        cursor: u64,
         wait: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(tokio::time::sleep(wait))
+        Box::pin(self.feed_wait(cursor, wait))
     }
 
     fn purge(&self) -> Fut<'_, Purged> {
@@ -500,6 +533,7 @@ impl Ledger for AwsSpool {
                     purged.suppressions += 1;
                 }
             }
+            purged.changes = self.feed_purge(now).await?;
             Ok(purged)
         })
     }

@@ -82,7 +82,7 @@ impl AwsSpool {
         let token = self.random().await;
         let visibility = self.options.visibility_timeout_ms;
         let claim = self
-            .mutate(id, |record| {
+            .mutate(id, false, |record| {
                 let Some(mut record) = record else {
                     return Ok(Change::Keep(Err(Claim::Gone)));
                 };
@@ -175,7 +175,7 @@ impl Queue for AwsSpool {
             let now = self.clock.now_ms();
             let due = record.due_ms.unwrap_or(now);
             let created = record.clone();
-            self.mutate(id, |existing| match existing {
+            self.mutate(id, true, |existing| match existing {
                 Some(_) => Err(SpoolError::Storage(format!("{id} is queued already"))),
                 None => Ok(Change::Write(created.clone(), ())),
             })
@@ -186,7 +186,7 @@ impl Queue for AwsSpool {
                 // operator sees as queued; nothing was promised to the client.)
                 let reason = "not accepted: the queue was unreachable".to_string();
                 let _ = self
-                    .mutate(id, |r| {
+                    .mutate(id, true, |r| {
                         Ok(match r {
                             Some(mut r) if r.state == State::Queued => {
                                 r.due_ms = None;
@@ -255,7 +255,7 @@ impl Queue for AwsSpool {
             let (token, receipt) = parse_token(&lease.token).ok_or(SpoolError::LeaseLost(id))?;
             let now = self.clock.now_ms();
             let deadline = self
-                .mutate(id, |record| {
+                .mutate(id, false, |record| {
                     let mut record = record.ok_or(SpoolError::NotFound(id))?;
                     let deadline = rules::extend(&mut record, token, now, visibility_ms)?;
                     Ok(Change::Write(record, deadline))
@@ -285,7 +285,7 @@ impl Queue for AwsSpool {
                 }
             }
             let (settled, before, after) = self
-                .mutate(id, |record| {
+                .mutate(id, true, |record| {
                     let mut record = record.ok_or(SpoolError::NotFound(id))?;
                     let before = record.clone();
                     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
@@ -332,7 +332,7 @@ impl Queue for AwsSpool {
         Box::pin(async move {
             let now = self.clock.now_ms();
             let (before, after) = self
-                .mutate(id, |record| {
+                .mutate(id, true, |record| {
                     let mut record = record.ok_or(SpoolError::NotFound(id))?;
                     let before = record.clone();
                     Ok(if rules::act(&mut record, now, action.clone())? {
@@ -458,7 +458,7 @@ impl AwsSpool {
                         super::setup::MAX_RECEIVE_COUNT
                     );
                     let changed = self
-                        .mutate(id, |record| {
+                        .mutate(id, true, |record| {
                             Ok(match record {
                                 Some(mut r) if rules::claim_of(&r, now) != Claim::Gone => {
                                     r.due_ms = None;

@@ -140,6 +140,10 @@ impl Backend for Aws {
         false
     }
 
+    fn announces_all(&self) -> bool {
+        false
+    }
+
     /// Real time for SQS too: what is due by the clock is visible in SQS after the same time
     /// (SQS counts whole seconds, hence the extra second).
     fn elapse<'a>(
@@ -172,5 +176,6 @@ mod contract {
         feedback_that_overtakes_the_send_applies_when_it_is_recorded,
         retention_purges_exactly_what_is_due,
         dead_letters_are_purged_after_their_retention,
+        the_change_feed_resumes_from_a_cursor,
     );
 }
