@@ -21,7 +21,7 @@ import pytest
 
 from conftest import (
     PASSWORDS, Server, apply_overrides, cli, default_config, make_message, queue_id_of, ses_env,
-    wait_record,
+    wait_for_log, wait_record,
 )
 from snsfake import TOPIC, CERT_NAME, CertServer, Signer
 from test_feedback import ses_event
@@ -97,6 +97,7 @@ def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
     acked: list[str] = []
     lock = threading.Lock()
     kill_now = threading.Event()
+    killing = threading.Event()
     stop = threading.Event()
     errors: list[str] = []
 
@@ -124,7 +125,7 @@ def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
                 s.close()
             except (smtplib.SMTPException, OSError, ssl.SSLError) as e:
                 # Expected from the killed node's sessions.
-                if not node.alive() or stop.is_set():
+                if killing.is_set() and node is nodes[1] or stop.is_set():
                     return
                 errors.append(f"sender {n}: {type(e).__name__}: {e}")
                 return
@@ -138,6 +139,7 @@ def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
         t.start()
     assert kill_now.wait(120), f"{len(acked)} acks; errors={errors}\n{nodes[1].log_tail()}"
     victim = nodes[1]
+    killing.set()  # first, so its senders read the coming connection errors as expected
     victim.kill()
     assert stop.wait(180), f"{len(acked)} acks after the kill; errors={errors}"
     for t in threads:
@@ -207,3 +209,66 @@ def test_queue_suppressions_and_feedback_are_shared(cluster):
         code, reply = client.data(make_message("again", to="gone@example.net", extra_headers="X-Outbox-Class: bulk\r\n"))
     assert code >= 500, (code, reply)
     assert b"suppress" in reply.lower(), reply
+
+
+def test_aws_unreachable_answers_451_keeps_nothing_and_spends_no_attempts(
+    start_server, moto, tmp_path, outbox_bin, password_hashes
+):
+    """While AWS does not answer (here: every call through a proxy whose upstream is gone,
+    502), DATA gets 451 4.3.0 and nothing is stored; mail accepted before the outage is sent
+    once it is back, on its first attempt."""
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy(moto.url).start()
+    try:
+        name = f"out{uuid.uuid4().hex[:10]}"
+        # A short visibility timeout: a copy received while its claim could not be written is
+        # hidden for at most this long.
+        overrides = {
+            "spool.backend": "aws",
+            "spool.aws": aws_spool(name),
+            "spool.visibility_timeout_secs": 10,
+        }
+        env = ses_env(proxy.url)
+        config = apply_overrides(default_config(password_hashes), overrides)
+        init_config = Server(outbox_bin, tmp_path / "init", config).config_path
+        subprocess.run(
+            [str(outbox_bin), "aws-init", "--config", str(init_config)],
+            check=True, capture_output=True, timeout=120, env={**os.environ, **env},
+        )
+        node = start_server(overrides, env=env)
+
+        def submit(subject: str, options=()) -> tuple[int, bytes]:
+            with smtplib.SMTP("127.0.0.1", node.port, timeout=60) as client:
+                client.starttls(context=node.tls_context())
+                client.login("alice", PASSWORDS["alice"])
+                client.mail("alice@example.com", options=list(options))
+                client.rcpt("r@example.net")
+                return client.data(make_message(subject, to="r@example.net"))
+
+        code, reply = submit("before the outage", options=["HOLDFOR=3"])
+        assert code == 250, reply
+        held = queue_id_of(reply)
+        upstream = proxy.upstream_port
+        proxy.upstream_port = _closed_port()
+        try:
+            code, reply = submit("during the outage")
+            assert (code, reply[:5]) == (451, b"4.3.0"), (code, reply)
+            # The held message falls due during the outage (3 s): the sender meets it.
+            wait_for_log(node, "leasing from the spool failed", timeout=15)
+        finally:
+            proxy.upstream_port = upstream
+        node.wait_delivered([held], timeout=60)
+        assert len(node.delivered_ids()) == 1, "the refused message was not kept"
+        sent = re.findall(rf"message sent id={held}\b.*attempt=(\d+)", node.log_path.read_text())
+        assert sent == ["1"], sent
+    finally:
+        proxy.stop()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

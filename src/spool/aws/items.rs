@@ -23,8 +23,10 @@ use crate::spool::{rules, SpoolError, FEEDBACK_DEDUPE_MS};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
-/// Partitions of each listing (index write spread; a listing reads them all).
-pub(super) const SHARDS: u64 = 8;
+/// Partitions of each listing: every record write that changes state writes the index, and
+/// one index partition takes about 1,000 writes a second, so a state's listing is spread over
+/// this many (enough for ~30,000 state changes a second; a listing reads them all).
+pub(super) const SHARDS: u64 = 64;
 pub(super) const LISTING: &str = "listing";
 /// Mutations retried on a lost race before giving up.
 const MAX_RACES: usize = 20;

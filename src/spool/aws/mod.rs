@@ -152,8 +152,13 @@ impl AwsSpool {
         })
     }
 
+    /// `<prefix><two random characters>/<id>.eml`: ids begin with the time, and S3 scales
+    /// request rates per key prefix, so the prefix is taken from the id's random end (1,024
+    /// prefixes) rather than its time-ordered start.
     fn blob_key(&self, id: QueueId) -> String {
-        format!("{}{id}.eml", self.prefix)
+        let text = id.to_string();
+        let spread = &text[text.len() - 2..];
+        format!("{}{spread}/{text}.eml", self.prefix)
     }
 
     async fn random(&self) -> u64 {

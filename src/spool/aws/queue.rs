@@ -20,6 +20,10 @@ const MAX_VISIBILITY_SECS: u64 = 43_200;
 const MAX_WAIT_SECS: u64 = 20;
 /// SQS's largest receive batch.
 const MAX_BATCH: usize = 10;
+/// How long a received copy stays hidden before its record is claimed: short, so a claim that
+/// fails (DynamoDB unreachable) keeps the message out of sight for seconds, not a whole
+/// visibility timeout. A claimed copy is then hidden for the lease's full length.
+const CLAIM_WINDOW_SECS: u64 = 30;
 
 /// Whole seconds from `now` until `at_ms`, rounded up (SQS counts in seconds).
 fn secs_until(at_ms: u64, now: u64) -> u64 {
@@ -102,7 +106,14 @@ impl AwsSpool {
             })
             .await?;
         match claim {
-            Ok(lease) => Ok(Some(lease)),
+            Ok(lease) => {
+                // (If this fails, the copy shows up after the claim window and whoever gets
+                // it finds the lease in force and hides it again.)
+                if visibility.div_ceil(1000) > CLAIM_WINDOW_SECS {
+                    let _ = self.hide_copy(receipt, visibility.div_ceil(1000)).await;
+                }
+                Ok(Some(lease))
+            }
             Err(Claim::Gone) | Err(Claim::Free) => {
                 self.delete_copy(receipt).await;
                 Ok(None)
@@ -221,7 +232,7 @@ impl Queue for AwsSpool {
                         self.options
                             .visibility_timeout_ms
                             .div_ceil(1000)
-                            .min(MAX_VISIBILITY_SECS) as i32,
+                            .min(CLAIM_WINDOW_SECS) as i32,
                     )
                     .wait_time_seconds(left.as_secs().min(MAX_WAIT_SECS) as i32)
                     .send()
