@@ -107,10 +107,20 @@ pub async fn run(
     };
     // JMAP's own store (drafts, blobs, identity overrides); the sender reads signatures a
     // client set through Identity/set from it.
-    let jmap_store = Arc::new(
-        crate::jmap::Store::open(&config.state_dir.join("jmap.redb"))
+    let jmap_store = Arc::new(match (config.spool.backend, &config.spool.aws) {
+        // Shared by every node, beside the spool (drafts, uploads, states, tokens).
+        (SpoolBackend::Aws, Some(aws)) => {
+            let (_, s3, ddb) = crate::spool::aws::clients(aws).await;
+            crate::jmap::Store::shared(crate::jmap::store::aws::AwsStore::new(
+                ddb,
+                s3,
+                aws.table.clone(),
+                aws.bucket.clone(),
+            ))
+        }
+        _ => crate::jmap::Store::open(&config.state_dir.join("jmap.redb"))
             .context("opening the JMAP store")?,
-    );
+    });
     let mut sender = Sender::new(
         spool.clone(),
         transport,
@@ -219,35 +229,30 @@ pub async fn run(
         )));
     }
     let router = axum::Router::new().merge(crate::feedback::service::router(feedback.clone()));
-    // JMAP keeps drafts, uploads and its states in a store of this node, and follows the
-    // spool's change feed, which the AWS backend does not keep yet: JMAP is not served there
-    // rather than served half-shared.
-    let jmap_here = config.spool.backend == SpoolBackend::Redb;
-    if !jmap_here {
-        tracing::warn!(
-            "JMAP is not served with the aws spool backend yet (SMTP, sendmail and /sns are)"
-        );
+    // A shared JMAP store: this node's EventSource clients also hear of other nodes' changes.
+    if let Some(shared) = jmap_store.aws() {
+        workers.push(tokio::spawn(
+            shared
+                .clone()
+                .watch(jmap_store.push_sender(), stop_rx.clone()),
+        ));
     }
-    let router = if !jmap_here {
-        router
-    } else {
-        router.merge(crate::jmap::router(crate::jmap::Jmap::new(
-            crate::jmap::Parts {
-                store: jmap_store,
-                spool: spool.clone(),
-                directory: directory.clone(),
-                passwords: ctx.passwords.clone(),
-                auth_throttle: ctx.auth_throttle.clone(),
-                submitter: ctx.submitter.clone(),
-                clock: clock.clone(),
-                max_message_size: config.smtp.max_message_size,
-                max_recipients: config.smtp.max_recipients,
-                max_hold_secs: config.smtp.max_hold_secs,
-                hostname: config.hostname.clone(),
-                stop: stop_rx.clone(),
-            },
-        )))
-    };
+    let router = router.merge(crate::jmap::router(crate::jmap::Jmap::new(
+        crate::jmap::Parts {
+            store: jmap_store,
+            spool: spool.clone(),
+            directory: directory.clone(),
+            passwords: ctx.passwords.clone(),
+            auth_throttle: ctx.auth_throttle.clone(),
+            submitter: ctx.submitter.clone(),
+            clock: clock.clone(),
+            max_message_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            max_hold_secs: config.smtp.max_hold_secs,
+            hostname: config.hostname.clone(),
+            stop: stop_rx.clone(),
+        },
+    )));
     let (https, https_tasks) =
         crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
     tasks.extend(https_tasks);

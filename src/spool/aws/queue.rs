@@ -18,6 +18,8 @@ const MAX_DELAY_SECS: u64 = 900;
 const MAX_VISIBILITY_SECS: u64 = 43_200;
 /// SQS's longest long poll.
 const MAX_WAIT_SECS: u64 = 20;
+/// Receives in one poll that may bring only copies nobody can claim before it gives up.
+const MAX_STALE_ROUNDS: usize = 10;
 /// SQS's largest receive batch.
 const MAX_BATCH: usize = 10;
 /// How long a received copy stays hidden before its record is claimed: short, so a claim that
@@ -218,6 +220,7 @@ impl Queue for AwsSpool {
     fn lease(&self, max: usize, wait: Duration) -> Fut<'_, Vec<Lease>> {
         Box::pin(async move {
             let until = tokio::time::Instant::now() + wait;
+            let mut rounds = 0;
             loop {
                 let left = until.saturating_duration_since(tokio::time::Instant::now());
                 // Visibility and deadlines count from before the receive, so SQS never shows a
@@ -239,7 +242,9 @@ impl Queue for AwsSpool {
                     .await
                     .map_err(|e| aws_error("SQS ReceiveMessage", e))?;
                 let mut leases = Vec::new();
-                for message in out.messages.unwrap_or_default() {
+                let messages = out.messages.unwrap_or_default();
+                let received = !messages.is_empty();
+                for message in messages {
                     let (Some(body), Some(receipt)) = (message.body(), message.receipt_handle())
                     else {
                         continue;
@@ -253,7 +258,13 @@ impl Queue for AwsSpool {
                         leases.push(lease);
                     }
                 }
-                if !leases.is_empty() || tokio::time::Instant::now() >= until || left.is_zero() {
+                // Copies that were not claimable (stale, held, someone else's lease) do not
+                // end even a zero-wait poll: what is due behind them is looked for too.
+                let stale_only = received && rounds < MAX_STALE_ROUNDS;
+                rounds += 1;
+                if !leases.is_empty()
+                    || (!stale_only && (tokio::time::Instant::now() >= until || left.is_zero()))
+                {
                     return Ok(leases);
                 }
             }
