@@ -272,3 +272,36 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_jmap_client_on_one_node_sees_a_submission_made_on_another(cluster, monkeypatch):
+    """jmapc on node A creates a draft and submits it; a client of node B sees the same
+    Email and EmailSubmission, its deliveryStatus as SES feedback (the offline simulator)
+    arrives, and B's EventSource pushes the state changes."""
+    from test_jmap import Events, client, create_and_submit, draft, draft_and_identity, poll, submission
+    from jmapc.methods import EmailGet
+
+    (a, b, _), _ = cluster
+    sim = "simulator.amazonses.com"
+    on_a = client(a, monkeypatch)
+    drafts, identity = draft_and_identity(on_a)
+    events = Events(b)
+    try:
+        events.wait(lambda k, d: k == "state", "initial state from B")
+        email_id, sub_id = create_and_submit(
+            on_a, draft(drafts, identity, [f"success@{sim}", f"bounce@{sim}"], "across", "x"),
+            identity.id)
+        acct = on_a.account_id
+        events.wait(
+            lambda k, d: k == "state" and "EmailSubmission" in d["changed"].get(acct, {}),
+            "an EmailSubmission push on B for a submission made on A")
+    finally:
+        events.close()
+    on_b = client(b, monkeypatch)
+    assert on_b.account_id == acct
+    done = lambda s: (s.delivery_status[f"success@{sim}"].delivered.value == "yes"
+                      and s.delivery_status[f"bounce@{sim}"].delivered.value == "no")
+    s = poll(lambda: submission(on_b, sub_id), done, "B sees delivered yes / bounced no")
+    assert s.undo_status.value == "final"
+    [seen] = on_b.request(EmailGet(ids=[email_id], properties=["subject"])).data
+    assert seen.subject == "across"
