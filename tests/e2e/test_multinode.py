@@ -305,3 +305,25 @@ def test_jmap_client_on_one_node_sees_a_submission_made_on_another(cluster, monk
     assert s.undo_status.value == "final"
     [seen] = on_b.request(EmailGet(ids=[email_id], properties=["subject"])).data
     assert seen.subject == "across"
+
+
+def test_mail_arriving_during_a_long_poll_is_sent_at_once(cluster):
+    """Senders wait on SQS long polls; a message that arrives while they wait is due as it
+    arrives (it must not be taken for early and put back with a delay)."""
+    (a, _, _), _ = cluster
+    # Let every sender settle into a long poll (they wait up to 20 s each).
+    wait_for_log(a, "listening", timeout=10)
+    time.sleep(6)
+    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
+        client.starttls(context=a.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com")
+        client.rcpt("now@example.net")
+        code, reply = client.data(make_message("now", to="now@example.net"))
+    assert code == 250, reply
+    qid = queue_id_of(reply)
+    start = time.monotonic()
+    nodes = cluster[0]
+    while qid not in delivered_everywhere(nodes):
+        assert time.monotonic() - start < 4, "not sent within 4 s of its acceptance"
+        time.sleep(0.05)

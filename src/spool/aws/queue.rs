@@ -109,11 +109,11 @@ impl AwsSpool {
             .await?;
         match claim {
             Ok(lease) => {
-                // (If this fails, the copy shows up after the claim window and whoever gets
-                // it finds the lease in force and hides it again.)
-                if visibility.div_ceil(1000) > CLAIM_WINDOW_SECS {
-                    let _ = self.hide_copy(receipt, visibility.div_ceil(1000)).await;
-                }
+                // Hidden for the whole lease, counted from after the claim, so SQS does not
+                // show the copy again before the ledger's deadline. (If this fails, the copy
+                // shows up after the claim window and whoever gets it finds the lease in force
+                // and hides it again.)
+                let _ = self.hide_copy(receipt, visibility.div_ceil(1000)).await;
                 Ok(Some(lease))
             }
             Err(Claim::Gone) | Err(Claim::Free) => {
@@ -223,9 +223,6 @@ impl Queue for AwsSpool {
             let mut rounds = 0;
             loop {
                 let left = until.saturating_duration_since(tokio::time::Instant::now());
-                // Visibility and deadlines count from before the receive, so SQS never shows a
-                // copy again before the ledger's lease has run out.
-                let now = self.clock.now_ms();
                 let out = self
                     .sqs
                     .receive_message()
@@ -254,6 +251,9 @@ impl Queue for AwsSpool {
                         self.delete_copy(receipt).await;
                         continue;
                     };
+                    // The time the copy arrived (a long poll may have waited seconds): what
+                    // is due and the lease's deadline count from now.
+                    let now = self.clock.now_ms();
                     if let Some(lease) = self.claim(id, receipt, now).await? {
                         leases.push(lease);
                     }
