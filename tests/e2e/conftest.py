@@ -604,15 +604,15 @@ class Moto:
     """One moto_server process (AWS stand-in) and its /moto-api helpers."""
 
     def __init__(self, root: Path):
-        import shutil
         import sys
 
-        exe = Path(sys.executable).parent / "moto_server"
-        if not exe.exists():
-            found = shutil.which("moto_server")
-            if not found:
-                pytest.fail("moto_server not found: pip install -r tests/e2e/requirements.txt")
-            exe = Path(found)
+        # moto_server, with DynamoDB calls serialized (see moto_server.py: moto's transactions
+        # are not isolated from concurrent requests; DynamoDB's are).
+        try:
+            import moto.server  # noqa: F401
+        except ImportError:
+            pytest.fail("moto not installed: pip install -r tests/e2e/requirements.txt")
+        command = [sys.executable, str(Path(__file__).with_name("moto_server.py"))]
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.log_path = root / "moto.log"
@@ -621,7 +621,7 @@ class Moto:
         log = open(self.log_path, "ab")
         env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(root / "recording.jsonl")}
         self.proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            [*command, "-H", "127.0.0.1", "-p", str(self.port)],
             cwd=root,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -58,6 +58,7 @@ def cluster(start_server, moto, tmp_path, outbox_bin, password_hashes):
         "spool.retry_max_secs": 2,
         "feedback.topics": [TOPIC],
         "feedback.test_trust_override": certs.config(),
+        "log.level": "info,outbox::spool=debug",
     }
     env = {**ses_env(moto.url), "OUTBOX_ALLOW_TEST_TRUST_OVERRIDE": "yes"}
     # The shared resources exist before any node starts: `outbox aws-init` with the nodes'
@@ -92,7 +93,7 @@ def sends_logged(nodes) -> list[str]:
 
 
 @pytest.mark.timeout(300)
-def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
+def test_three_nodes_one_killed_mid_load_lose_nothing(cluster, monkeypatch):
     nodes, _ = cluster
     acked: list[str] = []
     lock = threading.Lock()
@@ -130,11 +131,32 @@ def test_three_nodes_one_killed_mid_load_lose_nothing(cluster):
                 errors.append(f"sender {n}: {type(e).__name__}: {e}")
                 return
 
+    def jmap_sender(node):
+        """JMAP clients submit too (jmapc: draft + EmailSubmission/set in one request)."""
+        from test_jmap import client, create_and_submit, draft, draft_and_identity
+
+        c = client(node, monkeypatch)
+        drafts, identity = draft_and_identity(c)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                _, sub_id = create_and_submit(
+                    c, draft(drafts, identity, ["j@example.net"], f"jmap {i}", "x"), identity.id)
+            except Exception as e:  # noqa: BLE001 - reported as a test error
+                if not stop.is_set():
+                    errors.append(f"jmap: {type(e).__name__}: {e}")
+                return
+            with lock:
+                acked.append(sub_id)
+
     threads = [
         threading.Thread(target=sender, args=(node, k * NODES + j), daemon=True)
         for j, node in enumerate(nodes)
         for k in range(SENDERS_PER_NODE)
     ]
+    # (REQUESTS_CA_BUNDLE is one per process: one JMAP client, on a node that stays up.)
+    threads.append(threading.Thread(target=jmap_sender, args=(nodes[2],), daemon=True))
     for t in threads:
         t.start()
     assert kill_now.wait(120), f"{len(acked)} acks; errors={errors}\n{nodes[1].log_tail()}"

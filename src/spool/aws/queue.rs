@@ -107,6 +107,7 @@ impl AwsSpool {
                 }
             })
             .await?;
+        tracing::debug!(%id, claim = ?claim.as_ref().map(|l| l.attempt), "copy received");
         match claim {
             Ok(lease) => {
                 // Hidden for the whole lease, counted from after the claim, so SQS does not

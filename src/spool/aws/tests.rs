@@ -23,16 +23,19 @@ struct Moto {
     endpoint: String,
 }
 
-/// `MOTO_SERVER`, else the e2e suite's `.venv` (which `./scripts/test` makes), else `PATH`.
-fn moto_exe() -> PathBuf {
+/// `MOTO_SERVER`, else moto from the e2e suite's `.venv` (which `./scripts/test` makes) with
+/// DynamoDB calls serialized (`tests/e2e/moto_server.py` says why), else `moto_server` on
+/// `PATH`.
+fn moto_command() -> Vec<PathBuf> {
     if let Some(exe) = std::env::var_os("MOTO_SERVER") {
-        return exe.into();
+        return vec![exe.into()];
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
-    if venv.exists() {
-        return venv;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = repo.join(".venv/bin/python");
+    if python.exists() {
+        return vec![python, repo.join("tests/e2e/moto_server.py")];
     }
-    "moto_server".into()
+    vec!["moto_server".into()]
 }
 
 fn moto() -> &'static str {
@@ -44,15 +47,17 @@ fn moto() -> &'static str {
                 .local_addr()
                 .unwrap()
                 .port();
-            let exe = moto_exe();
+            let command = moto_command();
+            let exe = command[0].clone();
             // Spawned from a thread that lives as long as the process, with the parent-death
             // signal set, so moto goes when the tests end (statics are never dropped).
             let (tx, rx) = std::sync::mpsc::channel();
-            let spawn_exe = exe.clone();
+            let spawn_exe = command.clone();
             std::thread::spawn(move || {
                 use std::os::unix::process::CommandExt;
-                let mut command = Command::new(&spawn_exe);
+                let mut command = Command::new(&spawn_exe[0]);
                 command
+                    .args(&spawn_exe[1..])
                     .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null());
