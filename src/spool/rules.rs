@@ -11,8 +11,8 @@ use rand::Rng;
 
 use super::{Action, Settled, Settlement, SpoolError, SpoolOptions};
 use crate::domain::{
-    FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Transition, ALL_ACCOUNTS,
-    ALL_CLASSES,
+    FeedbackEvent, QueueId, RecipientStatus, State, SubmissionRecord, Suppression, Transition,
+    ALL_ACCOUNTS, ALL_CLASSES,
 };
 
 /// Whether the record's message bytes are still needed (it can still be sent).
@@ -282,6 +282,33 @@ pub(crate) fn event_scope(
         event.recipients.clone()
     };
     (account, class, recipients)
+}
+
+/// The suppressions an event asks for (a hard bounce, a complaint), one per recipient, in the
+/// event's scope.
+pub(crate) fn event_suppressions(
+    event: &FeedbackEvent,
+    account: &str,
+    class: &str,
+    recipients: &[String],
+    now: u64,
+) -> Vec<Suppression> {
+    let Some((reason, lasts_ms)) = &event.suppress else {
+        return Vec::new();
+    };
+    recipients
+        .iter()
+        .map(|rcpt| {
+            Suppression::new(
+                rcpt,
+                account,
+                class,
+                reason.clone(),
+                now,
+                lasts_ms.map(|d| now.saturating_add(d)),
+            )
+        })
+        .collect()
 }
 
 /// Records the event's outcome for each recipient and moves the submission to the state they

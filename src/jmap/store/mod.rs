@@ -49,6 +49,9 @@ pub type ChangeLog = Vec<(u64, Vec<(String, Kind)>)>;
 /// What one transaction touched: (account, JMAP type) → entries.
 pub(crate) type Touched = BTreeMap<(String, &'static str), Vec<(String, Kind)>>;
 
+/// Account → (JMAP type → new state string), what a commit announces.
+type Pushes = BTreeMap<String, BTreeMap<String, String>>;
+
 /// New states after a commit, for push.
 #[derive(Debug, Clone)]
 pub struct StateChange {
@@ -160,12 +163,12 @@ impl Store {
     fn write_now<R>(
         &self,
         f: impl FnMut(&mut Tx) -> Result<R>,
-    ) -> Result<(R, BTreeMap<String, BTreeMap<String, String>>)> {
+    ) -> Result<(R, Pushes)> {
         let (out, states) = match &self.backend {
             Backend::Redb(store) => store.write(f)?,
             Backend::Aws(store) => store.write(f)?,
         };
-        let mut pushes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut pushes = Pushes::new();
         for ((account, ty), state) in states {
             pushes
                 .entry(account)

@@ -197,19 +197,9 @@ impl AwsSpool {
                 }
                 None => applied.unmatched += 1,
             }
-            if let Some((reason, lasts_ms)) = &event.suppress {
-                for rcpt in &recipients {
-                    let entry = Suppression::new(
-                        rcpt,
-                        &account,
-                        &class,
-                        reason.clone(),
-                        now,
-                        lasts_ms.map(|d| now.saturating_add(d)),
-                    );
-                    suppressions.push(entry.clone());
-                    applied.suppressed.push(entry);
-                }
+            for entry in rules::event_suppressions(event, &account, &class, &recipients, now) {
+                suppressions.push(entry.clone());
+                applied.suppressed.push(entry);
             }
         }
         let put = |item: Item,

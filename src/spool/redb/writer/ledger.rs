@@ -147,19 +147,9 @@ impl Writer {
             } else {
                 applied.unmatched += 1;
             }
-            if let Some((reason, lasts_ms)) = &event.suppress {
-                for rcpt in &recipients {
-                    let entry = Suppression::new(
-                        rcpt,
-                        &account,
-                        &class,
-                        reason.clone(),
-                        now,
-                        lasts_ms.map(|d| now.saturating_add(d)),
-                    );
-                    suppress(txn, &entry, false)?;
-                    applied.suppressed.push(entry);
-                }
+            for entry in rules::event_suppressions(&event, &account, &class, &recipients, now) {
+                suppress(txn, &entry, false)?;
+                applied.suppressed.push(entry);
             }
         }
         Ok(applied)
