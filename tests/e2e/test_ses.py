@@ -24,7 +24,7 @@ import uuid
 import pytest
 
 from conftest import PASSWORDS, SES_ALICE, log_lines, queue_id_of, wait_for_log
-from faultproxy import FaultProxy, ses_error
+from faultproxy import FaultProxy, Reply, ses_error
 
 # Longer than the largest retry delay the SES tests configure (retry_max_secs = 2, ±20% jitter).
 QUIET_WINDOW = 3.0
@@ -293,3 +293,42 @@ def test_ses_unreachable_parks_queue_without_spending_attempts(moto, start_ses_s
     assert log_lines(server, about(qid, "will be retried")) == []
     assert log_lines(server, about(qid, "dead-letter")) == []
     assert log_lines(server, r"provider reachable again; sending resumes"), server.log_tail()
+
+
+# --------------------------------------------------------------------------- 6. unreadable 2xx
+
+
+def _json_reply(body: bytes) -> Reply:
+    return Reply(200, body, {"Content-Type": "application/json", "x-amzn-RequestId": str(uuid.uuid4())})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # SendEmail's answer cut short (a dropped proxy connection, a truncated body).
+        _json_reply(b'{"MessageId": "0100019a-trunc'),
+        # Something in between answering 200 with its own page.
+        Reply(200, b"<html><body>Request accepted</body></html>", {"Content-Type": "text/html"}),
+        # Parseable, but not SES's answer: SES always returns the MessageId.
+        _json_reply(b"{}"),
+    ],
+    ids=["truncated-json", "html-page", "no-message-id"],
+)
+def test_ses_unreadable_2xx_is_retried_not_failed(moto, start_ses_server, fault_proxy, answer):
+    """Issue 14 item 1. Only an error SES states (an error code) may be permanent; a 2xx whose
+    body cannot be read says nothing about the message (SES v2 API reference, SendEmail:
+    "Response Syntax" — a MessageId on success), so the message is retried, not failed."""
+    proxy = fault_proxy()
+    proxy.send_email_fault = lambda n: answer if n == 1 else None
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    server = start_ses_server(proxy.url)
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+
+    line = wait_for_log(server, about(qid, "message sent"))[0]
+    assert attempt_of(line) == 2, line
+    retries = log_lines(server, about(qid, "delivery will be retried"))
+    assert [attempt_of(r) for r in retries] == [1], retries
+    assert log_lines(server, about(qid, "failed permanently")) == []
+    assert [c.faulted for c in proxy.send_emails()] == [True, False], proxy.send_emails()
+    moto.wait_raw_message(marker, timeout=5, server=server)
