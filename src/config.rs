@@ -257,6 +257,18 @@ pub enum TransportConfig {
     Sqs(SqsConfig),
 }
 
+impl TransportConfig {
+    /// SES cannot carry SMTPUTF8 (and the `sqs` transport feeds an SES sender): ASCII
+    /// envelopes with IDN domains as A-labels. The others carry UTF-8 addresses.
+    pub fn address_policy(&self) -> crate::address::AddressPolicy {
+        use crate::address::AddressPolicy;
+        match self {
+            TransportConfig::Ses(_) | TransportConfig::Sqs(_) => AddressPolicy::Ascii,
+            TransportConfig::Dir { .. } | TransportConfig::Smtp(_) => AddressPolicy::Utf8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {

@@ -82,11 +82,10 @@ pub async fn run(
         clock.clone(),
     )
     .context("opening the spool")?;
-    let submitter = Arc::new(Submitter::new(
-        spool.clone(),
-        config.hostname.clone(),
-        clock.clone(),
-    ));
+    let submitter = Arc::new(
+        Submitter::new(spool.clone(), config.hostname.clone(), clock.clone())
+            .with_address_policy(config.sender.transport.address_policy()),
+    );
     let (transport, send_rate): (Arc<dyn Transport>, f64) = match &config.sender.transport {
         TransportConfig::Dir { path } => (Arc::new(DirTransport::new(path.clone())), 0.0),
         TransportConfig::Ses(ses) => {

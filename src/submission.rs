@@ -9,6 +9,7 @@ use std::sync::Arc;
 use mail_parser::MessageParser;
 
 use crate::accounts::{Account, Identity};
+use crate::address::{AddressError, AddressPolicy};
 use crate::clock::{rfc5322_date, Clock};
 use crate::message::header_values;
 use bytes::Bytes;
@@ -34,6 +35,9 @@ pub enum SubmitError {
         class: String,
         reason: String,
     },
+    /// An envelope address the transport cannot carry (a non-ASCII local part for SES).
+    #[error(transparent)]
+    Address(#[from] AddressError),
     #[error("spool full")]
     SpoolFull,
     #[error("storage failure")]
@@ -65,6 +69,7 @@ pub struct Submitter {
     spool: Spool,
     hostname: String,
     clock: Arc<dyn Clock>,
+    addresses: AddressPolicy,
 }
 
 impl Submitter {
@@ -73,7 +78,19 @@ impl Submitter {
             spool,
             hostname,
             clock,
+            addresses: AddressPolicy::default(),
         }
+    }
+
+    /// Envelope addresses as the configured transport can carry them (see [`crate::address`]).
+    pub fn with_address_policy(mut self, addresses: AddressPolicy) -> Self {
+        self.addresses = addresses;
+        self
+    }
+
+    /// What the front doors check envelope addresses against before a message is given.
+    pub fn address_policy(&self) -> AddressPolicy {
+        self.addresses
     }
 
     /// Whether a message of `size` octets would currently fit in the spool.
@@ -95,6 +112,14 @@ impl Submitter {
         class: Option<MessageClass>,
         jmap: Option<JmapLink>,
     ) -> Result<QueueId, SubmitError> {
+        // Every front door gets the same rule (SMTP and JMAP also check earlier, per address).
+        let mut req = req;
+        req.mail_from = self.addresses.envelope(&req.mail_from)?;
+        req.recipients = req
+            .recipients
+            .iter()
+            .map(|r| self.addresses.envelope(r))
+            .collect::<Result<_, _>>()?;
         let identity = sender_identity(&req.account, &req.mail_from)?;
         check_header_senders(&req.account, &req.mime)?;
         let message_class = match class {

@@ -324,6 +324,10 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         Err(e @ SubmitError::Suppressed { .. }) => {
             return Err(set_error("forbiddenToSend", e.to_string()))
         }
+        // The plan already checked each address (invalidRecipients / forbiddenMailFrom).
+        Err(e @ SubmitError::Address(_)) => {
+            return Err(set_error("forbiddenToSend", e.to_string()))
+        }
         Err(SubmitError::SpoolFull) => {
             return Err(set_error(
                 "overQuota",

@@ -150,6 +150,15 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
             (from, rcpts)
         }
     };
+    // What the transport can carry (RFC 6531 addresses not for SES; IDN domains as A-labels):
+    // RFC 8621 §7.5 forbiddenMailFrom / invalidRecipients rather than a later failure.
+    let addresses = jmap.submitter.address_policy();
+    let mail_from = addresses.envelope(&mail_from).map_err(|e| {
+        set_error(
+            "forbiddenMailFrom",
+            format!("{mail_from} cannot be used: {e}"),
+        )
+    })?;
     if !mime::valid_address(&mail_from) || !covers(identity, &mail_from) {
         return Err(set_error(
             "forbiddenFrom",
@@ -159,6 +168,23 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
                 email_of(identity)
             ),
         ));
+    }
+    let mut uncarried = Vec::new();
+    let recipients: Vec<String> = recipients
+        .into_iter()
+        .filter_map(|r| match addresses.envelope(&r) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                uncarried.push(r);
+                None
+            }
+        })
+        .collect();
+    if !uncarried.is_empty() {
+        return Err(
+            json!({"type": "invalidRecipients", "invalidRecipients": uncarried,
+            "description": "non-ASCII addresses cannot be sent through this server's transport (no SMTPUTF8)"}),
+        );
     }
     let mut unique: Vec<String> = Vec::new();
     for r in recipients {

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::{api, push, Jmap, Parts, Store};
 use crate::accounts::{test_account, Directory, PasswordChecker};
+use crate::address::AddressPolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::config::SpoolConfig;
 use crate::domain::{FeedbackEvent, JmapLink, MessageClass, Outcome, QueueId};
@@ -23,6 +24,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_for(AddressPolicy::Utf8)
+}
+
+/// `addresses`: what the transport carries (SES: [`AddressPolicy::Ascii`]).
+fn fixture_for(addresses: AddressPolicy) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(
@@ -46,7 +52,9 @@ fn fixture() -> Fixture {
             std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(60),
         )),
-        submitter: Arc::new(Submitter::new(spool, "mx.test".into(), clock.clone())),
+        submitter: Arc::new(
+            Submitter::new(spool, "mx.test".into(), clock.clone()).with_address_policy(addresses),
+        ),
         clock,
         max_message_size: 1 << 20,
         max_recipients: 50,
@@ -496,4 +504,49 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     assert!(!push::follow(&f.jmap, &mut cursor).await.unwrap());
     let mut reloaded = push::FeedCursor::load(&f.jmap).unwrap();
     assert!(!push::follow(&f.jmap, &mut reloaded).await.unwrap());
+}
+
+/// With an SES transport (no SMTPUTF8): a non-ASCII local part is refused up front as RFC 8621
+/// §7.5 `invalidRecipients` (listing it), not accepted and failed later; an IDN domain goes
+/// into the envelope as A-labels (RFC 5890 §2.3.2.1).
+#[tokio::test]
+async fn ses_envelope_is_ascii_with_a_labels() {
+    let f = fixture_for(AddressPolicy::Ascii);
+    let acct = f.account.account_id.clone();
+    let submit = |to: Vec<&str>| {
+        let to: Vec<Value> = to.iter().map(|a| json!({"email": a})).collect();
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true},
+                "from": [{"email": "alice@example.com"}], "to": to,
+                "subject": "idn", "bodyValues": {"b": {"value": "body"}},
+                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
+        ])
+    };
+    let refused = request(&f, submit(vec!["pelé@example.net", "info@bücher.example"])).await;
+    let err = &refused[1][1]["notCreated"]["s"];
+    assert_eq!(err["type"], "invalidRecipients", "{refused:?}");
+    assert_eq!(
+        err["invalidRecipients"],
+        json!(["pelé@example.net"]),
+        "{err}"
+    );
+
+    let ok = request(&f, submit(vec!["info@bücher.example"])).await;
+    let created = &ok[1][1]["created"]["s"];
+    let id: QueueId = created["id"].as_str().expect("created").parse().unwrap();
+    let lease = lease(&f).await;
+    assert_eq!(lease.job.id, id);
+    assert_eq!(lease.job.recipients, ["info@xn--bcher-kva.example"]);
+    let got = request(
+        &f,
+        json!([["EmailSubmission/get", {"accountId": acct, "ids": [id.to_string()]}, "g"]]),
+    )
+    .await;
+    assert_eq!(
+        got[0][1]["list"][0]["envelope"]["rcptTo"][0]["email"],
+        "info@xn--bcher-kva.example"
+    );
 }

@@ -332,3 +332,43 @@ def test_ses_unreadable_2xx_is_retried_not_failed(moto, start_ses_server, fault_
     assert log_lines(server, about(qid, "failed permanently")) == []
     assert [c.faulted for c in proxy.send_emails()] == [True, False], proxy.send_emails()
     moto.wait_raw_message(marker, timeout=5, server=server)
+
+
+# --------------------------------------------------------------------------- 7. SMTPUTF8 / IDN
+
+
+def test_ses_refuses_non_ascii_local_parts_and_sends_idn_as_a_labels(moto, start_ses_server):
+    """Issue 14 item 2. SES does not support SMTPUTF8 (local parts 7-bit ASCII, domains as
+    punycode): SMTPUTF8 is not offered (RFC 6531 §3.1), a non-ASCII local part gets 553 5.6.7
+    at MAIL/RCPT (RFC 6531 §3.5), and an IDN domain goes to SES as A-labels (RFC 5890)."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        s.starttls(context=server.tls_context())
+        code, features = s.ehlo()
+        assert code == 250
+        assert "SMTPUTF8" not in features.decode().upper().split(), features
+        s.login("alice", PASSWORDS["alice"])
+        s.command_encoding = "utf-8"  # send the RFC 6531 addresses the way a client would
+        code, resp = s.docmd("MAIL", f"FROM:<{ALICE}> SMTPUTF8")  # smtplib would not send it
+        assert code == 555, (code, resp)
+        code, resp = s.mail(ALICE)
+        assert code == 250, (code, resp)
+        code, resp = s.rcpt("pelé@example.net")
+        assert (code, resp[:5]) == (553, b"5.6.7"), (code, resp)
+        code, resp = s.rcpt("info@bücher.example")
+        assert code == 250, (code, resp)
+        code, resp = s.data(
+            f"From: {ALICE}\r\nTo: info@xn--bcher-kva.example\r\nSubject: IDN {marker}\r\n\r\n{marker}\r\n".encode()
+        )
+        assert code == 250, (code, resp)
+        qid = queue_id_of(resp)
+
+    wait_for_log(server, about(qid, "message sent"))
+    sent = moto.wait_raw_message(marker, server=server)
+    assert "info@xn--bcher-kva.example" in sent["destinations"], sent["destinations"]
+    requests = moto.send_email_requests()
+    assert [r["Destination"] for r in requests] == [{"ToAddresses": ["info@xn--bcher-kva.example"]}]
