@@ -354,10 +354,36 @@ pub struct SesConfig {
     /// Seconds before an SES call is abandoned and retried.
     #[serde(default = "default_ses_timeout")]
     pub timeout_secs: u64,
+    /// Largest message SES takes, as sent: "40 MB per message (after base64 encoding)" (SES
+    /// quotas), read as 40,000,000 octets to be safe. SMTP SIZE and the JMAP limits are held
+    /// [`ADDITIONS_RESERVE`] below it; the final message is checked against it before SendEmail.
+    #[serde(default = "default_ses_max_message_size")]
+    pub max_message_size: usize,
 }
 
 fn default_ses_timeout() -> u64 {
     60
+}
+
+fn default_ses_max_message_size() -> usize {
+    40_000_000
+}
+
+/// Octets kept free under the provider's message limit for what Outbox adds after a client's
+/// size was checked: the `Received` trace (under 1 KB with a 255-octet HELO), `Date` and
+/// `Message-ID`, the identity's signature in the text and HTML parts (quoted-printable can
+/// triple it), a `DKIM-Signature` (about 1 KB for RSA-4096). What still does not fit (a part
+/// re-encoded to carry the signature) is failed with its reason before the hand-off.
+pub const ADDITIONS_RESERVE: usize = 64 * 1024;
+
+impl TransportConfig {
+    /// The largest message the provider accepts as sent, if it has a limit.
+    pub fn max_message_size(&self) -> Option<usize> {
+        match self {
+            TransportConfig::Ses(ses) => Some(ses.max_message_size),
+            _ => None,
+        }
+    }
 }
 
 /// The plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`.
@@ -577,6 +603,7 @@ impl Config {
         let mut config: Config = toml::from_str(text)?;
         config.resolve_paths(base)?;
         config.validate()?;
+        config.leave_room_for_additions();
         Ok(config)
     }
 
@@ -635,6 +662,15 @@ impl Config {
         Ok(())
     }
 
+    /// SMTP SIZE (RFC 1870), sendmail and JMAP accept at most the transport's limit less
+    /// [`ADDITIONS_RESERVE`], so mail that gets 250 still fits once Outbox has added to it.
+    fn leave_room_for_additions(&mut self) {
+        if let Some(max) = self.sender.transport.max_message_size() {
+            let room = max.saturating_sub(ADDITIONS_RESERVE);
+            self.smtp.max_message_size = self.smtp.max_message_size.min(room);
+        }
+    }
+
     /// Checks the values serde cannot; reports every problem at once, each with its key.
     fn validate(&self) -> Result<()> {
         let mut problems: Vec<String> = Vec::new();
@@ -650,6 +686,14 @@ impl Config {
         }
         if smtp.max_recipients == 0 || smtp.max_message_size == 0 {
             problem!("smtp: max_recipients and max_message_size must be positive");
+        }
+        if let Some(max) = self.sender.transport.max_message_size() {
+            if max < 2 * ADDITIONS_RESERVE {
+                problem!(
+                    "sender.transport: max_message_size must be at least {}",
+                    2 * ADDITIONS_RESERVE
+                );
+            }
         }
         if self.spool.max_attempts == 0 {
             problem!("spool: max_attempts must be at least 1");
@@ -749,6 +793,31 @@ mod tests {
             config.accounts[0].identities[0].email.as_deref(),
             Some("a@example.com")
         );
+    }
+
+    /// Issue 14 item 3: SES takes 40 MB as sent; what we accept leaves room for our additions
+    /// (RFC 1870 SIZE is what the client may send, not what we will hand on).
+    #[test]
+    fn accepted_size_leaves_room_under_the_ses_limit() {
+        let base = format!(
+            "state_dir = \"s\"\n[[account]]\nlogin = \"a\"\npassword_hash = \"{HASH}\"\n\
+             [[account.identity]]\nid = \"i\"\nemail = \"a@example.com\"\n"
+        );
+        let dir = Config::parse(&base, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(dir.smtp.max_message_size, 40 * 1024 * 1024);
+        let ses = format!("{base}[sender.transport]\nkind = \"ses\"\n");
+        let ses = Config::parse(&ses, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(ses.smtp.max_message_size, 40_000_000 - ADDITIONS_RESERVE);
+        let small = format!(
+            "{base}[smtp]\nmax_message_size = 1000000\n[sender.transport]\nkind = \"ses\"\n"
+        );
+        let small = Config::parse(&small, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(
+            small.smtp.max_message_size, 1_000_000,
+            "a lower limit is kept"
+        );
+        let tiny = format!("{base}[sender.transport]\nkind = \"ses\"\nmax_message_size = 1000\n");
+        assert!(Config::parse(&tiny, Path::new("/etc/outbox")).is_err());
     }
 
     #[test]

@@ -233,6 +233,7 @@ async fn run(args: Args) -> Result<()> {
         from_identity_arn: None,
         max_send_rate: 0.0,
         timeout_secs: 60,
+        max_message_size: 40_000_000,
     })
     .await;
     let transport = Arc::new(Counting {

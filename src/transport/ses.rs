@@ -60,6 +60,18 @@ impl SesTransport {
                 reason: format!("more than {MAX_DESTINATIONS} recipients for one SES SendEmail"),
             };
         }
+        // What was accepted left room for our additions (config::ADDITIONS_RESERVE), but a
+        // part re-encoded to carry the signature can still outgrow SES's limit: say so here
+        // rather than let SES refuse it with a less clear MessageRejected.
+        let max = self.config.max_message_size;
+        if message.mime.len() > max {
+            return Delivery::Reject {
+                reason: format!(
+                    "message is {} octets once signed and traced; SES accepts at most {max}",
+                    message.mime.len()
+                ),
+            };
+        }
         let raw = match RawMessage::builder()
             .data(Blob::new(message.mime.clone()))
             .build()

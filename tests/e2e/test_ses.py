@@ -372,3 +372,48 @@ def test_ses_refuses_non_ascii_local_parts_and_sends_idn_as_a_labels(moto, start
     assert "info@xn--bcher-kva.example" in sent["destinations"], sent["destinations"]
     requests = moto.send_email_requests()
     assert [r["Destination"] for r in requests] == [{"ToAddresses": ["info@xn--bcher-kva.example"]}]
+
+
+# --------------------------------------------------------------------------- 8. size after additions
+
+# What Outbox keeps free under the provider's limit for its own additions (config.rs
+# ADDITIONS_RESERVE): trace, Date/Message-ID, signature, DKIM.
+ADDITIONS_RESERVE = 64 * 1024
+
+
+def ehlo_size(server) -> int:
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        return int(s.esmtp_features["size"])
+
+
+def test_ses_size_leaves_room_for_additions(moto, start_ses_server):
+    """Issue 14 item 3. SES takes 40 MB *as sent*; RFC 1870 SIZE tells the client what it may
+    send, so the advertised SIZE (41,943,040 before) must leave room for what Outbox adds."""
+    server = start_ses_server(moto.url)
+    assert ehlo_size(server) == 40_000_000 - ADDITIONS_RESERVE
+
+
+def test_ses_message_grown_past_the_limit_fails_with_reason_before_send_email(moto, start_ses_server):
+    """Issue 14 item 3: the final size is checked before SendEmail. A latin-1 8bit text part
+    must be relabelled UTF-8 to carry the signature, which doubles it: within SIZE when
+    accepted, over SES's limit once signed — failed with that reason, SES never called."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    limit = 200_000
+    server = start_ses_server(moto.url, {"sender.transport.max_message_size": limit})
+    size = ehlo_size(server)
+    assert size == limit - ADDITIONS_RESERVE
+    head = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: big latin-1\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode("ascii")
+    line = b"\xe9" * 200 + b"\r\n"
+    body = line * ((size - len(head) - 2048) // len(line))
+    qid = submit(server, [TO], head + body)
+
+    failed = wait_for_log(server, about(qid, "message failed permanently"))[0]
+    assert f"SES accepts at most {limit}" in failed, failed
+    time.sleep(QUIET_WINDOW)
+    assert moto.send_email_requests() == []
+    assert log_lines(server, about(qid, "will be retried")) == []
