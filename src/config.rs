@@ -408,7 +408,8 @@ impl Default for MetricsConfig {
 pub struct FeedbackConfig {
     /// SNS topic ARNs whose messages are accepted (exact match); empty refuses every message.
     pub topics: Vec<String>,
-    /// SNS messages older than this (their `Timestamp`) are refused as replays.
+    /// SNS messages POSTed over HTTPS older than this (their `Timestamp`) are refused as
+    /// replays. Not applied to messages read from SQS, which may be days old after an outage.
     pub max_message_age_secs: u64,
     /// A hard bounce suppresses the address (for that account and class) this long; 0: until
     /// removed. SES's own account-level list keeps entries for up to 14 days.
