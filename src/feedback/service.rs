@@ -301,6 +301,11 @@ async fn post_sns(
     let type_header = headers
         .get("x-amz-sns-message-type")
         .and_then(|v| v.to_str().ok());
+    if let Some(refusal) = raw_delivery_refusal(&headers) {
+        service.count(&Err(Refusal::Malformed(String::new())));
+        tracing::error!(error = %refusal, "SNS message refused");
+        return (StatusCode::BAD_REQUEST, format!("{refusal}\n"));
+    }
     match service.sns(&body, type_header, Via::Https).await {
         Ok(verdict) => (StatusCode::OK, format!("{}\n", verdict.label())),
         Err(refusal) => {
@@ -308,6 +313,23 @@ async fn post_sns(
             (refusal.status(), format!("{refusal}\n"))
         }
     }
+}
+
+/// SNS marks a raw-delivered message with `x-amz-sns-rawdelivery: true` (SNS developer guide,
+/// "Amazon SNS raw message delivery"). The body is then the bare SES event, without the signed
+/// envelope: it cannot be authenticated over HTTPS, and every event would be refused as
+/// malformed ("missing Type") with nothing telling the operator why. Say what to change.
+fn raw_delivery_refusal(headers: &HeaderMap) -> Option<String> {
+    let raw = headers
+        .get("x-amz-sns-rawdelivery")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    raw.then(|| {
+        "raw message delivery is enabled on this HTTPS subscription: the message has no signed \
+         SNS envelope to verify. Set the subscription attribute RawMessageDelivery to false \
+         (or use [feedback.sqs] with raw_message_delivery)"
+            .to_string()
+    })
 }
 
 #[cfg(test)]

@@ -462,3 +462,19 @@ def test_sqs_feedback_hours_old_is_applied_and_not_yet_acceptable_is_kept(start_
         assert log_lines(server, "SQS feedback message refused and deleted") == []
     finally:
         certs.stop()
+
+
+def test_raw_message_delivery_on_the_https_subscription_is_refused_naming_the_attribute(feedback):
+    """Issue 14 item 5. With RawMessageDelivery on an HTTPS subscription SNS posts the bare SES
+    event and marks it `x-amz-sns-rawdelivery: true` (SNS developer guide, "raw message
+    delivery"): there is no signed envelope to verify, so it is refused — with a reply that
+    names the subscription attribute to turn off, not a bare "missing Type"."""
+    rec = feedback.send("raw", ["raw@example.net"])
+    event = ses_event("Bounce", rec, "raw@example.net")
+    resp = feedback.post(json.dumps(event), {"x-amz-sns-rawdelivery": "true",
+                                             "x-amz-sns-message-type": "Notification"})
+    assert resp.status_code == 400, resp.text
+    assert "RawMessageDelivery" in resp.text and "false" in resp.text, resp.text
+    wait_for_log(feedback.server, "raw message delivery is enabled")
+    assert feedback.record(qid(rec))["state"] == "sent"
+    assert feedback.suppressions() == []
