@@ -478,3 +478,21 @@ def test_raw_message_delivery_on_the_https_subscription_is_refused_naming_the_at
     wait_for_log(feedback.server, "raw message delivery is enabled")
     assert feedback.record(qid(rec))["state"] == "sent"
     assert feedback.suppressions() == []
+
+
+def test_not_spam_complaint_keeps_the_state_and_is_recorded(feedback):
+    """Issue 14 item 14. An ARF report of feedback type `not-spam` (RFC 5965 §7.3: the reporter
+    does not consider the message spam) arrives as an SES Complaint; it must not make the
+    submission complained, nor suppress — but it is recorded for the recipient."""
+    rec = feedback.send("fine", ["happy@example.net"])
+    delivered = ses_event("Delivery", rec, "happy@example.net")
+    assert feedback.post(feedback.signer.notification(delivered)).status_code == 200
+    assert feedback.record(qid(rec))["state"] == "delivered"
+    not_spam = ses_event("Complaint", rec, "happy@example.net",
+                         complaint__complaintFeedbackType="not-spam")
+    assert feedback.post(feedback.signer.notification(not_spam)).status_code == 200
+    after = feedback.record(qid(rec))
+    assert after["state"] == "delivered", after
+    assert after["delivery"]["happy@example.net"]["outcome"] == "not_spam", after
+    assert "not-spam" in after["delivery"]["happy@example.net"]["detail"], after
+    assert feedback.suppressions() == []
