@@ -258,13 +258,20 @@ pub enum TransportConfig {
 }
 
 impl TransportConfig {
-    /// SES cannot carry SMTPUTF8 (and the `sqs` transport feeds an SES sender): ASCII
-    /// envelopes with IDN domains as A-labels. The others carry UTF-8 addresses.
+    /// Whether messages end up at SES: the `ses` transport, and `sqs`, which feeds an SES
+    /// sender. SES's content rules (ASCII envelopes, attachment types) then apply.
+    pub fn ses_bound(&self) -> bool {
+        matches!(self, TransportConfig::Ses(_) | TransportConfig::Sqs(_))
+    }
+
+    /// SES cannot carry SMTPUTF8: ASCII envelopes with IDN domains as A-labels. The others
+    /// carry UTF-8 addresses.
     pub fn address_policy(&self) -> crate::address::AddressPolicy {
         use crate::address::AddressPolicy;
-        match self {
-            TransportConfig::Ses(_) | TransportConfig::Sqs(_) => AddressPolicy::Ascii,
-            TransportConfig::Dir { .. } | TransportConfig::Smtp(_) => AddressPolicy::Utf8,
+        if self.ses_bound() {
+            AddressPolicy::Ascii
+        } else {
+            AddressPolicy::Utf8
         }
     }
 }

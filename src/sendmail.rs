@@ -276,6 +276,7 @@ async fn submit(
         Err(e @ SubmitError::Suppressed { .. }) => LocalAnswer::new(exit::NOPERM, e.to_string()),
         // sysexits.h: EX_NOUSER for an address that cannot be used.
         Err(e @ SubmitError::Address(_)) => LocalAnswer::new(exit::NOUSER, e.to_string()),
+        Err(e @ SubmitError::Attachment(_)) => LocalAnswer::new(exit::DATAERR, e.to_string()),
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn run(
     .context("opening the spool")?;
     let submitter = Arc::new(
         Submitter::new(spool.clone(), config.hostname.clone(), clock.clone())
-            .with_address_policy(config.sender.transport.address_policy()),
+            .for_transport(&config.sender.transport),
     );
     let (transport, send_rate): (Arc<dyn Transport>, f64) = match &config.sender.transport {
         TransportConfig::Dir { path } => (Arc::new(DirTransport::new(path.clone())), 0.0),

@@ -10,7 +10,9 @@ use mail_parser::MessageParser;
 
 use crate::accounts::{Account, Identity};
 use crate::address::{AddressError, AddressPolicy};
+use crate::attachments::{refused_by_ses, RefusedAttachment};
 use crate::clock::{rfc5322_date, Clock};
+use crate::config::TransportConfig;
 use crate::message::header_values;
 use bytes::Bytes;
 
@@ -38,6 +40,9 @@ pub enum SubmitError {
     /// An envelope address the transport cannot carry (a non-ASCII local part for SES).
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// An attachment type the SES-bound transport would refuse.
+    #[error(transparent)]
+    Attachment(#[from] RefusedAttachment),
     #[error("spool full")]
     SpoolFull,
     #[error("storage failure")]
@@ -70,6 +75,8 @@ pub struct Submitter {
     hostname: String,
     clock: Arc<dyn Clock>,
     addresses: AddressPolicy,
+    /// Refuse attachment types SES refuses (the transport ends at SES).
+    ses_attachments: bool,
 }
 
 impl Submitter {
@@ -79,12 +86,15 @@ impl Submitter {
             hostname,
             clock,
             addresses: AddressPolicy::default(),
+            ses_attachments: false,
         }
     }
 
-    /// Envelope addresses as the configured transport can carry them (see [`crate::address`]).
-    pub fn with_address_policy(mut self, addresses: AddressPolicy) -> Self {
-        self.addresses = addresses;
+    /// The rules of the transport messages leave by: envelope addresses it can carry, and
+    /// for SES the attachment types it refuses (refused here, at the door, with the reason).
+    pub fn for_transport(mut self, transport: &TransportConfig) -> Self {
+        self.addresses = transport.address_policy();
+        self.ses_attachments = transport.ses_bound();
         self
     }
 
@@ -122,6 +132,11 @@ impl Submitter {
             .collect::<Result<_, _>>()?;
         let identity = sender_identity(&req.account, &req.mail_from)?;
         check_header_senders(&req.account, &req.mime)?;
+        if self.ses_attachments {
+            if let Some(refused) = refused_by_ses(&req.mime) {
+                return Err(refused.into());
+            }
+        }
         let message_class = match class {
             Some(c) => c,
             None => message_class(&req.mime)?,

@@ -324,6 +324,10 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         Err(e @ SubmitError::Suppressed { .. }) => {
             return Err(set_error("forbiddenToSend", e.to_string()))
         }
+        // RFC 8621 §7.5 invalidEmail: "The email to be sent is invalid in some way".
+        Err(e @ SubmitError::Attachment(_)) => {
+            return Err(set_error("invalidEmail", e.to_string()))
+        }
         // The plan already checked each address (invalidRecipients / forbiddenMailFrom).
         Err(e @ SubmitError::Address(_)) => {
             return Err(set_error("forbiddenToSend", e.to_string()))

@@ -9,9 +9,8 @@ use serde_json::{json, Value};
 
 use super::{api, push, Jmap, Parts, Store};
 use crate::accounts::{test_account, Directory, PasswordChecker};
-use crate::address::AddressPolicy;
 use crate::clock::{Clock, SystemClock};
-use crate::config::SpoolConfig;
+use crate::config::{SpoolConfig, TransportConfig};
 use crate::domain::{FeedbackEvent, JmapLink, MessageClass, Outcome, QueueId};
 use crate::live::Live;
 use crate::spool::{Lease, Settlement, SpoolOptions};
@@ -24,11 +23,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    fixture_for(AddressPolicy::Utf8)
+    fixture_for("kind = \"dir\"\npath = \"mail\"")
 }
 
-/// `addresses`: what the transport carries (SES: [`AddressPolicy::Ascii`]).
-fn fixture_for(addresses: AddressPolicy) -> Fixture {
+/// `transport`: the `[sender.transport]` table, whose rules the submitter applies.
+fn fixture_for(transport: &str) -> Fixture {
+    let transport: TransportConfig = toml::from_str(transport).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(
@@ -53,7 +53,7 @@ fn fixture_for(addresses: AddressPolicy) -> Fixture {
             std::time::Duration::from_secs(60),
         )),
         submitter: Arc::new(
-            Submitter::new(spool, "mx.test".into(), clock.clone()).with_address_policy(addresses),
+            Submitter::new(spool, "mx.test".into(), clock.clone()).for_transport(&transport),
         ),
         clock,
         max_message_size: 1 << 20,
@@ -506,12 +506,14 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     assert!(!push::follow(&f.jmap, &mut reloaded).await.unwrap());
 }
 
+const SES: &str = "kind = \"ses\"";
+
 /// With an SES transport (no SMTPUTF8): a non-ASCII local part is refused up front as RFC 8621
 /// §7.5 `invalidRecipients` (listing it), not accepted and failed later; an IDN domain goes
 /// into the envelope as A-labels (RFC 5890 §2.3.2.1).
 #[tokio::test]
 async fn ses_envelope_is_ascii_with_a_labels() {
-    let f = fixture_for(AddressPolicy::Ascii);
+    let f = fixture_for(SES);
     let acct = f.account.account_id.clone();
     let submit = |to: Vec<&str>| {
         let to: Vec<Value> = to.iter().map(|a| json!({"email": a})).collect();
@@ -548,5 +550,45 @@ async fn ses_envelope_is_ascii_with_a_labels() {
     assert_eq!(
         got[0][1]["list"][0]["envelope"]["rcptTo"][0]["email"],
         "info@xn--bcher-kva.example"
+    );
+}
+
+/// With an SES transport an attachment type SES refuses is refused at EmailSubmission/set as
+/// RFC 8621 §7.5 `invalidEmail`, naming the file, rather than queued and failed by SES.
+#[tokio::test]
+async fn ses_refused_attachment_type_is_invalid_email() {
+    let f = fixture_for(SES);
+    let acct = f.account.account_id.clone();
+    let mime = b"From: alice@example.com\r\nTo: b@example.net\r\nSubject: tool\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+        --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+        --b\r\nContent-Type: application/octet-stream\r\n\
+        Content-Disposition: attachment; filename=\"setup.exe\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--b--\r\n";
+    let now = f.jmap.now_ms();
+    f.jmap
+        .store
+        .write(|tx| {
+            tx.put_blob(&acct, "Bexe", mime)?;
+            tx.put("", super::store::T_UPLOAD, &format!("{acct}/Bexe"), &now)?;
+            Ok(())
+        })
+        .unwrap();
+    let out = request(
+        &f,
+        json!([
+            ["Email/import", {"accountId": acct, "emails": {
+                "i": {"blobId": "Bexe", "mailboxIds": {"drafts": true}}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#i", "identityId": "alice"}}}, "1"],
+        ]),
+    )
+    .await;
+    let err = &out[1][1]["notCreated"]["s"];
+    assert_eq!(err["type"], "invalidEmail", "{out:?}");
+    let text = err["description"].as_str().unwrap();
+    assert!(
+        text.contains("setup.exe") && text.contains(".exe"),
+        "{text}"
     );
 }

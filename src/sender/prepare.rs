@@ -14,8 +14,22 @@ use crate::submission::CLASS_HEADER;
 const TAG_MAX: usize = 256;
 
 /// The outgoing MIME for `job`, whose stored MIME is `stored`.
+/// Headers SES reads from a raw message to choose the configuration set, the message tags
+/// and (sending authorization) the identities it sends as (SES developer guide, "Using
+/// configuration sets", "Sending authorization"). A client's must not pick them: the
+/// configured set and our tags are the only ones that apply.
+const SES_CONTROL_HEADERS: [&str; 5] = [
+    "X-SES-CONFIGURATION-SET",
+    "X-SES-MESSAGE-TAGS",
+    "X-SES-SOURCE-ARN",
+    "X-SES-FROM-ARN",
+    "X-SES-RETURN-PATH-ARN",
+];
+
 pub fn outgoing_mime(job: &Job, stored: &[u8], identity: &Identity, hostname: &str) -> Vec<u8> {
-    let stripped = strip_headers(stored, &["Bcc", CLASS_HEADER]);
+    let mut strip = vec!["Bcc", CLASS_HEADER];
+    strip.extend(SES_CONTROL_HEADERS);
+    let stripped = strip_headers(stored, &strip);
     let mut added = String::new();
     if header_values(&stripped, "Date").is_empty() {
         added.push_str(&format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())));
@@ -121,7 +135,7 @@ mod tests {
 
     #[test]
     fn adds_missing_date_and_message_id_strips_bcc() {
-        let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\n\r\nhi\r\n";
+        let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\nx-ses-configuration-set: theirs\r\nX-SES-MESSAGE-TAGS: campaign=x\r\nX-SES-SOURCE-ARN: arn:aws:ses:us-east-1:1:identity/other.example\r\n\r\nhi\r\n";
         let out = String::from_utf8(outgoing_mime(&record(), stored, &identity(None), "mx.test"))
             .unwrap();
         assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <0000000000000000000000000Z@mx.test>\r\n"), "{out}");
@@ -129,6 +143,8 @@ mod tests {
             !out.contains("Bcc") && !out.contains("X-Outbox-Class"),
             "{out}"
         );
+        // Only the configured set and our tags apply (issue 14 item 13).
+        assert!(!out.to_ascii_lowercase().contains("x-ses-"), "{out}");
         let kept =
             b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\n\r\nhi\r\n";
         assert_eq!(

@@ -444,6 +444,7 @@ impl Conn {
                 SubmitError::Storage => "storage",
                 SubmitError::Suppressed { .. } => "suppressed",
                 SubmitError::Address(_) => "address",
+                SubmitError::Attachment(_) => "attachment",
             }),
         }
         match &result {

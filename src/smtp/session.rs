@@ -657,6 +657,10 @@ impl Session {
             Ok(id) => Self::reply(Reply::new(250, 0, 0, format!("Ok: queued as {id}"))),
             Err(SubmitError::NotOwner(_)) => self.error(reply::not_owner()),
             Err(SubmitError::Address(e)) => self.address_refused(e, "recipient"),
+            // RFC 3463 X.6.0: the content cannot be carried (the provider refuses the type).
+            Err(e @ SubmitError::Attachment(_)) => {
+                self.error(Reply::new(550, 6, 0, format!("Message refused: {e}")))
+            }
             Err(SubmitError::BadMessage(text)) => self.error(Reply::new(550, 6, 0, text)),
             Err(SubmitError::SpoolFull) => Self::reply(reply::spool_full()),
             Err(SubmitError::Storage) => Self::reply(reply::local_error()),

@@ -417,3 +417,53 @@ def test_ses_message_grown_past_the_limit_fails_with_reason_before_send_email(mo
     time.sleep(QUIET_WINDOW)
     assert moto.send_email_requests() == []
     assert log_lines(server, about(qid, "will be retried")) == []
+
+
+# --------------------------------------------------------------------------- 9. SES's own headers, attachment types
+
+
+def test_ses_control_headers_from_the_client_are_stripped(moto, start_ses_server):
+    """Issue 14 item 13. SES reads X-SES-CONFIGURATION-SET and X-SES-MESSAGE-TAGS (and the
+    sending-authorization X-SES-*-ARN headers) from a raw message; a client's must not choose
+    the set, the tags or the identity: only the configured ones apply."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    msg = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: tags {marker}\r\n"
+        "X-SES-CONFIGURATION-SET: client-chosen-set\r\n"
+        "X-SES-MESSAGE-TAGS: campaign=client, submission_id=forged\r\n"
+        "x-ses-source-arn: arn:aws:ses:us-east-1:999999999999:identity/other.example\r\n"
+        f"\r\nBody {marker}.\r\n"
+    ).encode("ascii")
+    qid = submit(server, [TO], msg)
+    sent = moto.wait_raw_message(marker, server=server)
+    assert not re.search(r"(?im)^x-ses-", header_block(sent["raw_data"])), sent["raw_data"]
+    [req] = moto.send_email_requests()
+    assert req["ConfigurationSetName"] == SES_ALICE["configuration_set"], req
+    assert {"Name": "submission_id", "Value": qid} in req["EmailTags"], req["EmailTags"]
+
+
+def test_ses_refused_attachment_type_is_refused_at_data(moto, start_ses_server):
+    """Issue 14 item 13. SES refuses attachments of certain file types ("Unsupported attachment
+    types"); the sender learns it at once (550 5.6.0 naming the file), not from a later failure."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    msg = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: tool\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        '--b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="Setup.EXE"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--b1--\r\n"
+    ).encode("ascii")
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.starttls(context=server.tls_context())
+        s.login("alice", PASSWORDS["alice"])
+        s.mail(ALICE)
+        s.rcpt(TO)
+        code, resp = s.data(msg)
+    assert code == 550 and resp.startswith(b"5.6.0"), (code, resp)
+    assert b"Setup.EXE" in resp and b".exe" in resp, resp
+    assert moto.send_email_requests() == []
