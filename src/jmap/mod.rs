@@ -250,7 +250,16 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
     });
     let submission = json!({
         "maxDelayedSend": jmap.max_hold_secs,
-        "submissionExtensions": {"FUTURERELEASE": [jmap.max_hold_secs.to_string()]},
+        // RFC 8621 §1.3.2: the EHLO arguments; RFC 4865 §3 gives FUTURERELEASE two, the
+        // longest interval and the latest date-time, as our EHLO line does.
+        "submissionExtensions": if jmap.max_hold_secs > 0 {
+            json!({"FUTURERELEASE": [
+                jmap.max_hold_secs.to_string(),
+                crate::clock::rfc3339(jmap.now_ms() + jmap.max_hold_secs * 1000),
+            ]})
+        } else {
+            json!({})
+        },
     });
     let class =
         json!({"classes": MessageClass::NAMES, "default": MessageClass::default().as_str()});

@@ -1,0 +1,113 @@
+"""JMAP as clients nobody here wrote use it (issue 14): the npm library `jmap-client-ts` 1.0
+driven by Node (tests/e2e/node, installed by scripts/test with `npm ci`), and RFC 8620/8621's
+own request shapes sent literally. The server is the real binary with the `dir` transport.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import PASSWORDS
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+USING = ["urn:ietf:params:jmap:core", "urn:ietf:params:jmap:mail", "urn:ietf:params:jmap:submission"]
+MAX_HOLD = 30 * 86_400  # smtp.max_hold_secs default
+
+
+def base(server) -> str:
+    return f"https://localhost:{server.https[0][1]}"
+
+
+def call(server, calls) -> list:
+    r = requests.post(base(server) + "/jmap/api", json={"using": USING, "methodCalls": calls},
+                      auth=("alice", PASSWORDS["alice"]), verify=server.ca, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["methodResponses"]
+
+
+def queue_record(server, queue_id: str) -> dict:
+    proc = subprocess.run([str(server.binary), "queue", "show", queue_id, "--json",
+                           "--config", str(server.config_path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    [record] = json.loads(proc.stdout)["records"]
+    return record
+
+
+def utc_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def node_client(server, script: str, *args: str) -> dict:
+    node = shutil.which("node")
+    assert node, "node is missing: scripts/test installs the nodejs package"
+    assert (NODE_DIR / "node_modules" / "jmap-client-ts").is_dir(), \
+        "tests/e2e/node/node_modules is missing: run scripts/test (npm ci --prefix tests/e2e/node)"
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(server.ca)}
+    proc = subprocess.run([node, str(NODE_DIR / script), base(server) + "/.well-known/jmap", *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=NODE_DIR)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- item 6: FUTURERELEASE
+
+
+def test_jmap_client_ts_holds_a_submission_with_holdfor(server):
+    """RFC 8621 §7: SMTP parameters ride in envelope.mailFrom.parameters; §1.3.2: the
+    submissionExtensions advertised are what a client may use. FUTURERELEASE is advertised, so
+    HOLDFOR is accepted and sendAt (server-set) is when the message will be released."""
+    before = int(time.time() * 1000)
+    out = node_client(server, "hold_submission.mjs", "alice", PASSWORDS["alice"], "alice",
+                      "alice@example.com", "later@example.net", "3600")
+    # RFC 4865 §3: both arguments, as on the EHLO line.
+    max_secs, latest = out["capability"]["submissionExtensions"]["FUTURERELEASE"]
+    assert max_secs == str(MAX_HOLD)
+    assert abs(utc_ms(latest) - (before + MAX_HOLD * 1000)) < 120_000, latest
+    assert "s" in (out["set"].get("created") or {}), out["set"]
+    [sub] = out["get"]["list"]
+    assert sub["undoStatus"] == "pending", sub
+    assert abs(utc_ms(sub["sendAt"]) - (before + 3_600_000)) < 60_000, sub["sendAt"]
+    assert sub["envelope"]["mailFrom"]["parameters"] == {"HOLDFOR": "3600"}, sub["envelope"]
+    record = queue_record(server, sub["id"])
+    assert record["state"] == "queued" and abs(record["due_ms"] - utc_ms(sub["sendAt"])) < 1000, record
+
+
+def test_rfc8621_envelope_with_holduntil_sent_literally(server):
+    """RFC 8621 §7.5.2's Email/set + EmailSubmission/set request shape, with the envelope's
+    mailFrom carrying RFC 4865 HOLDUNTIL; a parameter not advertised is refused by name."""
+    [acct] = [a for a in requests.get(base(server) + "/.well-known/jmap", auth=("alice", PASSWORDS["alice"]),
+                                      verify=server.ca, timeout=30).json()["accounts"]]
+    until = datetime.fromtimestamp(time.time() + 7200, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def request(params):
+        return call(server, [
+            ["Email/set", {"accountId": acct, "create": {"k1490": {
+                "mailboxIds": {"drafts": True}, "keywords": {"$draft": True},
+                "from": [{"name": "Alice", "email": "alice@example.com"}],
+                "to": [{"name": "Jane", "email": "jane@example.net"}],
+                "subject": "Hello", "bodyValues": {"body": {"value": "Hi Jane", "charset": "utf-8"}},
+                "textBody": [{"partId": "body", "type": "text/plain"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct, "create": {"k1491": {
+                "identityId": "alice", "emailId": "#k1490",
+                "envelope": {"mailFrom": {"email": "alice@example.com", "parameters": params},
+                             "rcptTo": [{"email": "jane@example.net", "parameters": None}]}}}}, "1"],
+        ])[1][1]
+
+    held = request({"HOLDUNTIL": until})
+    created = held.get("created", {}).get("k1491")
+    assert created, held
+    [sub] = call(server, [["EmailSubmission/get", {"accountId": acct, "ids": [created["id"]]}, "g"]])[0][1]["list"]
+    assert sub["sendAt"] == until and sub["undoStatus"] == "pending", sub
+
+    refused = request({"NOTIFY": "NEVER"})
+    err = refused["notCreated"]["k1491"]
+    assert err["type"] == "invalidProperties" and "NOTIFY" in err["description"], err
