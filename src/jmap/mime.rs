@@ -153,10 +153,14 @@ fn body_text(
 }
 
 /// Builds the MIME; `blob` fetches an uploaded blob by id. Errors are SetErrors.
+/// `hostname` (the configured one) is the right-hand side of the Message-ID given to a draft
+/// that has none: mail-builder would otherwise use the machine's name (RFC 5322 §3.6.4 wants
+/// a domain the sender controls).
 pub fn build(
     create: &Map<String, Value>,
     blob: impl Fn(&str) -> Option<Vec<u8>>,
     now_ms: u64,
+    hostname: &str,
 ) -> Result<Vec<u8>, SetError> {
     if create.contains_key("bodyStructure") {
         return Err(invalid_properties(
@@ -294,6 +298,11 @@ pub fn build(
             ))
         }
     }
+    let has_id = matches!(create.get("messageId"), Some(Value::Array(ids)) if !ids.is_empty());
+    if !has_id {
+        let unique = crate::domain::QueueId::generate(now_ms);
+        b = b.message_id(MessageId::new(format!("{unique}@{hostname}")));
+    }
     if !create.contains_key("sentAt") {
         b = b.date(mail_builder::headers::date::Date::new(
             (now_ms / 1000) as i64,
@@ -331,6 +340,7 @@ mod tests {
             create.as_object().unwrap(),
             |id| (id == "B1").then(|| b"%PDF-1".to_vec()),
             0,
+            "mx.test",
         )
         .unwrap();
         let parsed = mail_parser::MessageParser::default().parse(&mime).unwrap();
@@ -363,7 +373,7 @@ mod tests {
             json!({"attachments": [{"blobId": "nope"}]}),
         ] {
             assert!(
-                build(bad.as_object().unwrap(), |_| None, 0).is_err(),
+                build(bad.as_object().unwrap(), |_| None, 0, "mx.test").is_err(),
                 "{bad}"
             );
         }
@@ -378,10 +388,10 @@ mod tests {
             "1969-12-31T23:59:59Z",
         ] {
             let create = json!({"sentAt": date, "subject": "x"});
-            let _ = build(create.as_object().unwrap(), |_| None, 0);
+            let _ = build(create.as_object().unwrap(), |_| None, 0, "mx.test");
         }
         let create = json!({"sentAt": "2030-06-01T12:00:00Z"});
-        assert!(build(create.as_object().unwrap(), |_| None, 0).is_ok());
+        assert!(build(create.as_object().unwrap(), |_| None, 0, "mx.test").is_ok());
     }
 
     #[test]

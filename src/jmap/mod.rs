@@ -452,8 +452,14 @@ async fn download(
                 .into_iter()
                 .find(|(k, _)| k == "accept")
                 .map(|(_, v)| v)
+                // RFC 8620 §6.2: `type` is what the server sets as Content-Type, parameters
+                // included ("text/plain; charset=utf-8"); anything that is not a one-line
+                // printable header value falls back to octet-stream.
                 .filter(|t| {
-                    t.len() < 200 && t.contains('/') && t.chars().all(|c| c.is_ascii_graphic())
+                    t.len() < 200
+                        && t.contains('/')
+                        && t.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+                        && axum::http::HeaderValue::from_str(t).is_ok()
                 })
                 .unwrap_or_else(|| "application/octet-stream".into());
             let name: String = name

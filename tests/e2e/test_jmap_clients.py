@@ -111,3 +111,74 @@ def test_rfc8621_envelope_with_holduntil_sent_literally(server):
     refused = request({"NOTIFY": "NEVER"})
     err = refused["notCreated"]["k1491"]
     assert err["type"] == "invalidProperties" and "NOTIFY" in err["description"], err
+
+
+# --------------------------------------------------------------------------- item 11
+
+
+def _draft(acct: str, cid: str, **extra) -> list:
+    return ["Email/set", {"accountId": acct, "create": {cid: {
+        "mailboxIds": {"drafts": True}, "keywords": {"$draft": True},
+        "from": [{"email": "alice@example.com"}], "to": [{"email": "jane@example.net"}],
+        "subject": "Hello", "bodyValues": {"b": {"value": "Hi"}},
+        "textBody": [{"partId": "b", "type": "text/plain"}], **extra}}}, "0"]
+
+
+def test_created_submission_carries_the_server_set_properties(server):
+    """RFC 8620 §5.3: `created` holds every property the client did not send — the server-set
+    ones (RFC 8621 §7: deliveryStatus, dsnBlobIds, mdnBlobIds, sendAt, undoStatus, threadId)
+    and the envelope the server derived."""
+    acct = "alice"
+    responses = call(server, [
+        _draft(acct, "d"),
+        ["EmailSubmission/set", {"accountId": acct, "create": {"s": {
+            "emailId": "#d", "identityId": "alice"}}}, "1"],
+    ])
+    created = responses[1][1]["created"]["s"]
+    for prop in ["id", "threadId", "sendAt", "undoStatus", "deliveryStatus", "dsnBlobIds",
+                 "mdnBlobIds", "envelope"]:
+        assert prop in created, (prop, created)
+    assert "identityId" not in created, created  # sent as is: not repeated
+    # Sent as the reference "#d": what it resolved to is returned.
+    assert created["emailId"] == responses[0][1]["created"]["d"]["id"], created
+    assert created["envelope"]["rcptTo"] == [{"email": "jane@example.net", "parameters": None}]
+    assert set(created["deliveryStatus"]) == {"jane@example.net"}, created
+    [got] = call(server, [["EmailSubmission/get", {"accountId": acct, "ids": [created["id"]]}, "g"]])
+    full = got[1]["list"][0]
+    assert {k: full[k] for k in ["threadId", "envelope", "dsnBlobIds", "mdnBlobIds"]} == \
+        {k: created[k] for k in ["threadId", "envelope", "dsnBlobIds", "mdnBlobIds"]}
+
+
+def test_eventsource_closeafter_state_ends_after_the_first_state_event(server):
+    """RFC 8620 §7.3: with closeafter=state the server MUST end the response after pushing a
+    state event — the initial one counts. A read timeout here means the stream stayed open."""
+    r = requests.get(base(server) + "/jmap/eventsource?types=*&closeafter=state&ping=0",
+                     auth=("alice", PASSWORDS["alice"]), verify=server.ca, timeout=10)
+    assert r.status_code == 200, r.text
+    events = [line for line in r.text.splitlines() if line.startswith("event:")]
+    assert events == ["event: state"], r.text
+
+
+def test_download_answers_the_requested_type_with_parameters(server):
+    """RFC 8620 §6.2: the download `type` is what the server sets as Content-Type — with its
+    parameters (accept=text/plain; charset=utf-8), not octet-stream."""
+    up = requests.post(base(server) + "/jmap/upload/alice/", data="héllo".encode(),
+                       headers={"Content-Type": "text/plain"}, auth=("alice", PASSWORDS["alice"]),
+                       verify=server.ca, timeout=30)
+    assert up.status_code in (200, 201), up.text
+    blob = up.json()["blobId"]
+    r = requests.get(base(server) + f"/jmap/download/alice/{blob}/hello.txt?accept=text/plain;%20charset=utf-8",
+                     auth=("alice", PASSWORDS["alice"]), verify=server.ca, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "text/plain; charset=utf-8", r.headers
+    assert r.content == "héllo".encode()
+
+
+def test_draft_message_id_uses_the_configured_hostname(server):
+    """A draft without messageId gets one whose right-hand side is the configured hostname
+    (config `hostname`, mx.test here), not the machine's name (RFC 5322 §3.6.4)."""
+    created = call(server, [_draft("alice", "d")])[0][1]["created"]["d"]
+    [got] = call(server, [["Email/get", {"accountId": "alice", "ids": [created["id"]],
+                                         "properties": ["messageId"]}, "g"]])
+    [message_id] = got[1]["list"][0]["messageId"]
+    assert message_id.endswith("@mx.test"), message_id
