@@ -379,6 +379,38 @@ mod tests {
         }
     }
 
+    /// RFC 8621 §1.3.1: maxSizeAttachmentsPerEmail counts unencoded octets; attachments of
+    /// exactly the advertised size, base64-encoded into a message with a body, still fit
+    /// the message limit (issue 14 item 9: 41,943,040 was advertised and refused after base64).
+    #[test]
+    fn advertised_attachment_size_fits_after_base64() {
+        let max_message = 1_000_000;
+        let advertised = super::super::limits::attachments_per_email(max_message);
+        let halves = [advertised / 2, advertised - advertised / 2];
+        let create = json!({
+            "from": [{"email": "alice@example.com"}], "to": [{"email": "b@example.net"}],
+            "subject": "two big files", "bodyValues": {"t": {"value": "see attached"}},
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "attachments": [
+                {"blobId": "B0", "type": "application/octet-stream", "name": "a.bin"},
+                {"blobId": "B1", "type": "application/octet-stream", "name": "b.bin"}],
+        });
+        let mime = build(
+            create.as_object().unwrap(),
+            |id| match id {
+                "B0" => Some(vec![0xA5; halves[0]]),
+                "B1" => Some(vec![0x5A; halves[1]]),
+                _ => None,
+            },
+            0,
+            "mx.test",
+        )
+        .unwrap();
+        assert!(mime.len() <= max_message, "{} > {max_message}", mime.len());
+        // And it is not needlessly small: within the overhead of the limit.
+        assert!(mime.len() + 2 * super::super::limits::MESSAGE_OVERHEAD > max_message);
+    }
+
     #[test]
     fn extreme_dates_build() {
         // Built or refused (invalidProperties), never a panic.

@@ -79,6 +79,15 @@ pub mod limits {
     /// How long an uploaded blob is kept (RFC 8620 §6: at least an hour). Email/set and
     /// Email/import copy what they use, so an expired upload takes no Email with it.
     pub const UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
+    /// Room in a message for its headers and text/HTML parts next to the attachments.
+    pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+    /// `maxSizeAttachmentsPerEmail`: RFC 8621 §1.3.1 counts the attachments' *unencoded*
+    /// octets, and each goes out as base64 in 76-character lines plus CRLF — 78 octets for
+    /// every 57 — so a message of `max_message_size` holds at most this much.
+    pub fn attachments_per_email(max_message_size: usize) -> usize {
+        max_message_size.saturating_sub(MESSAGE_OVERHEAD) / 78 * 57
+    }
 }
 
 /// Everything the JMAP handlers share.
@@ -244,7 +253,7 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
         "maxMailboxesPerEmail": 1,
         "maxMailboxDepth": 1,
         "maxSizeMailboxName": 255,
-        "maxSizeAttachmentsPerEmail": jmap.max_message_size,
+        "maxSizeAttachmentsPerEmail": limits::attachments_per_email(jmap.max_message_size),
         "emailQuerySortOptions": ["receivedAt", "size", "id"],
         "mayCreateTopLevelMailbox": false,
     });

@@ -182,3 +182,31 @@ def test_draft_message_id_uses_the_configured_hostname(server):
                                          "properties": ["messageId"]}, "g"]])
     [message_id] = got[1]["list"][0]["messageId"]
     assert message_id.endswith("@mx.test"), message_id
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+def test_advertised_attachment_size_is_accepted_after_base64(start_server):
+    """RFC 8621 §1.3.1: maxSizeAttachmentsPerEmail counts the attachments' unencoded octets.
+    An attachment of exactly that size must be accepted as a draft and submitted, although
+    base64 makes it a third larger in the message."""
+    server = start_server({"smtp.max_message_size": 1_000_000})
+    session = requests.get(base(server) + "/.well-known/jmap", auth=("alice", PASSWORDS["alice"]),
+                           verify=server.ca, timeout=30).json()
+    advertised = session["accounts"]["alice"]["accountCapabilities"]["urn:ietf:params:jmap:mail"][
+        "maxSizeAttachmentsPerEmail"]
+    data = os.urandom(advertised)
+    up = requests.post(base(server) + "/jmap/upload/alice/", data=data,
+                       headers={"Content-Type": "application/octet-stream"},
+                       auth=("alice", PASSWORDS["alice"]), verify=server.ca, timeout=30)
+    assert up.status_code in (200, 201), up.text
+    responses = call(server, [
+        _draft("alice", "d", attachments=[{"blobId": up.json()["blobId"],
+                                           "type": "application/octet-stream", "name": "data.bin"}]),
+        ["EmailSubmission/set", {"accountId": "alice", "create": {"s": {
+            "emailId": "#d", "identityId": "alice"}}}, "1"],
+    ])
+    assert "d" in responses[0][1].get("created", {}), responses[0][1]
+    assert "s" in responses[1][1].get("created", {}), responses[1][1]
+    assert advertised < 1_000_000 * 3 // 4, advertised
