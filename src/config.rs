@@ -366,6 +366,10 @@ pub struct SesConfig {
     /// [`ADDITIONS_RESERVE`] below it; the final message is checked against it before SendEmail.
     #[serde(default = "default_ses_max_message_size")]
     pub max_message_size: usize,
+    /// Static SES `EmailTags` on every message, after the seven built-in ones (e.g.
+    /// `tags = { env = "prod" }`); an identity's `ses_tags` of the same name win.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 fn default_ses_timeout() -> u64 {
@@ -494,6 +498,10 @@ pub struct HttpConfig {
     pub connection_lifetime_secs: u64,
     /// Open HTTPS connections at most (further ones wait in the kernel backlog).
     pub max_connections: usize,
+    /// Largest JMAP API request body in octets (RFC 8620 §2 `maxSizeRequest`).
+    pub max_request_size: usize,
+    /// Largest JMAP upload in octets (RFC 8620 §2 `maxSizeUpload`); 0: `smtp.max_message_size`.
+    pub max_upload_size: usize,
 }
 
 impl Default for HttpConfig {
@@ -503,6 +511,8 @@ impl Default for HttpConfig {
             handshake_timeout_secs: 10,
             connection_lifetime_secs: 300,
             max_connections: 1000,
+            max_request_size: 10_000_000,
+            max_upload_size: 0,
         }
     }
 }
@@ -575,6 +585,9 @@ pub struct IdentityConfig {
     /// SES configuration set for this identity's mail (overrides the transport's).
     #[serde(default)]
     pub configuration_set: Option<String>,
+    /// Static SES `EmailTags` for this identity's mail, added to the built-in ones.
+    #[serde(default)]
+    pub ses_tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -741,6 +754,15 @@ impl Config {
         if self.sender.workers == 0 {
             problem!("sender: workers must be at least 1");
         }
+        if let TransportConfig::Ses(ses) = &self.sender.transport {
+            for problem in crate::sender::prepare::check_static_tags(&ses.tags, &Default::default())
+            {
+                problem!("sender.transport.tags: {problem}");
+            }
+        }
+        if self.http.max_request_size < 4096 {
+            problem!("http: max_request_size must be at least 4096");
+        }
         let mut logins = std::collections::HashSet::new();
         for account in &self.accounts {
             if !logins.insert(account.login.to_lowercase()) {
@@ -758,6 +780,19 @@ impl Config {
                 ),
             }
             for identity in &account.identities {
+                let empty = Default::default();
+                let global = match &self.sender.transport {
+                    TransportConfig::Ses(ses) => &ses.tags,
+                    _ => &empty,
+                };
+                for problem in crate::sender::prepare::check_static_tags(&identity.ses_tags, global)
+                {
+                    problem!(
+                        "account {} identity {}: {problem}",
+                        account.login,
+                        identity.id
+                    );
+                }
                 match (&identity.email, &identity.domain) {
                     (Some(email), None) if email.contains('@') => {}
                     (None, Some(domain)) if !domain.contains('@') && !domain.is_empty() => {}
@@ -826,6 +861,42 @@ mod tests {
         );
         let tiny = format!("{base}[sender.transport]\nkind = \"ses\"\nmax_message_size = 1000\n");
         assert!(Config::parse(&tiny, Path::new("/etc/outbox")).is_err());
+    }
+
+    /// Issue 14 item 10: static SES tags, validated against SES's rules at load.
+    #[test]
+    fn static_tags_are_validated() {
+        let base = |transport_tags: &str, identity_tags: &str| {
+            format!(
+                "state_dir = \"s\"\n[sender.transport]\nkind = \"ses\"\n[sender.transport.tags]\n{transport_tags}\n\
+                 [[account]]\nlogin = \"a\"\npassword_hash = \"{HASH}\"\n\
+                 [[account.identity]]\nid = \"i\"\nemail = \"a@example.com\"\n[account.identity.ses_tags]\n{identity_tags}\n"
+            )
+        };
+        let ok =
+            Config::parse(&base("env = \"prod\"", "team = \"a-b_1\""), Path::new("/")).unwrap();
+        assert_eq!(ok.accounts[0].identities[0].ses_tags["team"], "a-b_1");
+        let many: String = (0..44).map(|i| format!("t{i} = \"v\"\n")).collect();
+        for (global, identity, want) in [
+            ("env = \"prod eu\"", "", "[A-Za-z0-9_-]"),
+            ("", "\"n.x\" = \"v\"", "[A-Za-z0-9_-]"),
+            (
+                "",
+                &format!("long = \"{}\"", "x".repeat(257)),
+                "[A-Za-z0-9_-]",
+            ),
+            ("submission_id = \"x\"", "", "Outbox sets itself"),
+            ("g = \"1\"", many.as_str(), "exceed SES's 50"),
+        ] {
+            let err = Config::parse(&base(global, identity), Path::new("/")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(want),
+                "{global} / {identity}: {err:#}"
+            );
+        }
+        // 7 built-in + 43 = 50: allowed.
+        let fifty: String = (0..43).map(|i| format!("t{i} = \"v\"\n")).collect();
+        assert!(Config::parse(&base("", &fifty), Path::new("/")).is_ok());
     }
 
     #[test]

@@ -223,6 +223,8 @@ pub async fn run(
             max_message_size: config.smtp.max_message_size,
             max_recipients: config.smtp.max_recipients,
             max_hold_secs: config.smtp.max_hold_secs,
+            max_request_size: config.http.max_request_size,
+            max_upload_size: config.http.max_upload_size,
             hostname: config.hostname.clone(),
             stop: stop_rx.clone(),
         },

@@ -62,8 +62,6 @@ pub const CAP_SUBMISSION: &str = "urn:ietf:params:jmap:submission";
 
 /// RFC 8620 §2 core limits we announce and enforce.
 pub mod limits {
-    /// Largest API request body (octets): a generous Email/set with inline bodies.
-    pub const MAX_SIZE_REQUEST: usize = 10_000_000;
     /// Parallel API requests per account (each holds a storage transaction or a submission).
     pub const MAX_CONCURRENT_REQUESTS: usize = 4;
     /// Parallel uploads per account (each is bounded by maxSizeUpload).
@@ -104,6 +102,10 @@ pub struct Jmap {
     pub max_recipients: usize,
     /// Longest `sendAt` delay (the SMTP FUTURERELEASE limit).
     pub max_hold_secs: u64,
+    /// `maxSizeRequest` (config `http.max_request_size`).
+    pub max_request_size: usize,
+    /// `maxSizeUpload` (config `http.max_upload_size`, else the message size limit).
+    pub max_upload_size: usize,
     pub hostname: String,
     pub stop: watch::Receiver<bool>,
     requests: auth::InFlight,
@@ -123,6 +125,9 @@ pub struct Parts {
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub max_hold_secs: u64,
+    pub max_request_size: usize,
+    /// 0: `max_message_size`.
+    pub max_upload_size: usize,
     pub hostname: String,
     pub stop: watch::Receiver<bool>,
 }
@@ -146,6 +151,11 @@ impl Jmap {
             max_message_size: parts.max_message_size,
             max_recipients: parts.max_recipients,
             max_hold_secs: parts.max_hold_secs,
+            max_request_size: parts.max_request_size,
+            max_upload_size: match parts.max_upload_size {
+                0 => parts.max_message_size,
+                n => n,
+            },
             hostname: parts.hostname,
             stop: parts.stop,
             requests: auth::InFlight::default(),
@@ -240,9 +250,9 @@ async fn session(State(jmap): State<Arc<Jmap>>, parts: RequestParts) -> Response
 pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
     let id = &account.account_id;
     let core = json!({
-        "maxSizeUpload": jmap.max_message_size,
+        "maxSizeUpload": jmap.max_upload_size,
         "maxConcurrentUpload": limits::MAX_CONCURRENT_UPLOAD,
-        "maxSizeRequest": limits::MAX_SIZE_REQUEST,
+        "maxSizeRequest": jmap.max_request_size,
         "maxConcurrentRequests": limits::MAX_CONCURRENT_REQUESTS,
         "maxCallsInRequest": limits::MAX_CALLS_IN_REQUEST,
         "maxObjectsInGet": limits::MAX_OBJECTS_IN_GET,
@@ -335,7 +345,7 @@ async fn api_endpoint(State(jmap): State<Arc<Jmap>>, request: Request) -> Respon
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let body = match axum::body::to_bytes(request.into_body(), limits::MAX_SIZE_REQUEST).await {
+    let body = match axum::body::to_bytes(request.into_body(), jmap.max_request_size).await {
         Ok(b) => b,
         Err(_) => {
             return problem(
@@ -398,7 +408,7 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    let body = match axum::body::to_bytes(request.into_body(), jmap.max_message_size).await {
+    let body = match axum::body::to_bytes(request.into_body(), jmap.max_upload_size).await {
         Ok(b) => b,
         Err(_) => {
             return problem(

@@ -59,6 +59,8 @@ fn fixture_for(transport: &str) -> Fixture {
         max_message_size: 1 << 20,
         max_recipients: 50,
         max_hold_secs: 3600,
+        max_request_size: 10_000_000,
+        max_upload_size: 0,
         hostname: "mx.test".into(),
         stop,
     });

@@ -13,6 +13,60 @@ use crate::submission::CLASS_HEADER;
 /// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
 const TAG_MAX: usize = 256;
 
+/// SES takes at most 50 `EmailTags` per message (SES v2 API reference, `MessageTag`).
+pub const MAX_TAGS: usize = 50;
+
+/// The tags every message carries (see [`tags`]); static tags may not reuse their names.
+pub const BUILT_IN_TAGS: [&str; 7] = [
+    "tenant_id",
+    "submission_id",
+    "identity_id",
+    "account_id",
+    "user_id",
+    "domain",
+    "message_class",
+];
+
+/// What is wrong with configured static `tags` (`[sender.transport] tags`, an identity's
+/// `ses_tags`): names and values in SES's alphabet and length, no built-in name, and with the
+/// built-in ones and `also` (the global tags, for an identity's) at most [`MAX_TAGS`] on one
+/// message.
+pub fn check_static_tags(
+    tags: &std::collections::BTreeMap<String, String>,
+    also: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= TAG_MAX
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    let mut problems = Vec::new();
+    for (name, value) in tags {
+        if !valid(name) || !valid(value) {
+            problems.push(format!(
+                "tag {name:?} = {value:?}: names and values are 1-{TAG_MAX} characters of [A-Za-z0-9_-] (SES)"
+            ));
+        }
+        if BUILT_IN_TAGS.contains(&name.as_str()) {
+            problems.push(format!("tag {name:?} is one Outbox sets itself"));
+        }
+    }
+    let distinct = tags
+        .keys()
+        .chain(also.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if BUILT_IN_TAGS.len() + distinct > MAX_TAGS {
+        problems.push(format!(
+            "{} static tags and the {} built-in ones exceed SES's {MAX_TAGS} per message",
+            distinct,
+            BUILT_IN_TAGS.len()
+        ));
+    }
+    problems
+}
+
 /// The outgoing MIME for `job`, whose stored MIME is `stored`.
 /// Headers SES reads from a raw message to choose the configuration set, the message tags
 /// and (sending authorization) the identities it sends as (SES developer guide, "Using
@@ -116,6 +170,7 @@ mod tests {
             text_signature: text.map(Into::into),
             html_signature: None,
             configuration_set: None,
+            ses_tags: Vec::new(),
         }
     }
 

@@ -83,9 +83,18 @@ impl SesTransport {
                 }
             }
         };
+        // The message's tags (built-in, then the identity's), then the configured global ones
+        // whose names the message does not already carry (validated at config load).
+        let global = self
+            .config
+            .tags
+            .iter()
+            .filter(|(name, _)| !message.tags.iter().any(|(n, _)| n == *name));
         let tags: Result<Vec<MessageTag>, _> = message
             .tags
             .iter()
+            .map(|(name, value)| (name, value))
+            .chain(global)
             .map(|(name, value)| MessageTag::builder().name(name).value(value).build())
             .collect();
         let tags = match tags {

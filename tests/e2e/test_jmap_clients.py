@@ -210,3 +210,28 @@ def test_advertised_attachment_size_is_accepted_after_base64(start_server):
     assert "d" in responses[0][1].get("created", {}), responses[0][1]
     assert "s" in responses[1][1].get("created", {}), responses[1][1]
     assert advertised < 1_000_000 * 3 // 4, advertised
+
+
+# --------------------------------------------------------------------------- item 10
+
+
+def test_request_and_upload_limits_are_configurable(start_server):
+    """Issue 14 item 10: maxSizeRequest and maxSizeUpload (RFC 8620 §2) come from the config
+    (http.max_request_size, http.max_upload_size) and are enforced as advertised."""
+    server = start_server({"http.max_request_size": 5000, "http.max_upload_size": 3000})
+    session = requests.get(base(server) + "/.well-known/jmap", auth=("alice", PASSWORDS["alice"]),
+                           verify=server.ca, timeout=30).json()
+    core = session["capabilities"]["urn:ietf:params:jmap:core"]
+    assert (core["maxSizeRequest"], core["maxSizeUpload"]) == (5000, 3000), core
+
+    def upload(n):
+        return requests.post(base(server) + "/jmap/upload/alice/", data=b"x" * n,
+                             auth=("alice", PASSWORDS["alice"]), verify=server.ca, timeout=30)
+
+    assert upload(3000).status_code in (200, 201)
+    assert upload(3001).status_code == 413
+    big = {"using": USING, "methodCalls": [["Mailbox/get", {"accountId": "alice", "ids": None,
+                                                             "padding": "x" * 5000}, "0"]]}
+    r = requests.post(base(server) + "/jmap/api", json=big, auth=("alice", PASSWORDS["alice"]),
+                      verify=server.ca, timeout=30)
+    assert r.status_code == 413 and r.json().get("limit") == "maxSizeRequest", r.text

@@ -467,3 +467,31 @@ def test_ses_refused_attachment_type_is_refused_at_data(moto, start_ses_server):
     assert code == 550 and resp.startswith(b"5.6.0"), (code, resp)
     assert b"Setup.EXE" in resp and b".exe" in resp, resp
     assert moto.send_email_requests() == []
+
+
+# --------------------------------------------------------------------------- 10. static tags
+
+
+def test_ses_static_tags_global_and_per_identity(moto, start_ses_server, password_hashes):
+    """Issue 14 item 10: static SES EmailTags from the config — global ([sender.transport]
+    tags) and per identity (ses_tags) — ride along after the seven built-in ones."""
+    from conftest import ses_accounts
+
+    accounts = ses_accounts(password_hashes)
+    accounts[0]["identity"][0]["ses_tags"] = {"team": "billing", "env": "prod-eu"}
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url, {
+        "account": accounts,
+        "sender.transport": {"kind": "ses", "max_send_rate": 50, "timeout_secs": 10,
+                             "tags": {"env": "prod", "service": "outbox"}},
+    })
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+    moto.wait_raw_message(marker, server=server)
+    [req] = moto.send_email_requests()
+    tags = {t["Name"]: t["Value"] for t in req["EmailTags"]}
+    assert len(req["EmailTags"]) == 10, req["EmailTags"]  # 7 built-in + team, env, service
+    assert tags["submission_id"] == qid
+    # The identity's value wins over the global one of the same name.
+    assert (tags["team"], tags["env"], tags["service"]) == ("billing", "prod-eu", "outbox"), tags
