@@ -235,3 +235,44 @@ def test_request_and_upload_limits_are_configurable(start_server):
     r = requests.post(base(server) + "/jmap/api", json=big, auth=("alice", PASSWORDS["alice"]),
                       verify=server.ca, timeout=30)
     assert r.status_code == 413 and r.json().get("limit") == "maxSizeRequest", r.text
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+def test_signature_inserted_by_the_client_is_not_added_again(moto, start_ses_server):
+    """Issue 14 item 8. RFC 8621 §6: the client SHOULD insert the identity's textSignature /
+    htmlSignature itself. One that does (as here, from Identity/get) must not get them twice."""
+    from conftest import SES_ALICE
+
+    moto.sesv2.create_email_identity(EmailIdentity=SES_ALICE["email"])
+    server = start_ses_server(moto.url)
+    session = requests.get(base(server) + "/.well-known/jmap", auth=("alice", PASSWORDS["alice"]),
+                           verify=server.ca, timeout=30).json()
+    acct = session["primaryAccounts"]["urn:ietf:params:jmap:mail"]
+    [identity] = call(server, [["Identity/get", {"accountId": acct}, "i"]])[0][1]["list"]
+    text_sig, html_sig = identity["textSignature"], identity["htmlSignature"]
+    assert text_sig and html_sig, identity
+    marker = os.urandom(8).hex()
+    responses = call(server, [
+        ["Email/set", {"accountId": acct, "create": {"d": {
+            "mailboxIds": {"drafts": True}, "keywords": {"$draft": True},
+            "from": [{"email": identity["email"]}], "to": [{"email": "jane@example.net"}],
+            "subject": f"signed by the client {marker}",
+            "bodyValues": {"t": {"value": f"Hi {marker}\n\n{text_sig}\n"},
+                           "h": {"value": f"<html><body><p>Hi {marker}</p>"
+                                          f"<div class=\"signature\">{html_sig}</div></body></html>"}},
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "htmlBody": [{"partId": "h", "type": "text/html"}]}}}, "0"],
+        ["EmailSubmission/set", {"accountId": acct, "create": {"s": {
+            "emailId": "#d", "identityId": identity["id"]}}}, "1"],
+    ])
+    assert "s" in responses[1][1].get("created", {}), responses
+    sent = moto.wait_raw_message(marker, server=server)
+    import email
+    import email.policy
+    parsed = email.message_from_bytes(sent["raw_data"].encode(), policy=email.policy.default)
+    parts = {p.get_content_type(): p.get_content().replace("\r\n", "\n") for p in parsed.walk()
+             if p.get_content_type() in ("text/plain", "text/html")}
+    assert parts["text/plain"].count(text_sig) == 1, parts["text/plain"]
+    assert parts["text/html"].count(html_sig) == 1, parts["text/html"]
