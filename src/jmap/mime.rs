@@ -1,6 +1,7 @@
 //! An Email/set `create` object (RFC 8621 §4.6) turned into RFC 5322 MIME with mail-builder:
 //! addresses, subject, date and id headers, `header:Name[:asText|:asRaw]` properties, one
-//! text and/or one HTML body from `bodyValues`, and attachments from uploaded blobs.
+//! text and/or one HTML body from `bodyValues`, and attachments from uploaded blobs — or the
+//! whole tree as `bodyStructure` ([`super::body_structure`]).
 
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
@@ -32,7 +33,10 @@ const MESSAGE_PROPERTIES: [&str; 14] = [
 ];
 
 pub fn is_message_property(p: &str) -> bool {
-    MESSAGE_PROPERTIES.contains(&p) || p == "bodyValues" || p.starts_with("header:")
+    MESSAGE_PROPERTIES.contains(&p)
+        || p == "bodyValues"
+        || p == "bodyStructure"
+        || p.starts_with("header:")
 }
 
 /// Headers a client may not set through `header:` (they come from properties or the body).
@@ -162,13 +166,10 @@ pub fn build(
     now_ms: u64,
     hostname: &str,
 ) -> Result<Vec<u8>, SetError> {
-    if create.contains_key("bodyStructure") {
-        return Err(invalid_properties(
-            &["bodyStructure"],
-            "bodyStructure is not supported; use textBody, htmlBody and attachments",
-        ));
-    }
     let mut b = MessageBuilder::new();
+    if create.get("bodyStructure").is_some_and(|v| !v.is_null()) {
+        b = b.body(super::body_structure::build(create, &blob)?);
+    }
     for (prop, v) in create {
         b = match prop.as_str() {
             "from" => match addresses(v, prop)? {

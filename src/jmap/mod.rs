@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body_structure;
 pub mod email;
 pub mod email_set;
 pub mod identity;

@@ -276,3 +276,59 @@ def test_signature_inserted_by_the_client_is_not_added_again(moto, start_ses_ser
              if p.get_content_type() in ("text/plain", "text/html")}
     assert parts["text/plain"].count(text_sig) == 1, parts["text/plain"]
     assert parts["text/html"].count(html_sig) == 1, parts["text/html"]
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def _parts(raw: bytes) -> list[tuple[str, str | None, str | None]]:
+    import email
+    import email.policy
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    return [(p.get_content_type(), p.get_content_disposition(), p.get("Content-ID")) for p in msg.walk()]
+
+
+def test_jmap_client_ts_draft_with_body_structure_is_sent(server):
+    """RFC 8621 §4.6 allows bodyStructure on create (and §7.5.2's example uses it); jmap-client-ts
+    models drafts that way. Nested multiparts, blobId parts and an inline cid part are built."""
+    marker = os.urandom(6).hex()
+    out = node_client(server, "body_structure.mjs", "alice", PASSWORDS["alice"], "alice",
+                      "alice@example.com", "jane@example.net", marker)
+    assert "d" in (out["emailSet"].get("created") or {}), out["emailSet"]
+    sub = (out["submissionSet"] or {}).get("created", {}).get("s")
+    assert sub, out["submissionSet"]
+    server.wait_delivered([sub["id"]])
+    raw = (server.mail_dir / f"{sub['id']}.eml").read_bytes()
+    assert _parts(raw) == [
+        ("multipart/mixed", None, None),
+        ("multipart/related", None, None),
+        ("multipart/alternative", None, None),
+        ("text/plain", None, None),
+        ("text/html", None, None),
+        ("image/png", "inline", "<logo@example>"),
+        ("application/pdf", "attachment", None),
+    ], raw[:2000]
+    assert f"Plain {marker}".encode() in raw and f"Rich {marker}".encode() in raw
+
+
+def test_rfc8621_body_structure_request_sent_literally(server):
+    """The §4.6 create shape with bodyStructure (multipart/alternative of two bodyValues) as an
+    RFC 8621 client would send it; the Email reads back with both bodies."""
+    responses = call(server, [["Email/set", {"accountId": "alice", "create": {"k1": {
+        "mailboxIds": {"drafts": True}, "keywords": {"$draft": True},
+        "from": [{"email": "alice@example.com"}], "to": [{"email": "jane@example.net"}],
+        "subject": "Hello",
+        "bodyStructure": {"type": "multipart/alternative", "subParts": [
+            {"partId": "1", "type": "text/plain"}, {"partId": "2", "type": "text/html"}]},
+        "bodyValues": {"1": {"value": "Hi Jane", "isTruncated": False},
+                       "2": {"value": "<p>Hi Jane</p>", "isTruncated": False}}}}}, "0"]])
+    created = responses[0][1].get("created", {}).get("k1")
+    assert created, responses
+    [got] = call(server, [["Email/get", {"accountId": "alice", "ids": [created["id"]],
+                                         "properties": ["textBody", "htmlBody", "bodyValues"], "fetchTextBodyValues": True,
+                                         "fetchHTMLBodyValues": True}, "g"]])
+    email = got[1]["list"][0]
+    values = {v["value"].strip() for v in got[1]["list"][0].get("bodyValues", {}).values()}
+    assert [p["type"] for p in email["textBody"]] == ["text/plain"], email
+    assert [p["type"] for p in email["htmlBody"]] == ["text/html"], email
+    assert values == {"Hi Jane", "<p>Hi Jane</p>"}, values
