@@ -31,6 +31,8 @@ pub struct Identity {
     pub text_signature: Option<String>,
     pub html_signature: Option<String>,
     pub configuration_set: Option<String>,
+    /// Static SES tags for this identity's mail (validated at config load).
+    pub ses_tags: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -98,6 +100,11 @@ impl Directory {
                     text_signature: i.text_signature.clone(),
                     html_signature: i.html_signature.clone(),
                     configuration_set: i.configuration_set.clone(),
+                    ses_tags: i
+                        .ses_tags
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 })
                 .collect();
             let account = Account {
@@ -405,6 +412,7 @@ pub(crate) fn test_account(
             text_signature: None,
             html_signature: None,
             configuration_set: None,
+            ses_tags: Default::default(),
         }],
     }
 }
@@ -423,6 +431,7 @@ mod tests {
             text_signature: None,
             html_signature: None,
             configuration_set: None,
+            ses_tags: Default::default(),
         };
         Directory::from_config(&[AccountConfig {
             login: "Alice".into(),

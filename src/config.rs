@@ -301,6 +301,25 @@ pub enum TransportConfig {
     Sqs(SqsConfig),
 }
 
+impl TransportConfig {
+    /// Whether messages end up at SES: the `ses` transport, and `sqs`, which feeds an SES
+    /// sender. SES's content rules (ASCII envelopes, attachment types) then apply.
+    pub fn ses_bound(&self) -> bool {
+        matches!(self, TransportConfig::Ses(_) | TransportConfig::Sqs(_))
+    }
+
+    /// SES cannot carry SMTPUTF8: ASCII envelopes with IDN domains as A-labels. The others
+    /// carry UTF-8 addresses.
+    pub fn address_policy(&self) -> crate::address::AddressPolicy {
+        use crate::address::AddressPolicy;
+        if self.ses_bound() {
+            AddressPolicy::Ascii
+        } else {
+            AddressPolicy::Utf8
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {
@@ -386,10 +405,40 @@ pub struct SesConfig {
     /// Seconds before an SES call is abandoned and retried.
     #[serde(default = "default_ses_timeout")]
     pub timeout_secs: u64,
+    /// Largest message SES takes, as sent: "40 MB per message (after base64 encoding)" (SES
+    /// quotas), read as 40,000,000 octets to be safe. SMTP SIZE and the JMAP limits are held
+    /// [`ADDITIONS_RESERVE`] below it; the final message is checked against it before SendEmail.
+    #[serde(default = "default_ses_max_message_size")]
+    pub max_message_size: usize,
+    /// Static SES `EmailTags` on every message, after the seven built-in ones (e.g.
+    /// `tags = { env = "prod" }`); an identity's `ses_tags` of the same name win.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 fn default_ses_timeout() -> u64 {
     60
+}
+
+fn default_ses_max_message_size() -> usize {
+    40_000_000
+}
+
+/// Octets kept free under the provider's message limit for what Outbox adds after a client's
+/// size was checked: the `Received` trace (under 1 KB with a 255-octet HELO), `Date` and
+/// `Message-ID`, the identity's signature in the text and HTML parts (quoted-printable can
+/// triple it), a `DKIM-Signature` (about 1 KB for RSA-4096). What still does not fit (a part
+/// re-encoded to carry the signature) is failed with its reason before the hand-off.
+pub const ADDITIONS_RESERVE: usize = 64 * 1024;
+
+impl TransportConfig {
+    /// The largest message the provider accepts as sent, if it has a limit.
+    pub fn max_message_size(&self) -> Option<usize> {
+        match self {
+            TransportConfig::Ses(ses) => Some(ses.max_message_size),
+            _ => None,
+        }
+    }
 }
 
 /// The plain-HTTP listener for `/metrics`, `/healthz` and `/readyz`.
@@ -414,7 +463,8 @@ impl Default for MetricsConfig {
 pub struct FeedbackConfig {
     /// SNS topic ARNs whose messages are accepted (exact match); empty refuses every message.
     pub topics: Vec<String>,
-    /// SNS messages older than this (their `Timestamp`) are refused as replays.
+    /// SNS messages POSTed over HTTPS older than this (their `Timestamp`) are refused as
+    /// replays. Not applied to messages read from SQS, which may be days old after an outage.
     pub max_message_age_secs: u64,
     /// A hard bounce suppresses the address (for that account and class) this long; 0: until
     /// removed. SES's own account-level list keeps entries for up to 14 days.
@@ -492,6 +542,10 @@ pub struct HttpConfig {
     pub connection_lifetime_secs: u64,
     /// Open HTTPS connections at most (further ones wait in the kernel backlog).
     pub max_connections: usize,
+    /// Largest JMAP API request body in octets (RFC 8620 §2 `maxSizeRequest`).
+    pub max_request_size: usize,
+    /// Largest JMAP upload in octets (RFC 8620 §2 `maxSizeUpload`); 0: `smtp.max_message_size`.
+    pub max_upload_size: usize,
 }
 
 impl Default for HttpConfig {
@@ -501,6 +555,8 @@ impl Default for HttpConfig {
             handshake_timeout_secs: 10,
             connection_lifetime_secs: 300,
             max_connections: 1000,
+            max_request_size: 10_000_000,
+            max_upload_size: 0,
         }
     }
 }
@@ -573,6 +629,9 @@ pub struct IdentityConfig {
     /// SES configuration set for this identity's mail (overrides the transport's).
     #[serde(default)]
     pub configuration_set: Option<String>,
+    /// Static SES `EmailTags` for this identity's mail, added to the built-in ones.
+    #[serde(default)]
+    pub ses_tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -609,6 +668,7 @@ impl Config {
         let mut config: Config = toml::from_str(text)?;
         config.resolve_paths(base)?;
         config.validate()?;
+        config.leave_room_for_additions();
         Ok(config)
     }
 
@@ -667,6 +727,15 @@ impl Config {
         Ok(())
     }
 
+    /// SMTP SIZE (RFC 1870), sendmail and JMAP accept at most the transport's limit less
+    /// [`ADDITIONS_RESERVE`], so mail that gets 250 still fits once Outbox has added to it.
+    fn leave_room_for_additions(&mut self) {
+        if let Some(max) = self.sender.transport.max_message_size() {
+            let room = max.saturating_sub(ADDITIONS_RESERVE);
+            self.smtp.max_message_size = self.smtp.max_message_size.min(room);
+        }
+    }
+
     /// Checks the values serde cannot; reports every problem at once, each with its key.
     fn validate(&self) -> Result<()> {
         let mut problems: Vec<String> = Vec::new();
@@ -682,6 +751,14 @@ impl Config {
         }
         if smtp.max_recipients == 0 || smtp.max_message_size == 0 {
             problem!("smtp: max_recipients and max_message_size must be positive");
+        }
+        if let Some(max) = self.sender.transport.max_message_size() {
+            if max < 2 * ADDITIONS_RESERVE {
+                problem!(
+                    "sender.transport: max_message_size must be at least {}",
+                    2 * ADDITIONS_RESERVE
+                );
+            }
         }
         if self.spool.max_attempts == 0 {
             problem!("spool: max_attempts must be at least 1");
@@ -733,6 +810,15 @@ impl Config {
         if self.sender.workers == 0 {
             problem!("sender: workers must be at least 1");
         }
+        if let TransportConfig::Ses(ses) = &self.sender.transport {
+            for problem in crate::sender::prepare::check_static_tags(&ses.tags, &Default::default())
+            {
+                problem!("sender.transport.tags: {problem}");
+            }
+        }
+        if self.http.max_request_size < 4096 {
+            problem!("http: max_request_size must be at least 4096");
+        }
         let mut logins = std::collections::HashSet::new();
         for account in &self.accounts {
             if !logins.insert(account.login.to_lowercase()) {
@@ -750,6 +836,19 @@ impl Config {
                 ),
             }
             for identity in &account.identities {
+                let empty = Default::default();
+                let global = match &self.sender.transport {
+                    TransportConfig::Ses(ses) => &ses.tags,
+                    _ => &empty,
+                };
+                for problem in crate::sender::prepare::check_static_tags(&identity.ses_tags, global)
+                {
+                    problem!(
+                        "account {} identity {}: {problem}",
+                        account.login,
+                        identity.id
+                    );
+                }
                 match (&identity.email, &identity.domain) {
                     (Some(email), None) if email.contains('@') => {}
                     (None, Some(domain)) if !domain.contains('@') && !domain.is_empty() => {}
@@ -793,6 +892,67 @@ mod tests {
             config.accounts[0].identities[0].email.as_deref(),
             Some("a@example.com")
         );
+    }
+
+    /// Issue 14 item 3: SES takes 40 MB as sent; what we accept leaves room for our additions
+    /// (RFC 1870 SIZE is what the client may send, not what we will hand on).
+    #[test]
+    fn accepted_size_leaves_room_under_the_ses_limit() {
+        let base = format!(
+            "state_dir = \"s\"\n[[account]]\nlogin = \"a\"\npassword_hash = \"{HASH}\"\n\
+             [[account.identity]]\nid = \"i\"\nemail = \"a@example.com\"\n"
+        );
+        let dir = Config::parse(&base, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(dir.smtp.max_message_size, 40 * 1024 * 1024);
+        let ses = format!("{base}[sender.transport]\nkind = \"ses\"\n");
+        let ses = Config::parse(&ses, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(ses.smtp.max_message_size, 40_000_000 - ADDITIONS_RESERVE);
+        let small = format!(
+            "{base}[smtp]\nmax_message_size = 1000000\n[sender.transport]\nkind = \"ses\"\n"
+        );
+        let small = Config::parse(&small, Path::new("/etc/outbox")).unwrap();
+        assert_eq!(
+            small.smtp.max_message_size, 1_000_000,
+            "a lower limit is kept"
+        );
+        let tiny = format!("{base}[sender.transport]\nkind = \"ses\"\nmax_message_size = 1000\n");
+        assert!(Config::parse(&tiny, Path::new("/etc/outbox")).is_err());
+    }
+
+    /// Issue 14 item 10: static SES tags, validated against SES's rules at load.
+    #[test]
+    fn static_tags_are_validated() {
+        let base = |transport_tags: &str, identity_tags: &str| {
+            format!(
+                "state_dir = \"s\"\n[sender.transport]\nkind = \"ses\"\n[sender.transport.tags]\n{transport_tags}\n\
+                 [[account]]\nlogin = \"a\"\npassword_hash = \"{HASH}\"\n\
+                 [[account.identity]]\nid = \"i\"\nemail = \"a@example.com\"\n[account.identity.ses_tags]\n{identity_tags}\n"
+            )
+        };
+        let ok =
+            Config::parse(&base("env = \"prod\"", "team = \"a-b_1\""), Path::new("/")).unwrap();
+        assert_eq!(ok.accounts[0].identities[0].ses_tags["team"], "a-b_1");
+        let many: String = (0..44).map(|i| format!("t{i} = \"v\"\n")).collect();
+        for (global, identity, want) in [
+            ("env = \"prod eu\"", "", "[A-Za-z0-9_-]"),
+            ("", "\"n.x\" = \"v\"", "[A-Za-z0-9_-]"),
+            (
+                "",
+                &format!("long = \"{}\"", "x".repeat(257)),
+                "[A-Za-z0-9_-]",
+            ),
+            ("submission_id = \"x\"", "", "Outbox sets itself"),
+            ("g = \"1\"", many.as_str(), "exceed SES's 50"),
+        ] {
+            let err = Config::parse(&base(global, identity), Path::new("/")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(want),
+                "{global} / {identity}: {err:#}"
+            );
+        }
+        // 7 built-in + 43 = 50: allowed.
+        let fifty: String = (0..43).map(|i| format!("t{i} = \"v\"\n")).collect();
+        assert!(Config::parse(&base("", &fifty), Path::new("/")).is_ok());
     }
 
     #[test]

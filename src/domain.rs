@@ -190,6 +190,11 @@ pub enum Outcome {
     /// SES is still trying (DeliveryDelay).
     Delayed,
     Delivered,
+    /// A complaint report of feedback type `not-spam` (RFC 5965 §7.3 "not-spam": the reporter
+    /// does *not* consider it spam, e.g. correcting an earlier report). Recorded for the
+    /// recipient, who evidently has the message, but no complaint: it counts as delivered,
+    /// never suppresses, and ranks below a real complaint or a bounce.
+    NotSpam,
     /// Left out by Outbox at send time: on the suppression list.
     Suppressed,
     /// SES rejected the message after accepting it (virus) — no recipient got it.
@@ -203,6 +208,7 @@ impl Outcome {
         match self {
             Outcome::Delayed => "delayed",
             Outcome::Delivered => "delivered",
+            Outcome::NotSpam => "not_spam",
             Outcome::Suppressed => "suppressed",
             Outcome::Rejected => "rejected",
             Outcome::Bounced => "bounced",
@@ -365,7 +371,7 @@ impl SubmissionRecord {
         let mut any_delivered = false;
         for rcpt in &self.job.recipients {
             match self.delivery.get(&rcpt.to_lowercase()).map(|s| s.outcome) {
-                Some(Outcome::Delivered) => any_delivered = true,
+                Some(Outcome::Delivered | Outcome::NotSpam) => any_delivered = true,
                 Some(Outcome::Suppressed) => {}
                 _ => return State::Sent,
             }
@@ -510,6 +516,41 @@ mod tests {
         ] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad}");
         }
+    }
+
+    /// Issue 14 item 14: a `not-spam` complaint report (RFC 5965 §7.3) is recorded for the
+    /// recipient but does not make the submission complained; a real complaint still does.
+    #[test]
+    fn not_spam_is_recorded_and_keeps_the_state() {
+        let job = Job {
+            id: QueueId(1),
+            login: "a".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "u".into(),
+            identity_id: "i".into(),
+            mail_from: "a@example.com".into(),
+            recipients: vec!["r@example.net".into()],
+            message_class: MessageClass::Bulk,
+            size: 1,
+        };
+        let mut r = SubmissionRecord::queued(job, 0, 0, None);
+        r.transition(1, State::Sent, None);
+        let status = |outcome, at_ms| RecipientStatus {
+            outcome,
+            detail: Some(format!("{outcome:?}")),
+            at_ms,
+        };
+        assert!(r.report("r@example.net", status(Outcome::Delivered, 2)));
+        assert_eq!(r.derive_state(), State::Delivered);
+        assert!(r.report("r@example.net", status(Outcome::NotSpam, 3)));
+        assert_eq!(r.delivery["r@example.net"].outcome, Outcome::NotSpam);
+        assert_eq!(r.derive_state(), State::Delivered);
+        // A late delivery does not hide the report; a real complaint wins over it.
+        assert!(!r.report("r@example.net", status(Outcome::Delivered, 4)));
+        assert!(r.report("r@example.net", status(Outcome::Complained, 5)));
+        assert_eq!(r.derive_state(), State::Complained);
+        assert!(!r.report("r@example.net", status(Outcome::NotSpam, 6)));
     }
 
     #[test]

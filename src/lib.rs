@@ -6,6 +6,8 @@
 //! - [`config`]: the TOML configuration, validated at load.
 //! - [`admin`]: the Unix admin socket behind `outbox queue …` / `outbox dlq …`.
 //! - [`accounts`]: accounts, the identities they may send as, password checks.
+//! - [`address`]: envelope addresses as the transport can carry them (SMTPUTF8, IDN).
+//! - [`attachments`]: attachment file types SES refuses.
 //! - [`smtp`]: the SMTP submission front door (parser-free state machine + async driver).
 //! - [`sendmail`]: the `sendmail` command and the local submission socket behind it.
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
@@ -23,7 +25,9 @@
 //! - [`clock`]: injected wall-clock time.
 
 pub mod accounts;
+pub mod address;
 pub mod admin;
+pub mod attachments;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -29,6 +29,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const USAGE: u8 = 64;
     pub const DATAERR: u8 = 65;
+    /// An address the transport cannot carry (EX_NOUSER).
+    pub const NOUSER: u8 = 67;
     pub const UNAVAILABLE: u8 = 69;
     pub const SOFTWARE: u8 = 70;
     pub const TEMPFAIL: u8 = 75;
@@ -272,6 +274,9 @@ async fn submit(
         Err(SubmitError::SpoolFull) => LocalAnswer::new(exit::TEMPFAIL, "queue full, try later"),
         Err(SubmitError::Storage) => LocalAnswer::new(exit::TEMPFAIL, "local error, try later"),
         Err(e @ SubmitError::Suppressed { .. }) => LocalAnswer::new(exit::NOPERM, e.to_string()),
+        // sysexits.h: EX_NOUSER for an address that cannot be used.
+        Err(e @ SubmitError::Address(_)) => LocalAnswer::new(exit::NOUSER, e.to_string()),
+        Err(e @ SubmitError::Attachment(_)) => LocalAnswer::new(exit::DATAERR, e.to_string()),
     }
 }
 

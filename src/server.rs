@@ -80,7 +80,7 @@ pub async fn run(
         (SpoolBackend::Aws, Some(aws)) => {
             crate::spool::aws::open(aws, SpoolOptions::from(&config.spool), clock.clone())
                 .await
-                .context("connecting to the AWS spool (SQS, S3, DynamoDB; see `outbox aws init`)")?
+                .context("connecting to the AWS spool (SQS, S3, DynamoDB; see `outbox aws-init`)")?
         }
         _ => crate::spool::redb::open(
             &config.state_dir.join("spool"),
@@ -89,11 +89,10 @@ pub async fn run(
         )
         .context("opening the spool")?,
     };
-    let submitter = Arc::new(Submitter::new(
-        spool.clone(),
-        config.hostname.clone(),
-        clock.clone(),
-    ));
+    let submitter = Arc::new(
+        Submitter::new(spool.clone(), config.hostname.clone(), clock.clone())
+            .for_transport(&config.sender.transport),
+    );
     let (transport, send_rate): (Arc<dyn Transport>, f64) = match &config.sender.transport {
         TransportConfig::Dir { path } => (Arc::new(DirTransport::new(path.clone())), 0.0),
         TransportConfig::Ses(ses) => {
@@ -249,6 +248,8 @@ pub async fn run(
             max_message_size: config.smtp.max_message_size,
             max_recipients: config.smtp.max_recipients,
             max_hold_secs: config.smtp.max_hold_secs,
+            max_request_size: config.http.max_request_size,
+            max_upload_size: config.http.max_upload_size,
             hostname: config.hostname.clone(),
             stop: stop_rx.clone(),
         },

@@ -30,7 +30,11 @@
 //!   message whose MIME headers change gets `MIME-Version: 1.0` if it lacked one. An HTML
 //!   `<meta charset>` is left as is (the MIME charset takes precedence).
 //! - Left unchanged: unknown transfer encodings or charsets, invalid base64/QP, non-UTF-8 bytes
-//!   under a UTF-8/US-ASCII/absent charset, parts mail-parser reports as broken.
+//!   under a UTF-8/US-ASCII/absent charset, parts mail-parser reports as broken, and parts that
+//!   already hold the signature: RFC 8621 §6 says the *client* should insert the identity's
+//!   `textSignature`/`htmlSignature`, and a client that did (or an SMTP client that pasted it)
+//!   must not get it twice. "Holds" ignores whitespace and, for HTML, tags and the common
+//!   entities, so a signature re-wrapped or put in a `<div class="signature">` still counts.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
@@ -193,7 +197,7 @@ fn rewrite(
         _ => body.to_vec(),
     };
     let text = crlf(&decode_charset(bytes, charset.as_deref())?);
-    if text.contains("-----BEGIN PGP") {
+    if text.contains("-----BEGIN PGP") || already_signed(&text, sig, kind) {
         return None;
     }
     let new_text = match kind {
@@ -232,6 +236,41 @@ fn decode_charset(bytes: Vec<u8>, label: Option<&str>) -> Option<String> {
 }
 
 /// `sig` on a new line after `text`; keeps a final line break if `text` had one.
+/// Whether `body` already holds `sig` (see the module notes): compared without whitespace, and
+/// for HTML by visible text, so formatting a client added does not hide it.
+fn already_signed(body: &str, sig: &str, kind: Kind) -> bool {
+    let squeeze = |s: &str| -> String {
+        let s = match kind {
+            Kind::Plain => s.to_string(),
+            Kind::Html => visible_text(s),
+        };
+        s.chars().filter(|c| !c.is_whitespace()).collect()
+    };
+    let sig = squeeze(sig);
+    // A signature of a few characters ("--") says nothing about who wrote it.
+    sig.chars().count() >= 4 && squeeze(body).contains(&sig)
+}
+
+/// HTML without its tags, with the entities a signature commonly uses decoded.
+fn visible_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
 fn append(text: &str, sig: &str) -> String {
     match text {
         "" => sig.to_string(),

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use mail_parser::MessageParser;
 
 use crate::accounts::{Account, Identity};
+use crate::address::{AddressError, AddressPolicy};
+use crate::attachments::{refused_by_ses, RefusedAttachment};
 use crate::clock::{rfc5322_date, Clock};
+use crate::config::TransportConfig;
 use crate::message::header_values;
 use bytes::Bytes;
 
@@ -34,6 +37,12 @@ pub enum SubmitError {
         class: String,
         reason: String,
     },
+    /// An envelope address the transport cannot carry (a non-ASCII local part for SES).
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    /// An attachment type the SES-bound transport would refuse.
+    #[error(transparent)]
+    Attachment(#[from] RefusedAttachment),
     #[error("spool full")]
     SpoolFull,
     #[error("storage failure")]
@@ -65,6 +74,9 @@ pub struct Submitter {
     spool: Spool,
     hostname: String,
     clock: Arc<dyn Clock>,
+    addresses: AddressPolicy,
+    /// Refuse attachment types SES refuses (the transport ends at SES).
+    ses_attachments: bool,
 }
 
 impl Submitter {
@@ -73,7 +85,22 @@ impl Submitter {
             spool,
             hostname,
             clock,
+            addresses: AddressPolicy::default(),
+            ses_attachments: false,
         }
+    }
+
+    /// The rules of the transport messages leave by: envelope addresses it can carry, and
+    /// for SES the attachment types it refuses (refused here, at the door, with the reason).
+    pub fn for_transport(mut self, transport: &TransportConfig) -> Self {
+        self.addresses = transport.address_policy();
+        self.ses_attachments = transport.ses_bound();
+        self
+    }
+
+    /// What the front doors check envelope addresses against before a message is given.
+    pub fn address_policy(&self) -> AddressPolicy {
+        self.addresses
     }
 
     /// Whether a message of `size` octets would currently fit in the spool.
@@ -95,8 +122,21 @@ impl Submitter {
         class: Option<MessageClass>,
         jmap: Option<JmapLink>,
     ) -> Result<QueueId, SubmitError> {
+        // Every front door gets the same rule (SMTP and JMAP also check earlier, per address).
+        let mut req = req;
+        req.mail_from = self.addresses.envelope(&req.mail_from)?;
+        req.recipients = req
+            .recipients
+            .iter()
+            .map(|r| self.addresses.envelope(r))
+            .collect::<Result<_, _>>()?;
         let identity = sender_identity(&req.account, &req.mail_from)?;
         check_header_senders(&req.account, &req.mime)?;
+        if self.ses_attachments {
+            if let Some(refused) = refused_by_ses(&req.mime) {
+                return Err(refused.into());
+            }
+        }
         let message_class = match class {
             Some(c) => c,
             None => message_class(&req.mime)?,

@@ -166,6 +166,7 @@ fn directory() -> Result<Arc<Live<Directory>>> {
             text_signature: Some("-- \nBench\nExample Corp".into()),
             html_signature: Some("<p>-- <br>Bench, <b>Example Corp</b></p>".into()),
             configuration_set: None,
+            ses_tags: Default::default(),
         }],
     }])?))
 }
@@ -233,6 +234,8 @@ async fn run(args: Args) -> Result<()> {
         from_identity_arn: None,
         max_send_rate: 0.0,
         timeout_secs: 60,
+        max_message_size: 40_000_000,
+        tags: Default::default(),
     })
     .await;
     let transport = Arc::new(Counting {

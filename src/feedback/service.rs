@@ -50,9 +50,14 @@ pub enum Refusal {
     /// Not an SNS message, or not an SES event: the sender must not retry.
     #[error("{0}")]
     Malformed(String),
-    /// Forged, foreign, replayed or from a host we do not trust.
+    /// Forged, replayed or from a host we do not trust: it will never be accepted.
     #[error("{0}")]
     Forbidden(String),
+    /// Refused now for a reason that can change while the message does not: a topic not (yet)
+    /// in `feedback.topics`, a timestamp ahead of our clock. HTTPS answers 403 as for
+    /// Forbidden; a queued (SQS) copy is kept for a later receive.
+    #[error("{0}")]
+    NotYet(String),
     /// Could not fetch the certificate or confirm the subscription: try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -66,6 +71,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(_) => "malformed",
             Refusal::Forbidden(_) => "forbidden",
+            Refusal::NotYet(_) => "not_yet",
             Refusal::Unavailable(_) => "unavailable",
             Refusal::Storage(_) => "storage_error",
         }
@@ -74,10 +80,19 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
-            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Forbidden(_) | Refusal::NotYet(_) => StatusCode::FORBIDDEN,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl Refusal {
+    /// Whether the same message can never be accepted later, so a queued copy may be deleted.
+    /// Anything that might pass later (storage, a certificate fetch, a topic the operator has
+    /// not configured yet, our clock) keeps it: deleting would lose a bounce or complaint.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Refusal::Malformed(_) | Refusal::Forbidden(_))
     }
 }
 
@@ -85,13 +100,33 @@ impl From<SnsError> for Refusal {
     fn from(e: SnsError) -> Self {
         match e {
             SnsError::Malformed(_) => Refusal::Malformed(e.to_string()),
+            SnsError::TopicNotAllowed(_) | SnsError::Early => Refusal::NotYet(e.to_string()),
             _ => Refusal::Forbidden(e.to_string()),
         }
     }
 }
 
+/// How an SNS message reached us, which sets how old it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// POSTed by SNS: `feedback.max_message_age_secs` (a replay window; SNS delivers HTTPS
+    /// within its retry policy, about an hour by default).
+    Https,
+    /// Read from an SQS queue: SNS→SQS delivery is retried for days and the queue keeps a
+    /// message up to [`SQS_MAX_RETENTION`], so an authentic message can be that old after an
+    /// outage of ours; only the queue's own bound applies.
+    Sqs,
+}
+
+/// SQS `MessageRetentionPeriod` at most 1,209,600 seconds (14 days; SQS API reference,
+/// SetQueueAttributes): nothing older can come out of a queue.
+pub const SQS_MAX_RETENTION: Duration = Duration::from_secs(1_209_600);
+
 pub struct FeedbackService {
+    /// For HTTPS deliveries (freshness: `max_message_age_secs`).
     verifier: Verifier,
+    /// For SNS envelopes read from SQS (freshness: the queue's retention).
+    queued: Verifier,
     fetcher: SnsFetcher,
     ledger: Arc<dyn Ledger>,
     policy: SuppressionPolicy,
@@ -113,6 +148,8 @@ impl FeedbackService {
                 Duration::from_secs(config.max_message_age_secs),
             )
             .with_clock(clock.clone()),
+            queued: Verifier::new(config.topics.clone(), SQS_MAX_RETENTION)
+                .with_clock(clock.clone()),
             fetcher: SnsFetcher::new(config.test_trust_override.as_ref())?,
             ledger,
             policy: SuppressionPolicy {
@@ -126,14 +163,28 @@ impl FeedbackService {
 
     /// An SNS message (HTTPS body or SQS body): authenticate it, then act on its type.
     /// `type_header` is `x-amz-sns-message-type` when the transport had one.
-    pub async fn sns(&self, body: &[u8], type_header: Option<&str>) -> Result<Verdict, Refusal> {
-        let result = self.sns_inner(body, type_header).await;
+    pub async fn sns(
+        &self,
+        body: &[u8],
+        type_header: Option<&str>,
+        via: Via,
+    ) -> Result<Verdict, Refusal> {
+        let verifier = match via {
+            Via::Https => &self.verifier,
+            Via::Sqs => &self.queued,
+        };
+        let result = self.sns_inner(verifier, body, type_header).await;
         self.count(&result);
         result
     }
 
-    async fn sns_inner(&self, body: &[u8], type_header: Option<&str>) -> Result<Verdict, Refusal> {
-        let message = self.verifier.parse(body)?;
+    async fn sns_inner(
+        &self,
+        verifier: &Verifier,
+        body: &[u8],
+        type_header: Option<&str>,
+    ) -> Result<Verdict, Refusal> {
+        let message = verifier.parse(body)?;
         if let Some(header) = type_header {
             if header != message.kind.as_str() {
                 return Err(Refusal::Malformed(format!(
@@ -151,7 +202,7 @@ impl FeedbackService {
                 FetchError::Failed { .. } => Refusal::Unavailable(e.to_string()),
             })?;
         let now = (self.clock.now_ms() / 1000) as i64;
-        self.verifier.verify(&message, &pem, now)?;
+        verifier.verify(&message, &pem, now)?;
         match message.kind {
             Kind::Notification => {
                 self.event(Some(message.message_id.clone()), &message.message)
@@ -250,11 +301,57 @@ async fn post_sns(
     let type_header = headers
         .get("x-amz-sns-message-type")
         .and_then(|v| v.to_str().ok());
-    match service.sns(&body, type_header).await {
+    if let Some(refusal) = raw_delivery_refusal(&headers) {
+        service.count(&Err(Refusal::Malformed(String::new())));
+        tracing::error!(error = %refusal, "SNS message refused");
+        return (StatusCode::BAD_REQUEST, format!("{refusal}\n"));
+    }
+    match service.sns(&body, type_header, Via::Https).await {
         Ok(verdict) => (StatusCode::OK, format!("{}\n", verdict.label())),
         Err(refusal) => {
             tracing::warn!(status = %refusal.status(), error = %refusal, "SNS message refused");
             (refusal.status(), format!("{refusal}\n"))
         }
+    }
+}
+
+/// SNS marks a raw-delivered message with `x-amz-sns-rawdelivery: true` (SNS developer guide,
+/// "Amazon SNS raw message delivery"). The body is then the bare SES event, without the signed
+/// envelope: it cannot be authenticated over HTTPS, and every event would be refused as
+/// malformed ("missing Type") with nothing telling the operator why. Say what to change.
+fn raw_delivery_refusal(headers: &HeaderMap) -> Option<String> {
+    let raw = headers
+        .get("x-amz-sns-rawdelivery")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    raw.then(|| {
+        "raw message delivery is enabled on this HTTPS subscription: the message has no signed \
+         SNS envelope to verify. Set the subscription attribute RawMessageDelivery to false \
+         (or use [feedback.sqs] with raw_message_delivery)"
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 item 4: a queued copy is deleted only when the message can never pass.
+    #[test]
+    fn only_final_refusals_delete_a_queued_message() {
+        let cases = [
+            (SnsError::Malformed("x".into()), true),
+            (SnsError::BadSignature, true),
+            (SnsError::BadCertUrl("http://evil".into()), true),
+            (SnsError::Stale, true),
+            // The operator may add the topic; our clock may catch up.
+            (SnsError::TopicNotAllowed("arn:aws:sns:…:new".into()), false),
+            (SnsError::Early, false),
+        ];
+        for (e, fin) in cases {
+            assert_eq!(Refusal::from(e.clone()).is_final(), fin, "{e:?}");
+        }
+        assert!(!Refusal::Storage("disk".into()).is_final());
+        assert!(!Refusal::Unavailable("fetch".into()).is_final());
     }
 }

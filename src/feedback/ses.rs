@@ -12,7 +12,8 @@
 //!   (SES gave up: mailbox full, too large, content rejected) and `Undetermined` do not.
 //!   Nothing is ever re-sent because of a bounce (an auto-responder's reply is not a bounce,
 //!   and SES reports it as neither);
-//! - `Complaint` → complained and suppressed, unless the feedback type is `not-spam`;
+//! - `Complaint` → complained and suppressed; with the feedback type `not-spam` (RFC 5965
+//!   §7.3) it is recorded as not_spam for the recipient and neither complains nor suppresses;
 //! - `DeliveryDelay` → delayed (ranks below everything, so it never hides an outcome);
 //! - `Reject` → rejected for every recipient (SES refused the message after accepting it);
 //! - `Send`, `Open`, `Click`, `Rendering Failure`, `Subscription`: acknowledged, not applied.
@@ -154,7 +155,11 @@ pub fn events(payload: &str, policy: SuppressionPolicy) -> Result<Vec<FeedbackEv
                 return Err(NotAnEvent("Complaint without complainedRecipients".into()));
             }
             out.push(FeedbackEvent {
-                outcome: Outcome::Complained,
+                outcome: if not_spam {
+                    Outcome::NotSpam
+                } else {
+                    Outcome::Complained
+                },
                 recipients,
                 suppress: (!not_spam).then(|| (detail.clone(), policy.complaint_ms)),
                 detail: Some(detail),

@@ -40,6 +40,9 @@ pub enum SnsError {
     BadCertUrl(String),
     #[error("SNS message timestamp outside the accepted window")]
     Stale,
+    /// Timestamped ahead of our clock by more than the allowed skew: it may verify later.
+    #[error("SNS message timestamp is ahead of this server's clock")]
+    Early,
     #[error("SNS message signature does not verify")]
     BadSignature,
     #[error("SNS signing certificate rejected: {0}")]
@@ -304,7 +307,10 @@ impl Verifier {
     fn check_fresh(&self, message: &SnsMessage, now_unix: i64) -> Result<(), SnsError> {
         let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
         let age = now_unix.saturating_sub(message.timestamp);
-        if age > max_age || age < -MAX_FUTURE_SKEW_SECS {
+        if age < -MAX_FUTURE_SKEW_SECS {
+            return Err(SnsError::Early);
+        }
+        if age > max_age {
             return Err(SnsError::Stale);
         }
         Ok(())

@@ -5,16 +5,21 @@
 //! is the SES event itself, trusted because only principals allowed by the queue policy can
 //! write to the queue.
 //!
-//! A message is deleted once it was applied (after the spool's commit), or when it can never
-//! be applied (malformed, forged); it stays in the queue — and comes back after the queue's
-//! visibility timeout — when storage or a certificate fetch failed.
+//! An SNS envelope read here may be hours or days old (SNS→SQS delivery retries for days; the
+//! queue keeps messages up to 14 days): the HTTPS replay window does not apply, only the
+//! queue's retention bound (see [`Via::Sqs`]). A message is deleted once it was applied (after
+//! the spool's commit), or when it can never be applied (malformed, forged); anything that
+//! might pass later — storage, a certificate fetch, a topic not configured yet, our clock —
+//! leaves it in the queue, to come back after the visibility timeout (and, past the queue's
+//! redrive policy, in its dead-letter queue): deleting it would lose a bounce or complaint
+//! and its suppression.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::service::{FeedbackService, Refusal};
+use super::service::{FeedbackService, Via};
 use crate::config::FeedbackSqsConfig;
 use crate::transport::aws::aws_config;
 
@@ -69,16 +74,16 @@ pub async fn poll(
                 service.count(&result);
                 result
             } else {
-                service.sns(body.as_bytes(), None).await
+                service.sns(body.as_bytes(), None, Via::Sqs).await
             };
             let delete = match &result {
                 Ok(_) => true,
-                Err(Refusal::Malformed(e)) | Err(Refusal::Forbidden(e)) => {
+                Err(e) if e.is_final() => {
                     tracing::warn!(error = %e, message_id = ?message.message_id, "SQS feedback message refused and deleted");
                     true
                 }
-                Err(Refusal::Unavailable(e)) | Err(Refusal::Storage(e)) => {
-                    tracing::warn!(error = %e, message_id = ?message.message_id, "SQS feedback message kept for a retry");
+                Err(e) => {
+                    tracing::warn!(error = %e, reason = e.label(), message_id = ?message.message_id, "SQS feedback message kept for a retry");
                     false
                 }
             };

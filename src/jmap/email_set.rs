@@ -134,7 +134,7 @@ fn create_one(ctx: &mut Ctx, tx: &mut Tx, obj: &Map<String, Value>) -> Result<Va
     };
     let mime = {
         let blob = |id: &str| tx.blob(&account, id).ok().flatten();
-        mime::build(obj, blob, ctx.jmap.now_ms())?
+        mime::build(obj, blob, ctx.jmap.now_ms(), &ctx.jmap.hostname)?
     };
     if mime.len() > ctx.jmap.max_message_size {
         return Err(

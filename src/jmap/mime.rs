@@ -1,6 +1,7 @@
 //! An Email/set `create` object (RFC 8621 §4.6) turned into RFC 5322 MIME with mail-builder:
 //! addresses, subject, date and id headers, `header:Name[:asText|:asRaw]` properties, one
-//! text and/or one HTML body from `bodyValues`, and attachments from uploaded blobs.
+//! text and/or one HTML body from `bodyValues`, and attachments from uploaded blobs — or the
+//! whole tree as `bodyStructure` ([`super::body_structure`]).
 
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
@@ -32,7 +33,10 @@ const MESSAGE_PROPERTIES: [&str; 14] = [
 ];
 
 pub fn is_message_property(p: &str) -> bool {
-    MESSAGE_PROPERTIES.contains(&p) || p == "bodyValues" || p.starts_with("header:")
+    MESSAGE_PROPERTIES.contains(&p)
+        || p == "bodyValues"
+        || p == "bodyStructure"
+        || p.starts_with("header:")
 }
 
 /// Headers a client may not set through `header:` (they come from properties or the body).
@@ -153,18 +157,19 @@ fn body_text(
 }
 
 /// Builds the MIME; `blob` fetches an uploaded blob by id. Errors are SetErrors.
+/// `hostname` (the configured one) is the right-hand side of the Message-ID given to a draft
+/// that has none: mail-builder would otherwise use the machine's name (RFC 5322 §3.6.4 wants
+/// a domain the sender controls).
 pub fn build(
     create: &Map<String, Value>,
     blob: impl Fn(&str) -> Option<Vec<u8>>,
     now_ms: u64,
+    hostname: &str,
 ) -> Result<Vec<u8>, SetError> {
-    if create.contains_key("bodyStructure") {
-        return Err(invalid_properties(
-            &["bodyStructure"],
-            "bodyStructure is not supported; use textBody, htmlBody and attachments",
-        ));
-    }
     let mut b = MessageBuilder::new();
+    if create.get("bodyStructure").is_some_and(|v| !v.is_null()) {
+        b = b.body(super::body_structure::build(create, &blob)?);
+    }
     for (prop, v) in create {
         b = match prop.as_str() {
             "from" => match addresses(v, prop)? {
@@ -294,6 +299,11 @@ pub fn build(
             ))
         }
     }
+    let has_id = matches!(create.get("messageId"), Some(Value::Array(ids)) if !ids.is_empty());
+    if !has_id {
+        let unique = crate::domain::QueueId::generate(now_ms);
+        b = b.message_id(MessageId::new(format!("{unique}@{hostname}")));
+    }
     if !create.contains_key("sentAt") {
         b = b.date(mail_builder::headers::date::Date::new(
             (now_ms / 1000) as i64,
@@ -331,6 +341,7 @@ mod tests {
             create.as_object().unwrap(),
             |id| (id == "B1").then(|| b"%PDF-1".to_vec()),
             0,
+            "mx.test",
         )
         .unwrap();
         let parsed = mail_parser::MessageParser::default().parse(&mime).unwrap();
@@ -363,10 +374,42 @@ mod tests {
             json!({"attachments": [{"blobId": "nope"}]}),
         ] {
             assert!(
-                build(bad.as_object().unwrap(), |_| None, 0).is_err(),
+                build(bad.as_object().unwrap(), |_| None, 0, "mx.test").is_err(),
                 "{bad}"
             );
         }
+    }
+
+    /// RFC 8621 §1.3.1: maxSizeAttachmentsPerEmail counts unencoded octets; attachments of
+    /// exactly the advertised size, base64-encoded into a message with a body, still fit
+    /// the message limit (issue 14 item 9: 41,943,040 was advertised and refused after base64).
+    #[test]
+    fn advertised_attachment_size_fits_after_base64() {
+        let max_message = 1_000_000;
+        let advertised = super::super::limits::attachments_per_email(max_message);
+        let halves = [advertised / 2, advertised - advertised / 2];
+        let create = json!({
+            "from": [{"email": "alice@example.com"}], "to": [{"email": "b@example.net"}],
+            "subject": "two big files", "bodyValues": {"t": {"value": "see attached"}},
+            "textBody": [{"partId": "t", "type": "text/plain"}],
+            "attachments": [
+                {"blobId": "B0", "type": "application/octet-stream", "name": "a.bin"},
+                {"blobId": "B1", "type": "application/octet-stream", "name": "b.bin"}],
+        });
+        let mime = build(
+            create.as_object().unwrap(),
+            |id| match id {
+                "B0" => Some(vec![0xA5; halves[0]]),
+                "B1" => Some(vec![0x5A; halves[1]]),
+                _ => None,
+            },
+            0,
+            "mx.test",
+        )
+        .unwrap();
+        assert!(mime.len() <= max_message, "{} > {max_message}", mime.len());
+        // And it is not needlessly small: within the overhead of the limit.
+        assert!(mime.len() + 2 * super::super::limits::MESSAGE_OVERHEAD > max_message);
     }
 
     #[test]
@@ -378,10 +421,10 @@ mod tests {
             "1969-12-31T23:59:59Z",
         ] {
             let create = json!({"sentAt": date, "subject": "x"});
-            let _ = build(create.as_object().unwrap(), |_| None, 0);
+            let _ = build(create.as_object().unwrap(), |_| None, 0, "mx.test");
         }
         let create = json!({"sentAt": "2030-06-01T12:00:00Z"});
-        assert!(build(create.as_object().unwrap(), |_| None, 0).is_ok());
+        assert!(build(create.as_object().unwrap(), |_| None, 0, "mx.test").is_ok());
     }
 
     #[test]

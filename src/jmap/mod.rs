@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body_structure;
 pub mod email;
 pub mod email_set;
 pub mod identity;
@@ -62,8 +63,6 @@ pub const CAP_SUBMISSION: &str = "urn:ietf:params:jmap:submission";
 
 /// RFC 8620 §2 core limits we announce and enforce.
 pub mod limits {
-    /// Largest API request body (octets): a generous Email/set with inline bodies.
-    pub const MAX_SIZE_REQUEST: usize = 10_000_000;
     /// Parallel API requests per account (each holds a storage transaction or a submission).
     pub const MAX_CONCURRENT_REQUESTS: usize = 4;
     /// Parallel uploads per account (each is bounded by maxSizeUpload).
@@ -79,6 +78,15 @@ pub mod limits {
     /// How long an uploaded blob is kept (RFC 8620 §6: at least an hour). Email/set and
     /// Email/import copy what they use, so an expired upload takes no Email with it.
     pub const UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
+    /// Room in a message for its headers and text/HTML parts next to the attachments.
+    pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+    /// `maxSizeAttachmentsPerEmail`: RFC 8621 §1.3.1 counts the attachments' *unencoded*
+    /// octets, and each goes out as base64 in 76-character lines plus CRLF — 78 octets for
+    /// every 57 — so a message of `max_message_size` holds at most this much.
+    pub fn attachments_per_email(max_message_size: usize) -> usize {
+        max_message_size.saturating_sub(MESSAGE_OVERHEAD) / 78 * 57
+    }
 }
 
 /// Everything the JMAP handlers share.
@@ -95,6 +103,10 @@ pub struct Jmap {
     pub max_recipients: usize,
     /// Longest `sendAt` delay (the SMTP FUTURERELEASE limit).
     pub max_hold_secs: u64,
+    /// `maxSizeRequest` (config `http.max_request_size`).
+    pub max_request_size: usize,
+    /// `maxSizeUpload` (config `http.max_upload_size`, else the message size limit).
+    pub max_upload_size: usize,
     pub hostname: String,
     pub stop: watch::Receiver<bool>,
     requests: auth::InFlight,
@@ -114,6 +126,9 @@ pub struct Parts {
     pub max_message_size: usize,
     pub max_recipients: usize,
     pub max_hold_secs: u64,
+    pub max_request_size: usize,
+    /// 0: `max_message_size`.
+    pub max_upload_size: usize,
     pub hostname: String,
     pub stop: watch::Receiver<bool>,
 }
@@ -137,6 +152,11 @@ impl Jmap {
             max_message_size: parts.max_message_size,
             max_recipients: parts.max_recipients,
             max_hold_secs: parts.max_hold_secs,
+            max_request_size: parts.max_request_size,
+            max_upload_size: match parts.max_upload_size {
+                0 => parts.max_message_size,
+                n => n,
+            },
             hostname: parts.hostname,
             stop: parts.stop,
             requests: auth::InFlight::default(),
@@ -231,9 +251,9 @@ async fn session(State(jmap): State<Arc<Jmap>>, parts: RequestParts) -> Response
 pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
     let id = &account.account_id;
     let core = json!({
-        "maxSizeUpload": jmap.max_message_size,
+        "maxSizeUpload": jmap.max_upload_size,
         "maxConcurrentUpload": limits::MAX_CONCURRENT_UPLOAD,
-        "maxSizeRequest": limits::MAX_SIZE_REQUEST,
+        "maxSizeRequest": jmap.max_request_size,
         "maxConcurrentRequests": limits::MAX_CONCURRENT_REQUESTS,
         "maxCallsInRequest": limits::MAX_CALLS_IN_REQUEST,
         "maxObjectsInGet": limits::MAX_OBJECTS_IN_GET,
@@ -244,13 +264,22 @@ pub fn session_object(jmap: &Jmap, account: &Account, base: &str) -> Value {
         "maxMailboxesPerEmail": 1,
         "maxMailboxDepth": 1,
         "maxSizeMailboxName": 255,
-        "maxSizeAttachmentsPerEmail": jmap.max_message_size,
+        "maxSizeAttachmentsPerEmail": limits::attachments_per_email(jmap.max_message_size),
         "emailQuerySortOptions": ["receivedAt", "size", "id"],
         "mayCreateTopLevelMailbox": false,
     });
     let submission = json!({
         "maxDelayedSend": jmap.max_hold_secs,
-        "submissionExtensions": {"FUTURERELEASE": [jmap.max_hold_secs.to_string()]},
+        // RFC 8621 §1.3.2: the EHLO arguments; RFC 4865 §3 gives FUTURERELEASE two, the
+        // longest interval and the latest date-time, as our EHLO line does.
+        "submissionExtensions": if jmap.max_hold_secs > 0 {
+            json!({"FUTURERELEASE": [
+                jmap.max_hold_secs.to_string(),
+                crate::clock::rfc3339(jmap.now_ms() + jmap.max_hold_secs * 1000),
+            ]})
+        } else {
+            json!({})
+        },
     });
     let class =
         json!({"classes": MessageClass::NAMES, "default": MessageClass::default().as_str()});
@@ -317,7 +346,7 @@ async fn api_endpoint(State(jmap): State<Arc<Jmap>>, request: Request) -> Respon
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let body = match axum::body::to_bytes(request.into_body(), limits::MAX_SIZE_REQUEST).await {
+    let body = match axum::body::to_bytes(request.into_body(), jmap.max_request_size).await {
         Ok(b) => b,
         Err(_) => {
             return problem(
@@ -380,7 +409,7 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_string();
-    let body = match axum::body::to_bytes(request.into_body(), jmap.max_message_size).await {
+    let body = match axum::body::to_bytes(request.into_body(), jmap.max_upload_size).await {
         Ok(b) => b,
         Err(_) => {
             return problem(
@@ -443,8 +472,14 @@ async fn download(
                 .into_iter()
                 .find(|(k, _)| k == "accept")
                 .map(|(_, v)| v)
+                // RFC 8620 §6.2: `type` is what the server sets as Content-Type, parameters
+                // included ("text/plain; charset=utf-8"); anything that is not a one-line
+                // printable header value falls back to octet-stream.
                 .filter(|t| {
-                    t.len() < 200 && t.contains('/') && t.chars().all(|c| c.is_ascii_graphic())
+                    t.len() < 200
+                        && t.contains('/')
+                        && t.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+                        && axum::http::HeaderValue::from_str(t).is_ok()
                 })
                 .unwrap_or_else(|| "application/octet-stream".into());
             let name: String = name

@@ -370,6 +370,9 @@ impl Stream {
             return None;
         }
         if let Some(first) = self.first.take() {
+            // RFC 8620 §7.3 closeafter=state: end the response after pushing a state event —
+            // the first one included.
+            self.done = self.close_after_state;
             return Some(first);
         }
         loop {

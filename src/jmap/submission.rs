@@ -324,6 +324,14 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
         Err(e @ SubmitError::Suppressed { .. }) => {
             return Err(set_error("forbiddenToSend", e.to_string()))
         }
+        // RFC 8621 §7.5 invalidEmail: "The email to be sent is invalid in some way".
+        Err(e @ SubmitError::Attachment(_)) => {
+            return Err(set_error("invalidEmail", e.to_string()))
+        }
+        // The plan already checked each address (invalidRecipients / forbiddenMailFrom).
+        Err(e @ SubmitError::Address(_)) => {
+            return Err(set_error("forbiddenToSend", e.to_string()))
+        }
         Err(SubmitError::SpoolFull) => {
             return Err(set_error(
                 "overQuota",
@@ -338,11 +346,28 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
     tracing::info!(%id, account = %ctx.account_id(), email = %link.email_id, "JMAP submission queued");
     // The view (for /changes and push) now rather than when the ledger's feed gets here.
     super::push::settle(jmap, id).await;
-    Ok((
-        sub_id.clone(),
-        json!({"id": sub_id, "threadId": thread_id(&link.email_id), "undoStatus": "pending",
+    let full = match jmap.spool.ledger.get(id).await {
+        Ok(Some(record)) => object(&record, &link),
+        // Just written; should it be unreadable the client still gets what is known.
+        _ => json!({"id": sub_id, "threadId": thread_id(&link.email_id), "undoStatus": "pending",
                "sendAt": crate::clock::rfc3339(link.send_at)}),
-    ))
+    };
+    Ok((sub_id, created_entry(obj, full)))
+}
+
+/// RFC 8620 §5.3: the `created` entry holds every property the client did not send — all the
+/// server-set ones (id, threadId, sendAt, undoStatus, deliveryStatus, dsnBlobIds, mdnBlobIds)
+/// and defaults such as a derived envelope — plus any the server changed (an envelope whose
+/// IDN domains became A-labels).
+fn created_entry(sent: &Map<String, Value>, full: Value) -> Value {
+    let Value::Object(full) = full else {
+        return full;
+    };
+    let kept = full
+        .into_iter()
+        .filter(|(k, v)| sent.get(k) != Some(v))
+        .collect();
+    Value::Object(kept)
 }
 
 async fn cancel(ctx: &Ctx<'_>, id: &str, patch: &Map<String, Value>) -> Result<(), Value> {

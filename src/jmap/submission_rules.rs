@@ -16,12 +16,63 @@ fn address_of(v: &Value) -> Option<String> {
     v.get("email").and_then(Value::as_str).map(str::to_string)
 }
 
-fn parameters_ok(v: &Value) -> bool {
+/// An Address's SMTP `parameters` (RFC 8621 §7: `String[String|null]|null`).
+fn parameters(v: &Value) -> Result<Map<String, Value>, Value> {
     match v.get("parameters") {
-        None | Some(Value::Null) => true,
-        Some(Value::Object(m)) => m.is_empty(),
-        _ => false,
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) if m.values().all(|v| v.is_string() || v.is_null()) => Ok(m.clone()),
+        _ => Err(invalid_properties(
+            &["envelope"],
+            "parameters must be an object of strings or nulls",
+        )),
     }
+}
+
+/// RFC 4865 FUTURERELEASE on `envelope.mailFrom.parameters`: RFC 8621 §7 carries SMTP
+/// parameters in the envelope and §1.3.2 tells clients the `submissionExtensions` we advertise
+/// are what they may use — FUTURERELEASE is the one we do. `HOLDFOR` is 1–9 digits of seconds,
+/// `HOLDUNTIL` an RFC 3339 date-time (RFC 4865 §3), at most one, within `max_hold_secs`; a time
+/// already past releases at once, as over SMTP. The release time in ms, if any.
+fn future_release(
+    params: &Map<String, Value>,
+    now: u64,
+    max_hold_secs: u64,
+) -> Result<Option<u64>, Value> {
+    let bad = |text: String| invalid_properties(&["envelope"], text);
+    let mut release = None;
+    for (name, value) in params {
+        let value = value.as_str();
+        let at = match (name.to_ascii_uppercase().as_str(), value) {
+            _ if release.is_some() => {
+                return Err(bad("give HOLDFOR or HOLDUNTIL, not both".into()))
+            }
+            ("HOLDFOR" | "HOLDUNTIL", _) if max_hold_secs == 0 => {
+                return Err(bad("FUTURERELEASE is not offered".into()))
+            }
+            ("HOLDFOR", Some(v))
+                if (1..=9).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                now + v.parse::<u64>().unwrap_or(0) * 1000 // at most 999,999,999 s
+            }
+            ("HOLDUNTIL", Some(v)) => match mime::parse_date(v) {
+                Some(t) => (t.max(0) as u64).max(now),
+                None => return Err(bad(format!("HOLDUNTIL {v:?} is not an RFC 3339 date-time"))),
+            },
+            ("HOLDFOR", _) => return Err(bad("HOLDFOR takes 1 to 9 digits of seconds".into())),
+            _ => {
+                return Err(bad(format!(
+                    "SMTP parameter {name} is not supported (submissionExtensions lists those that are)"
+                )))
+            }
+        };
+        if at > now + max_hold_secs * 1000 {
+            return Err(bad(format!(
+                "hold longer than maxDelayedSend ({max_hold_secs} s)"
+            )));
+        }
+        release = Some(at);
+    }
+    Ok(release)
 }
 
 /// Everything decided before the message goes to the submitter.
@@ -103,6 +154,7 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
         }
     };
     let envelope = obj.get("envelope").filter(|v| !v.is_null());
+    let mut mail_params = Map::new();
     let (mail_from, recipients) = match envelope {
         Some(env) => {
             let from = env.get("mailFrom").ok_or_else(|| {
@@ -112,11 +164,14 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
                 .get("rcptTo")
                 .and_then(Value::as_array)
                 .ok_or_else(|| invalid_properties(&["envelope"], "envelope needs rcptTo"))?;
-            if !parameters_ok(from) || !rcpts.iter().all(parameters_ok) {
-                return Err(invalid_properties(
-                    &["envelope"],
-                    "SMTP parameters are not supported",
-                ));
+            mail_params = parameters(from)?;
+            for rcpt in rcpts {
+                if !parameters(rcpt)?.is_empty() {
+                    return Err(invalid_properties(
+                        &["envelope"],
+                        "no RCPT TO parameters are supported (submissionExtensions lists those that are)",
+                    ));
+                }
             }
             let from = address_of(from)
                 .ok_or_else(|| invalid_properties(&["envelope"], "mailFrom needs an email"))?;
@@ -150,6 +205,15 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
             (from, rcpts)
         }
     };
+    // What the transport can carry (RFC 6531 addresses not for SES; IDN domains as A-labels):
+    // RFC 8621 §7.5 forbiddenMailFrom / invalidRecipients rather than a later failure.
+    let addresses = jmap.submitter.address_policy();
+    let mail_from = addresses.envelope(&mail_from).map_err(|e| {
+        set_error(
+            "forbiddenMailFrom",
+            format!("{mail_from} cannot be used: {e}"),
+        )
+    })?;
     if !mime::valid_address(&mail_from) || !covers(identity, &mail_from) {
         return Err(set_error(
             "forbiddenFrom",
@@ -159,6 +223,23 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
                 email_of(identity)
             ),
         ));
+    }
+    let mut uncarried = Vec::new();
+    let recipients: Vec<String> = recipients
+        .into_iter()
+        .filter_map(|r| match addresses.envelope(&r) {
+            Ok(a) => Some(a),
+            Err(_) => {
+                uncarried.push(r);
+                None
+            }
+        })
+        .collect();
+    if !uncarried.is_empty() {
+        return Err(
+            json!({"type": "invalidRecipients", "invalidRecipients": uncarried,
+            "description": "non-ASCII addresses cannot be sent through this server's transport (no SMTPUTF8)"}),
+        );
     }
     let mut unique: Vec<String> = Vec::new();
     for r in recipients {
@@ -202,8 +283,19 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
         Err(e) => return Err(server_fail(e)),
     }
     let now = jmap.now_ms();
+    let held = future_release(&mail_params, now, jmap.max_hold_secs)?;
     let (send_at, release_at) = match obj.get("sendAt") {
-        None | Some(Value::Null) => (now, None),
+        // RFC 8621 §7: sendAt is when the server will release it (FUTURERELEASE), else now.
+        None | Some(Value::Null) => match held {
+            Some(t) if t > now => (t, Some(t)),
+            _ => (now, None),
+        },
+        Some(_) if held.is_some() => {
+            return Err(invalid_properties(
+                &["sendAt", "envelope"],
+                "give sendAt or HOLDFOR/HOLDUNTIL, not both",
+            ))
+        }
         Some(Value::String(s)) => {
             let t = mime::parse_date(s)
                 .ok_or_else(|| invalid_properties(&["sendAt"], "sendAt must be a UTCDate"))?;
@@ -226,7 +318,8 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
         _ => return Err(invalid_properties(&["sendAt"], "sendAt must be a UTCDate")),
     };
     let envelope = json!({
-        "mailFrom": {"email": mail_from, "parameters": null},
+        "mailFrom": {"email": mail_from,
+            "parameters": if mail_params.is_empty() { Value::Null } else { Value::Object(mail_params) }},
         "rcptTo": unique.iter().map(|r| json!({"email": r, "parameters": null})).collect::<Vec<_>>(),
     });
     Ok(Plan {
@@ -240,4 +333,49 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
         class,
         envelope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8621 §7 / RFC 4865 §3: FUTURERELEASE parameters on envelope.mailFrom.
+    #[test]
+    fn future_release_parameters() {
+        let now = 1_800_000_000_000;
+        let max = 3600;
+        let run = |p: Value| future_release(p.as_object().unwrap(), now, max);
+        assert_eq!(run(json!({})), Ok(None));
+        assert_eq!(run(json!({"HOLDFOR": "60"})), Ok(Some(now + 60_000)));
+        assert_eq!(run(json!({"holdfor": "3600"})), Ok(Some(now + 3_600_000)));
+        // 1_800_000_000 s is 2027-01-15T08:00:00Z; offsets are RFC 3339's too.
+        assert_eq!(
+            run(json!({"HOLDUNTIL": "2027-01-15T08:30:00Z"})),
+            Ok(Some(now + 1_800_000))
+        );
+        assert_eq!(
+            run(json!({"HOLDUNTIL": "2027-01-15T09:30:00+01:00"})),
+            Ok(Some(now + 1_800_000))
+        );
+        // Already past: at once.
+        assert_eq!(
+            run(json!({"HOLDUNTIL": "2020-01-01T00:00:00Z"})),
+            Ok(Some(now))
+        );
+        for bad in [
+            json!({"HOLDFOR": "3601"}),
+            json!({"HOLDFOR": "1234567890"}),
+            json!({"HOLDFOR": "-5"}),
+            json!({"HOLDFOR": null}),
+            json!({"HOLDUNTIL": "tomorrow"}),
+            json!({"HOLDUNTIL": "2027-01-15T10:00:01Z"}),
+            json!({"HOLDFOR": "5", "HOLDUNTIL": "2027-01-15T08:30:00Z"}),
+            json!({"NOTIFY": "NEVER"}),
+        ] {
+            let err = run(bad.clone()).expect_err(&bad.to_string());
+            assert_eq!(err["type"], "invalidProperties", "{bad}");
+        }
+        let off = future_release(json!({"HOLDFOR": "5"}).as_object().unwrap(), now, 0);
+        assert!(off.is_err(), "not offered when maxDelayedSend is 0");
+    }
 }

@@ -53,6 +53,10 @@ pub fn delivery_status(r: &SubmissionRecord) -> Value {
                 match s.outcome {
                     Outcome::Delayed => ("queued", format!("451 4.4.7 delivery delayed {detail}")),
                     Outcome::Delivered => ("yes", format!("250 2.0.0 delivered {detail}")),
+                    Outcome::NotSpam => (
+                        "yes",
+                        format!("250 2.0.0 delivered; reported as not spam {detail}"),
+                    ),
                     // A complaint follows a delivery: the recipient has it.
                     Outcome::Complained => (
                         "yes",

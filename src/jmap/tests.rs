@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{api, push, Jmap, Parts, Store};
 use crate::accounts::{test_account, Directory, PasswordChecker};
 use crate::clock::{Clock, SystemClock};
-use crate::config::SpoolConfig;
+use crate::config::{SpoolConfig, TransportConfig};
 use crate::domain::{FeedbackEvent, JmapLink, MessageClass, Outcome, QueueId};
 use crate::live::Live;
 use crate::spool::{Lease, Settlement, SpoolOptions};
@@ -23,6 +23,12 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_for("kind = \"dir\"\npath = \"mail\"")
+}
+
+/// `transport`: the `[sender.transport]` table, whose rules the submitter applies.
+fn fixture_for(transport: &str) -> Fixture {
+    let transport: TransportConfig = toml::from_str(transport).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(
@@ -46,11 +52,15 @@ fn fixture() -> Fixture {
             std::time::Duration::from_secs(60),
             std::time::Duration::from_secs(60),
         )),
-        submitter: Arc::new(Submitter::new(spool, "mx.test".into(), clock.clone())),
+        submitter: Arc::new(
+            Submitter::new(spool, "mx.test".into(), clock.clone()).for_transport(&transport),
+        ),
         clock,
         max_message_size: 1 << 20,
         max_recipients: 50,
         max_hold_secs: 3600,
+        max_request_size: 10_000_000,
+        max_upload_size: 0,
         hostname: "mx.test".into(),
         stop,
     });
@@ -496,4 +506,91 @@ async fn a_submission_exists_by_its_one_write_and_the_watcher_catches_up() {
     assert!(!push::follow(&f.jmap, &mut cursor).await.unwrap());
     let mut reloaded = push::FeedCursor::load(&f.jmap).unwrap();
     assert!(!push::follow(&f.jmap, &mut reloaded).await.unwrap());
+}
+
+const SES: &str = "kind = \"ses\"";
+
+/// With an SES transport (no SMTPUTF8): a non-ASCII local part is refused up front as RFC 8621
+/// §7.5 `invalidRecipients` (listing it), not accepted and failed later; an IDN domain goes
+/// into the envelope as A-labels (RFC 5890 §2.3.2.1).
+#[tokio::test]
+async fn ses_envelope_is_ascii_with_a_labels() {
+    let f = fixture_for(SES);
+    let acct = f.account.account_id.clone();
+    let submit = |to: Vec<&str>| {
+        let to: Vec<Value> = to.iter().map(|a| json!({"email": a})).collect();
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true},
+                "from": [{"email": "alice@example.com"}], "to": to,
+                "subject": "idn", "bodyValues": {"b": {"value": "body"}},
+                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
+        ])
+    };
+    let refused = request(&f, submit(vec!["pelé@example.net", "info@bücher.example"])).await;
+    let err = &refused[1][1]["notCreated"]["s"];
+    assert_eq!(err["type"], "invalidRecipients", "{refused:?}");
+    assert_eq!(
+        err["invalidRecipients"],
+        json!(["pelé@example.net"]),
+        "{err}"
+    );
+
+    let ok = request(&f, submit(vec!["info@bücher.example"])).await;
+    let created = &ok[1][1]["created"]["s"];
+    let id: QueueId = created["id"].as_str().expect("created").parse().unwrap();
+    let lease = lease(&f).await;
+    assert_eq!(lease.job.id, id);
+    assert_eq!(lease.job.recipients, ["info@xn--bcher-kva.example"]);
+    let got = request(
+        &f,
+        json!([["EmailSubmission/get", {"accountId": acct, "ids": [id.to_string()]}, "g"]]),
+    )
+    .await;
+    assert_eq!(
+        got[0][1]["list"][0]["envelope"]["rcptTo"][0]["email"],
+        "info@xn--bcher-kva.example"
+    );
+}
+
+/// With an SES transport an attachment type SES refuses is refused at EmailSubmission/set as
+/// RFC 8621 §7.5 `invalidEmail`, naming the file, rather than queued and failed by SES.
+#[tokio::test]
+async fn ses_refused_attachment_type_is_invalid_email() {
+    let f = fixture_for(SES);
+    let acct = f.account.account_id.clone();
+    let mime = b"From: alice@example.com\r\nTo: b@example.net\r\nSubject: tool\r\n\
+        MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+        --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+        --b\r\nContent-Type: application/octet-stream\r\n\
+        Content-Disposition: attachment; filename=\"setup.exe\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--b--\r\n";
+    let now = f.jmap.now_ms();
+    f.jmap
+        .store
+        .write(|tx| {
+            tx.put_blob(&acct, "Bexe", mime)?;
+            tx.put("", super::store::T_UPLOAD, &format!("{acct}/Bexe"), &now)?;
+            Ok(())
+        })
+        .unwrap();
+    let out = request(
+        &f,
+        json!([
+            ["Email/import", {"accountId": acct, "emails": {
+                "i": {"blobId": "Bexe", "mailboxIds": {"drafts": true}}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#i", "identityId": "alice"}}}, "1"],
+        ]),
+    )
+    .await;
+    let err = &out[1][1]["notCreated"]["s"];
+    assert_eq!(err["type"], "invalidEmail", "{out:?}");
+    let text = err["description"].as_str().unwrap();
+    assert!(
+        text.contains("setup.exe") && text.contains(".exe"),
+        "{text}"
+    );
 }

@@ -230,7 +230,11 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
         mail_from: job.mail_from.clone(),
         recipients,
         mime,
-        tags: prepare::tags(job),
+        // The built-in tags, then the identity's static ones (the transport may add its own).
+        tags: prepare::tags(job)
+            .into_iter()
+            .chain(identity.ses_tags.iter().cloned())
+            .collect(),
         configuration_set: identity.configuration_set.clone(),
         job: job.clone(),
     })

@@ -13,9 +13,77 @@ use crate::submission::CLASS_HEADER;
 /// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
 const TAG_MAX: usize = 256;
 
+/// SES takes at most 50 `EmailTags` per message (SES v2 API reference, `MessageTag`).
+pub const MAX_TAGS: usize = 50;
+
+/// The tags every message carries (see [`tags`]); static tags may not reuse their names.
+pub const BUILT_IN_TAGS: [&str; 7] = [
+    "tenant_id",
+    "submission_id",
+    "identity_id",
+    "account_id",
+    "user_id",
+    "domain",
+    "message_class",
+];
+
+/// What is wrong with configured static `tags` (`[sender.transport] tags`, an identity's
+/// `ses_tags`): names and values in SES's alphabet and length, no built-in name, and with the
+/// built-in ones and `also` (the global tags, for an identity's) at most [`MAX_TAGS`] on one
+/// message.
+pub fn check_static_tags(
+    tags: &std::collections::BTreeMap<String, String>,
+    also: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= TAG_MAX
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    };
+    let mut problems = Vec::new();
+    for (name, value) in tags {
+        if !valid(name) || !valid(value) {
+            problems.push(format!(
+                "tag {name:?} = {value:?}: names and values are 1-{TAG_MAX} characters of [A-Za-z0-9_-] (SES)"
+            ));
+        }
+        if BUILT_IN_TAGS.contains(&name.as_str()) {
+            problems.push(format!("tag {name:?} is one Outbox sets itself"));
+        }
+    }
+    let distinct = tags
+        .keys()
+        .chain(also.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if BUILT_IN_TAGS.len() + distinct > MAX_TAGS {
+        problems.push(format!(
+            "{} static tags and the {} built-in ones exceed SES's {MAX_TAGS} per message",
+            distinct,
+            BUILT_IN_TAGS.len()
+        ));
+    }
+    problems
+}
+
 /// The outgoing MIME for `job`, whose stored MIME is `stored`.
+/// Headers SES reads from a raw message to choose the configuration set, the message tags
+/// and (sending authorization) the identities it sends as (SES developer guide, "Using
+/// configuration sets", "Sending authorization"). A client's must not pick them: the
+/// configured set and our tags are the only ones that apply.
+const SES_CONTROL_HEADERS: [&str; 5] = [
+    "X-SES-CONFIGURATION-SET",
+    "X-SES-MESSAGE-TAGS",
+    "X-SES-SOURCE-ARN",
+    "X-SES-FROM-ARN",
+    "X-SES-RETURN-PATH-ARN",
+];
+
 pub fn outgoing_mime(job: &Job, stored: &[u8], identity: &Identity, hostname: &str) -> Vec<u8> {
-    let stripped = strip_headers(stored, &["Bcc", CLASS_HEADER]);
+    let mut strip = vec!["Bcc", CLASS_HEADER];
+    strip.extend(SES_CONTROL_HEADERS);
+    let stripped = strip_headers(stored, &strip);
     let mut added = String::new();
     if header_values(&stripped, "Date").is_empty() {
         added.push_str(&format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())));
@@ -102,6 +170,7 @@ mod tests {
             text_signature: text.map(Into::into),
             html_signature: None,
             configuration_set: None,
+            ses_tags: Vec::new(),
         }
     }
 
@@ -121,7 +190,7 @@ mod tests {
 
     #[test]
     fn adds_missing_date_and_message_id_strips_bcc() {
-        let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\n\r\nhi\r\n";
+        let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\nx-ses-configuration-set: theirs\r\nX-SES-MESSAGE-TAGS: campaign=x\r\nX-SES-SOURCE-ARN: arn:aws:ses:us-east-1:1:identity/other.example\r\n\r\nhi\r\n";
         let out = String::from_utf8(outgoing_mime(&record(), stored, &identity(None), "mx.test"))
             .unwrap();
         assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <0000000000000000000000000Z@mx.test>\r\n"), "{out}");
@@ -129,6 +198,8 @@ mod tests {
             !out.contains("Bcc") && !out.contains("X-Outbox-Class"),
             "{out}"
         );
+        // Only the configured set and our tags apply (issue 14 item 13).
+        assert!(!out.to_ascii_lowercase().contains("x-ses-"), "{out}");
         let kept =
             b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\n\r\nhi\r\n";
         assert_eq!(

@@ -372,3 +372,36 @@ fn never_panics_on_truncated_or_mangled_input() {
         let _ = inject_signature(&mangled, &SIG);
     }
 }
+
+/// Issue 14 item 8. RFC 8621 §6: the client SHOULD insert the identity's signature; a part
+/// that already holds it (re-wrapped, in a signature `<div>`, QP-encoded) is left alone, while
+/// a part without it is still signed, once.
+#[test]
+fn a_part_that_already_holds_the_signature_is_not_signed_again() {
+    let client_signed = "From: a@example.com\nMIME-Version: 1.0\n\
+        Content-Type: multipart/alternative; boundary=\"alt\"\n\n\
+        --alt\nContent-Type: text/plain; charset=utf-8\n\nHi there\n\n-- \nAlice\nExample Corp\n\
+        --alt\nContent-Type: text/html; charset=utf-8\n\n\
+          <html><body><p>Hi there</p><div class=\"moz-signature\"><p>--&nbsp;<br>\n  Alice</p></div></body></html>\n\
+        --alt--\n";
+    let input = m(client_signed);
+    assert_eq!(inject_signature(&input, &SIG), input, "signed twice");
+
+    // Only the text part holds it: the HTML part is still signed, once.
+    let text_signed = client_signed.replace(
+        "<div class=\"moz-signature\"><p>--&nbsp;<br>\n  Alice</p></div>",
+        "",
+    );
+    let out = inject_signature(&m(&text_signed), &SIG);
+    assert_eq!(count(&out, TSIG), 1, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(count(&out, HSIG), 1, "{}", String::from_utf8_lossy(&out));
+
+    // Quoted-printable and re-wrapped lines still count as holding it.
+    let qp = "From: a@example.com\nContent-Type: text/plain; charset=utf-8\n\
+        Content-Transfer-Encoding: quoted-printable\n\nHi=0A=0A--=20\nAlice\nExample=20Corp\n";
+    assert_eq!(inject_signature(&m(qp), &TEXT_ONLY), m(qp));
+
+    // A body that merely mentions a name is signed.
+    let plain = "From: a@example.com\nContent-Type: text/plain\n\nAsk Alice at Example Corp\n";
+    assert_eq!(count(&inject_signature(&m(plain), &TEXT_ONLY), TSIG), 1);
+}

@@ -131,6 +131,7 @@ pub async fn serve(
             max_recipients: ctx.smtp.max_recipients,
             max_errors: ctx.smtp.max_errors,
             max_auth_failures: ctx.smtp.max_auth_failures,
+            addresses: ctx.submitter.address_policy(),
         },
         ctx.smtp.max_line_length,
         Box::new(move |size| submitter.has_room(size)),
@@ -442,6 +443,8 @@ impl Conn {
                 SubmitError::SpoolFull => "spool_full",
                 SubmitError::Storage => "storage",
                 SubmitError::Suppressed { .. } => "suppressed",
+                SubmitError::Address(_) => "address",
+                SubmitError::Attachment(_) => "attachment",
             }),
         }
         match &result {

@@ -133,6 +133,16 @@ pub fn not_owner() -> Reply {
         "Sender address not owned by the authenticated account",
     )
 }
+/// RFC 6531 §3.5: 553 with X.6.7, "Non-ASCII addresses not permitted for that
+/// sender/recipient" (the transport cannot carry SMTPUTF8).
+pub fn non_ascii_address(role: &str) -> Reply {
+    Reply::new(
+        553,
+        6,
+        7,
+        format!("Non-ASCII addresses not permitted for that {role}"),
+    )
+}
 pub fn too_many_recipients() -> Reply {
     Reply::new(452, 5, 3, "Too many recipients")
 }

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use smtp_proto::{Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME};
+use smtp_proto::{
+    Error as ParseError, Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
+};
 
 use super::data::{BodyError, LineRules};
 use super::reply::{self, Reply};
 use crate::accounts::Account;
+use crate::address::{AddressError, AddressPolicy};
 use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::domain::QueueId;
 use crate::submission::SubmitError;
@@ -35,6 +38,9 @@ pub struct SessionLimits {
     pub max_recipients: usize,
     pub max_errors: u32,
     pub max_auth_failures: u32,
+    /// What envelope addresses the transport carries: SMTPUTF8 is offered only when it
+    /// carries UTF-8 (not SES).
+    pub addresses: AddressPolicy,
 }
 
 /// What the driver must do next, in order.
@@ -284,10 +290,11 @@ impl Session {
             "PIPELINING".into(),
             format!("SIZE {}", self.limits.max_message_size),
             "8BITMIME".into(),
-            "SMTPUTF8".into(),
-            "ENHANCEDSTATUSCODES".into(),
-            "CHUNKING".into(),
         ];
+        if self.limits.addresses.smtputf8() {
+            lines.push("SMTPUTF8".into());
+        }
+        lines.extend(["ENHANCEDSTATUSCODES".into(), "CHUNKING".into()]);
         if self.limits.max_hold_secs > 0 {
             // RFC 4865 §3: the longest interval and the latest date we accept.
             let max = self.limits.max_hold_secs;
@@ -463,6 +470,14 @@ impl Session {
         if flags & MAIL_BODY_BINARYMIME != 0 {
             return self.error(Reply::new(555, 5, 4, "BODY=BINARYMIME is not supported"));
         }
+        // RFC 5321 §4.1.1.11: a parameter of an extension not offered is 555.
+        if flags & MAIL_SMTPUTF8 != 0 && !self.limits.addresses.smtputf8() {
+            return self.error(Reply::new(555, 5, 4, "SMTPUTF8 is not supported"));
+        }
+        let from = match self.limits.addresses.envelope(&from) {
+            Ok(from) => from,
+            Err(e) => return self.address_refused(e, "sender"),
+        };
         if size > self.limits.max_message_size {
             return self.error(reply::too_big());
         }
@@ -493,12 +508,19 @@ impl Session {
 
     fn rcpt(&mut self, to: String) -> Vec<Action> {
         let max = self.limits.max_recipients;
-        let Some(tx) = &mut self.transaction else {
+        if self.transaction.is_none() {
             return self.error(reply::bad_sequence("Need MAIL before RCPT"));
-        };
+        }
         if to.is_empty() || !to.contains('@') {
             return self.error(Reply::new(501, 1, 3, "Invalid recipient address"));
         }
+        let to = match self.limits.addresses.envelope(&to) {
+            Ok(to) => to,
+            Err(e) => return self.address_refused(e, "recipient"),
+        };
+        let Some(tx) = &mut self.transaction else {
+            unreachable!("checked above")
+        };
         if !tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(&to)) {
             if tx.recipients.len() >= max {
                 // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction;
@@ -508,6 +530,20 @@ impl Session {
             tx.recipients.push(to);
         }
         Self::reply(Reply::new(250, 1, 5, "Recipient ok"))
+    }
+
+    /// An envelope address the transport cannot carry (see [`crate::address`]).
+    fn address_refused(&mut self, e: AddressError, role: &str) -> Vec<Action> {
+        tracing::info!(error = %e, "envelope address refused");
+        match e {
+            AddressError::NonAsciiLocalPart(_) => self.error(reply::non_ascii_address(role)),
+            AddressError::BadDomain(_) => self.error(Reply::new(
+                501,
+                1,
+                if role == "sender" { 7 } else { 3 },
+                format!("Invalid {role} domain"),
+            )),
+        }
     }
 
     fn data(&mut self) -> Vec<Action> {
@@ -620,6 +656,11 @@ impl Session {
         match result {
             Ok(id) => Self::reply(Reply::new(250, 0, 0, format!("Ok: queued as {id}"))),
             Err(SubmitError::NotOwner(_)) => self.error(reply::not_owner()),
+            Err(SubmitError::Address(e)) => self.address_refused(e, "recipient"),
+            // RFC 3463 X.6.0: the content cannot be carried (the provider refuses the type).
+            Err(e @ SubmitError::Attachment(_)) => {
+                self.error(Reply::new(550, 6, 0, format!("Message refused: {e}")))
+            }
             Err(SubmitError::BadMessage(text)) => self.error(Reply::new(550, 6, 0, text)),
             Err(SubmitError::SpoolFull) => Self::reply(reply::spool_full()),
             Err(SubmitError::Storage) => Self::reply(reply::local_error()),

@@ -52,11 +52,17 @@ where
         SdkError::ServiceError(service) => {
             let code = err.code();
             let status = service.raw().status().as_u16();
-            let reason = format!(
-                "{} (HTTP {status}): {}",
-                code.unwrap_or("AWS error"),
-                err.message().unwrap_or("no message")
-            );
+            let reason = match code {
+                Some(code) => format!(
+                    "{code} (HTTP {status}): {}",
+                    err.message().unwrap_or("no message")
+                ),
+                // E.g. a 2xx whose body is truncated or not the service's: it may or may not
+                // have been acted on.
+                None => {
+                    format!("HTTP {status} answer without an AWS error code that could not be read")
+                }
+            };
             (classify(code, Some(status)), reason)
         }
         // No connection at all (refused, DNS): nothing will go until the endpoint is back.

@@ -60,6 +60,18 @@ impl SesTransport {
                 reason: format!("more than {MAX_DESTINATIONS} recipients for one SES SendEmail"),
             };
         }
+        // What was accepted left room for our additions (config::ADDITIONS_RESERVE), but a
+        // part re-encoded to carry the signature can still outgrow SES's limit: say so here
+        // rather than let SES refuse it with a less clear MessageRejected.
+        let max = self.config.max_message_size;
+        if message.mime.len() > max {
+            return Delivery::Reject {
+                reason: format!(
+                    "message is {} octets once signed and traced; SES accepts at most {max}",
+                    message.mime.len()
+                ),
+            };
+        }
         let raw = match RawMessage::builder()
             .data(Blob::new(message.mime.clone()))
             .build()
@@ -71,9 +83,18 @@ impl SesTransport {
                 }
             }
         };
+        // The message's tags (built-in, then the identity's), then the configured global ones
+        // whose names the message does not already carry (validated at config load).
+        let global = self
+            .config
+            .tags
+            .iter()
+            .filter(|(name, _)| !message.tags.iter().any(|(n, _)| n == *name));
         let tags: Result<Vec<MessageTag>, _> = message
             .tags
             .iter()
+            .map(|(name, value)| (name, value))
+            .chain(global)
             .map(|(name, value)| MessageTag::builder().name(name).value(value).build())
             .collect();
         let tags = match tags {
@@ -104,8 +125,16 @@ impl SesTransport {
             .send()
             .await;
         match result {
-            Ok(out) => Delivery::Sent {
-                provider_id: out.message_id().unwrap_or_default().to_string(),
+            Ok(out) => match out.message_id() {
+                Some(id) if !id.is_empty() => Delivery::Sent {
+                    provider_id: id.to_string(),
+                },
+                // A 2xx that is not SES's answer (SES always returns the id): it may or may
+                // not have been sent, and without the id feedback could not find it either.
+                _ => Delivery::Retry {
+                    reason: "SES answered without a MessageId".to_string(),
+                    after: None,
+                },
             },
             Err(err) => delivery_for(&err, classify),
         }
@@ -123,6 +152,13 @@ impl Transport for SesTransport {
 }
 
 /// The one table of SES errors: by error code, then by HTTP status.
+///
+/// Only an error SES states explicitly (an error code in a 4xx answer) may fail a submission
+/// for good. An answer without a code — a 2xx whose body the SDK cannot read (truncated, or a
+/// proxy's page), a bare 4xx or 5xx from something in between — says nothing about the
+/// message: SES may or may not have taken it, so it is retried. That retry is the one place a
+/// duplicate can come from besides a crash between SES's answer and the spool's write (README,
+/// "Delivery guarantee").
 pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
     match code {
         Some(
@@ -152,10 +188,11 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
             | "NotFoundException"
             | "InvalidParameterValue",
         ) => Class::Reject,
-        _ => match status {
+        Some(_) => match status {
             Some(429) | Some(500..=599) | None => Class::Retry,
             Some(_) => Class::Reject,
         },
+        None => Class::Retry,
     }
 }
 
@@ -175,6 +212,11 @@ mod tests {
             (None, Some(500), Retry),
             (None, Some(429), Retry),
             (None, None, Retry),
+            // A 2xx the SDK could not parse arrives as an error without a code: SES may
+            // have sent it, nothing says it never will (issue 14 item 1).
+            (None, Some(200), Retry),
+            (None, Some(400), Retry),
+            (None, Some(403), Retry),
             (Some("MessageRejected"), Some(400), Reject),
             (Some("AccountSuspendedException"), Some(400), Reject),
             (Some("BadRequestException"), Some(400), Reject),
@@ -185,6 +227,7 @@ mod tests {
             ),
             (Some("NotFoundException"), Some(404), Reject),
             (Some("SomethingNew"), Some(400), Reject),
+            (Some("SomethingNew"), Some(503), Retry),
             (Some("SendingPausedException"), Some(400), Pause),
             (Some("AccessDeniedException"), Some(403), Pause),
             (Some("ExpiredTokenException"), Some(400), Pause),

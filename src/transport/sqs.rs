@@ -114,10 +114,13 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
         Some("EntityTooLarge" | "InvalidMessageContents" | "InvalidParameterValue") => {
             Class::Reject
         }
-        _ => match status {
+        Some(_) => match status {
             Some(429) | Some(500..=599) | None => Class::Retry,
             Some(_) => Class::Reject,
         },
+        // No error code: an answer that is not AWS's (a proxy, a truncated 2xx) says nothing
+        // about the message, so only an explicit code may be permanent (as for SES).
+        None => Class::Retry,
     }
 }
 
@@ -141,6 +144,8 @@ mod tests {
             (Some("AccessDenied"), Some(403), Pause),
             (Some("InvalidMessageContents"), Some(400), Reject),
             (Some("Unknown"), Some(400), Reject),
+            (None, Some(200), Retry),
+            (None, Some(404), Retry),
         ];
         for (code, status, want) in table {
             assert_eq!(classify(*code, *status), *want, "{code:?} {status:?}");

@@ -24,7 +24,7 @@ import uuid
 import pytest
 
 from conftest import PASSWORDS, SES_ALICE, log_lines, queue_id_of, wait_for_log
-from faultproxy import FaultProxy, ses_error
+from faultproxy import FaultProxy, Reply, ses_error
 
 # Longer than the largest retry delay the SES tests configure (retry_max_secs = 2, ±20% jitter).
 QUIET_WINDOW = 3.0
@@ -293,3 +293,205 @@ def test_ses_unreachable_parks_queue_without_spending_attempts(moto, start_ses_s
     assert log_lines(server, about(qid, "will be retried")) == []
     assert log_lines(server, about(qid, "dead-letter")) == []
     assert log_lines(server, r"provider reachable again; sending resumes"), server.log_tail()
+
+
+# --------------------------------------------------------------------------- 6. unreadable 2xx
+
+
+def _json_reply(body: bytes) -> Reply:
+    return Reply(200, body, {"Content-Type": "application/json", "x-amzn-RequestId": str(uuid.uuid4())})
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # SendEmail's answer cut short (a dropped proxy connection, a truncated body).
+        _json_reply(b'{"MessageId": "0100019a-trunc'),
+        # Something in between answering 200 with its own page.
+        Reply(200, b"<html><body>Request accepted</body></html>", {"Content-Type": "text/html"}),
+        # Parseable, but not SES's answer: SES always returns the MessageId.
+        _json_reply(b"{}"),
+    ],
+    ids=["truncated-json", "html-page", "no-message-id"],
+)
+def test_ses_unreadable_2xx_is_retried_not_failed(moto, start_ses_server, fault_proxy, answer):
+    """Issue 14 item 1. Only an error SES states (an error code) may be permanent; a 2xx whose
+    body cannot be read says nothing about the message (SES v2 API reference, SendEmail:
+    "Response Syntax" — a MessageId on success), so the message is retried, not failed."""
+    proxy = fault_proxy()
+    proxy.send_email_fault = lambda n: answer if n == 1 else None
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    server = start_ses_server(proxy.url)
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+
+    line = wait_for_log(server, about(qid, "message sent"))[0]
+    assert attempt_of(line) == 2, line
+    retries = log_lines(server, about(qid, "delivery will be retried"))
+    assert [attempt_of(r) for r in retries] == [1], retries
+    assert log_lines(server, about(qid, "failed permanently")) == []
+    assert [c.faulted for c in proxy.send_emails()] == [True, False], proxy.send_emails()
+    moto.wait_raw_message(marker, timeout=5, server=server)
+
+
+# --------------------------------------------------------------------------- 7. SMTPUTF8 / IDN
+
+
+def test_ses_refuses_non_ascii_local_parts_and_sends_idn_as_a_labels(moto, start_ses_server):
+    """Issue 14 item 2. SES does not support SMTPUTF8 (local parts 7-bit ASCII, domains as
+    punycode): SMTPUTF8 is not offered (RFC 6531 §3.1), a non-ASCII local part gets 553 5.6.7
+    at MAIL/RCPT (RFC 6531 §3.5), and an IDN domain goes to SES as A-labels (RFC 5890)."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        s.starttls(context=server.tls_context())
+        code, features = s.ehlo()
+        assert code == 250
+        assert "SMTPUTF8" not in features.decode().upper().split(), features
+        s.login("alice", PASSWORDS["alice"])
+        s.command_encoding = "utf-8"  # send the RFC 6531 addresses the way a client would
+        code, resp = s.docmd("MAIL", f"FROM:<{ALICE}> SMTPUTF8")  # smtplib would not send it
+        assert code == 555, (code, resp)
+        code, resp = s.mail(ALICE)
+        assert code == 250, (code, resp)
+        code, resp = s.rcpt("pelé@example.net")
+        assert (code, resp[:5]) == (553, b"5.6.7"), (code, resp)
+        code, resp = s.rcpt("info@bücher.example")
+        assert code == 250, (code, resp)
+        code, resp = s.data(
+            f"From: {ALICE}\r\nTo: info@xn--bcher-kva.example\r\nSubject: IDN {marker}\r\n\r\n{marker}\r\n".encode()
+        )
+        assert code == 250, (code, resp)
+        qid = queue_id_of(resp)
+
+    wait_for_log(server, about(qid, "message sent"))
+    sent = moto.wait_raw_message(marker, server=server)
+    assert "info@xn--bcher-kva.example" in sent["destinations"], sent["destinations"]
+    requests = moto.send_email_requests()
+    assert [r["Destination"] for r in requests] == [{"ToAddresses": ["info@xn--bcher-kva.example"]}]
+
+
+# --------------------------------------------------------------------------- 8. size after additions
+
+# What Outbox keeps free under the provider's limit for its own additions (config.rs
+# ADDITIONS_RESERVE): trace, Date/Message-ID, signature, DKIM.
+ADDITIONS_RESERVE = 64 * 1024
+
+
+def ehlo_size(server) -> int:
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.ehlo()
+        return int(s.esmtp_features["size"])
+
+
+def test_ses_size_leaves_room_for_additions(moto, start_ses_server):
+    """Issue 14 item 3. SES takes 40 MB *as sent*; RFC 1870 SIZE tells the client what it may
+    send, so the advertised SIZE (41,943,040 before) must leave room for what Outbox adds."""
+    server = start_ses_server(moto.url)
+    assert ehlo_size(server) == 40_000_000 - ADDITIONS_RESERVE
+
+
+def test_ses_message_grown_past_the_limit_fails_with_reason_before_send_email(moto, start_ses_server):
+    """Issue 14 item 3: the final size is checked before SendEmail. A latin-1 8bit text part
+    must be relabelled UTF-8 to carry the signature, which doubles it: within SIZE when
+    accepted, over SES's limit once signed — failed with that reason, SES never called."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    limit = 200_000
+    server = start_ses_server(moto.url, {"sender.transport.max_message_size": limit})
+    size = ehlo_size(server)
+    assert size == limit - ADDITIONS_RESERVE
+    head = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: big latin-1\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode("ascii")
+    line = b"\xe9" * 200 + b"\r\n"
+    body = line * ((size - len(head) - 2048) // len(line))
+    qid = submit(server, [TO], head + body)
+
+    failed = wait_for_log(server, about(qid, "message failed permanently"))[0]
+    assert f"SES accepts at most {limit}" in failed, failed
+    time.sleep(QUIET_WINDOW)
+    assert moto.send_email_requests() == []
+    assert log_lines(server, about(qid, "will be retried")) == []
+
+
+# --------------------------------------------------------------------------- 9. SES's own headers, attachment types
+
+
+def test_ses_control_headers_from_the_client_are_stripped(moto, start_ses_server):
+    """Issue 14 item 13. SES reads X-SES-CONFIGURATION-SET and X-SES-MESSAGE-TAGS (and the
+    sending-authorization X-SES-*-ARN headers) from a raw message; a client's must not choose
+    the set, the tags or the identity: only the configured ones apply."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    marker = uuid.uuid4().hex
+    msg = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: tags {marker}\r\n"
+        "X-SES-CONFIGURATION-SET: client-chosen-set\r\n"
+        "X-SES-MESSAGE-TAGS: campaign=client, submission_id=forged\r\n"
+        "x-ses-source-arn: arn:aws:ses:us-east-1:999999999999:identity/other.example\r\n"
+        f"\r\nBody {marker}.\r\n"
+    ).encode("ascii")
+    qid = submit(server, [TO], msg)
+    sent = moto.wait_raw_message(marker, server=server)
+    assert not re.search(r"(?im)^x-ses-", header_block(sent["raw_data"])), sent["raw_data"]
+    [req] = moto.send_email_requests()
+    assert req["ConfigurationSetName"] == SES_ALICE["configuration_set"], req
+    assert {"Name": "submission_id", "Value": qid} in req["EmailTags"], req["EmailTags"]
+
+
+def test_ses_refused_attachment_type_is_refused_at_data(moto, start_ses_server):
+    """Issue 14 item 13. SES refuses attachments of certain file types ("Unsupported attachment
+    types"); the sender learns it at once (550 5.6.0 naming the file), not from a later failure."""
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url)
+    msg = (
+        f"From: {ALICE}\r\nTo: {TO}\r\nSubject: tool\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        '--b1\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="Setup.EXE"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA\r\n--b1--\r\n"
+    ).encode("ascii")
+    with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.test", timeout=15) as s:
+        s.starttls(context=server.tls_context())
+        s.login("alice", PASSWORDS["alice"])
+        s.mail(ALICE)
+        s.rcpt(TO)
+        code, resp = s.data(msg)
+    assert code == 550 and resp.startswith(b"5.6.0"), (code, resp)
+    assert b"Setup.EXE" in resp and b".exe" in resp, resp
+    assert moto.send_email_requests() == []
+
+
+# --------------------------------------------------------------------------- 10. static tags
+
+
+def test_ses_static_tags_global_and_per_identity(moto, start_ses_server, password_hashes):
+    """Issue 14 item 10: static SES EmailTags from the config — global ([sender.transport]
+    tags) and per identity (ses_tags) — ride along after the seven built-in ones."""
+    from conftest import ses_accounts
+
+    accounts = ses_accounts(password_hashes)
+    accounts[0]["identity"][0]["ses_tags"] = {"team": "billing", "env": "prod-eu"}
+    moto.sesv2.create_email_identity(EmailIdentity=ALICE)
+    moto.start_recording()
+    server = start_ses_server(moto.url, {
+        "account": accounts,
+        "sender.transport": {"kind": "ses", "max_send_rate": 50, "timeout_secs": 10,
+                             "tags": {"env": "prod", "service": "outbox"}},
+    })
+    marker = uuid.uuid4().hex
+    qid = submit(server, [TO], simple_message(marker))
+    moto.wait_raw_message(marker, server=server)
+    [req] = moto.send_email_requests()
+    tags = {t["Name"]: t["Value"] for t in req["EmailTags"]}
+    assert len(req["EmailTags"]) == 10, req["EmailTags"]  # 7 built-in + team, env, service
+    assert tags["submission_id"] == qid
+    # The identity's value wins over the global one of the same name.
+    assert (tags["team"], tags["env"], tags["service"]) == ("billing", "prod-eu", "outbox"), tags

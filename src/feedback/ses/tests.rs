@@ -89,8 +89,10 @@ fn complaints_suppress_without_expiry_unless_not_spam() {
     let mut v: Value = serde_json::from_str(&fixture("ses-event-complaint-record.json")).unwrap();
     v["complaint"]["complaintFeedbackType"] = "not-spam".into();
     let e = events(&v.to_string(), POLICY).unwrap();
-    assert_eq!(e[0].outcome, Outcome::Complained);
+    // RFC 5965 §7.3: not-spam is the opposite of a complaint (issue 14 item 14).
+    assert_eq!(e[0].outcome, Outcome::NotSpam);
     assert_eq!(e[0].suppress, None, "not-spam is no reason to suppress");
+    assert!(e[0].detail.as_deref().unwrap().contains("not-spam"));
 }
 
 #[test]

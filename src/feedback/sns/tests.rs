@@ -222,14 +222,11 @@ fn stale_and_future_messages_fail() {
     let ts = parse_timestamp("2022-07-28T21:23:58.317Z").unwrap();
     let late = ts + MAX_AGE as i64 + 1;
     let early = ts - MAX_FUTURE_SKEW_SECS - 1;
-    for now in [late, early] {
-        assert_eq!(verifier_at(now).parse(REAL[0].1), Err(SnsError::Stale));
+    for (now, want) in [(late, SnsError::Stale), (early, SnsError::Early)] {
+        assert_eq!(verifier_at(now).parse(REAL[0].1), Err(want.clone()));
         // verify applies the same check with its own `now` (certificate still valid then).
         let msg = verifier_at(NOW_2022).parse(REAL[0].1).unwrap();
-        assert_eq!(
-            verifier_at(NOW_2022).verify(&msg, CERT, now),
-            Err(SnsError::Stale)
-        );
+        assert_eq!(verifier_at(NOW_2022).verify(&msg, CERT, now), Err(want));
     }
     assert!(verifier_at(ts + MAX_AGE as i64).parse(REAL[0].1).is_ok());
     assert!(verifier_at(ts - MAX_FUTURE_SKEW_SECS)
@@ -430,4 +427,28 @@ fn malformed_bodies_fail() {
             v.parse(c.as_bytes())
         );
     }
+}
+
+/// Issue 14 item 4: the SQS path's verifier (window: SQS's 14-day retention) accepts an
+/// authentic message hours old that the HTTPS window refuses; older than any queue keeps it
+/// is still stale.
+#[test]
+fn queue_retention_window_accepts_hours_old_messages() {
+    let ts = parse_timestamp("2022-07-28T21:23:58.317Z").unwrap();
+    let queued = |now: i64| {
+        Verifier::new(all_topics(), crate::feedback::service::SQS_MAX_RETENTION)
+            .with_clock(ManualClock::new(now as u64 * 1000))
+    };
+    let three_hours_after_http_window = ts + MAX_AGE as i64 + 3 * 3600;
+    assert_eq!(
+        verifier_at(three_hours_after_http_window).parse(REAL[0].1),
+        Err(SnsError::Stale)
+    );
+    assert!(queued(three_hours_after_http_window)
+        .parse(REAL[0].1)
+        .is_ok());
+    assert_eq!(
+        queued(ts + 14 * 86_400 + 1).parse(REAL[0].1),
+        Err(SnsError::Stale)
+    );
 }

@@ -20,6 +20,10 @@ fn session(port: PortKind) -> Session {
 }
 
 fn session_with_room(port: PortKind, room: bool) -> Session {
+    session_for(port, room, AddressPolicy::Utf8)
+}
+
+fn session_for(port: PortKind, room: bool, addresses: AddressPolicy) -> Session {
     Session::new(
         port,
         "mx.test".into(),
@@ -29,6 +33,7 @@ fn session_with_room(port: PortKind, room: bool) -> Session {
             max_recipients: 3,
             max_errors: 8,
             max_auth_failures: 2,
+            addresses,
         },
         1000,
         Box::new(move |_| room),
@@ -537,4 +542,72 @@ fn bdat_size_cannot_overflow_the_limit() {
     .collect();
     steps.push((&huge, &last));
     dialog(PortKind::Submission, &steps, b"ab");
+}
+
+/// RFC 6531 §3.5 with a transport that cannot carry SMTPUTF8 (SES): not offered, a non-ASCII
+/// local part gets 553 5.6.7 at MAIL/RCPT, an IDN domain is taken as A-labels (RFC 5890).
+#[test]
+fn smtputf8_only_where_the_transport_carries_it() {
+    let ses = || session_for(PortKind::Submissions, true, AddressPolicy::Ascii);
+    let mut s = ses();
+    let ehlo = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    assert!(!ehlo.contains("SMTPUTF8"), "{ehlo}");
+    assert!(
+        ehlo.contains("8BITMIME") && ehlo.contains("CHUNKING"),
+        "{ehlo}"
+    );
+
+    let body = b"From: alice@example.com\r\n\r\nhi\r\n.\r\n";
+    let steps: &[(&str, &[&str])] = &[
+        ("EHLO c", &["250-mx.test"]),
+        (PLAIN_OK, &["235 2.7.0"]),
+        ("MAIL FROM:<alice@example.com> SMTPUTF8", &["555 5.5.4"]),
+        (
+            "MAIL FROM:<alicé@example.com>",
+            &["553 5.6.7 Non-ASCII addresses not permitted for that sender"],
+        ),
+        ("MAIL FROM:<alice@example.com>", &["250 2.1.0"]),
+        (
+            "RCPT TO:<pelé@example.net>",
+            &["553 5.6.7 Non-ASCII addresses not permitted for that recipient"],
+        ),
+        ("RCPT TO:<info@bücher.example>", &["250 2.1.5"]),
+        (
+            "DATA",
+            &[
+                "354",
+                "<submit alice@example.com info@xn--bcher-kva.example ",
+                "250 2.0.0",
+            ],
+        ),
+    ];
+    dialog_on(ses(), steps, body);
+
+    // The dir and smarthost transports keep SMTPUTF8 and take UTF-8 addresses as given.
+    let mut s = session(PortKind::Submissions);
+    let ehlo = {
+        let a = s.line(b"EHLO c\r\n");
+        drive(&mut s, a, b"")
+    }
+    .join("\n");
+    assert!(ehlo.contains("SMTPUTF8"), "{ehlo}");
+    let steps: &[(&str, &[&str])] = &[
+        ("EHLO c", &["250-mx.test"]),
+        (PLAIN_OK, &["235 2.7.0"]),
+        ("MAIL FROM:<alice@example.com> SMTPUTF8", &["250 2.1.0"]),
+        ("RCPT TO:<pelé@bücher.example>", &["250 2.1.5"]),
+        (
+            "DATA",
+            &[
+                "354",
+                "<submit alice@example.com pelé@bücher.example ",
+                "250 2.0.0",
+            ],
+        ),
+    ];
+    dialog_on(session(PortKind::Submissions), steps, body);
 }
