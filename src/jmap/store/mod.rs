@@ -160,10 +160,7 @@ impl Store {
         Ok(out)
     }
 
-    fn write_now<R>(
-        &self,
-        f: impl FnMut(&mut Tx) -> Result<R>,
-    ) -> Result<(R, Pushes)> {
+    fn write_now<R>(&self, f: impl FnMut(&mut Tx) -> Result<R>) -> Result<(R, Pushes)> {
         let (out, states) = match &self.backend {
             Backend::Redb(store) => store.write(f)?,
             Backend::Aws(store) => store.write(f)?,
