@@ -115,14 +115,7 @@ fn part(
         if !kind.to_ascii_lowercase().starts_with("text/") {
             return Err(bad("a partId part must be text/*"));
         }
-        let value = create
-            .get("bodyValues")
-            .and_then(|b| b.get(part_id))
-            .and_then(|b| b.get("value"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                invalid_properties(&["bodyValues"], format!("no bodyValues for {part_id}"))
-            })?;
+        let value = super::mime::body_value(create, part_id)?;
         let ct = ContentType::new(kind.to_string()).attribute("charset", "utf-8");
         MimePart::new(ct, BodyPart::Text(Cow::Owned(value.to_string())))
     } else {

@@ -139,21 +139,27 @@ fn body_text(
                 .get("partId")
                 .and_then(Value::as_str)
                 .ok_or_else(|| invalid_properties(&[prop], "a body part needs a partId"))?;
-            let value = create
-                .get("bodyValues")
-                .and_then(|b| b.get(part_id))
-                .and_then(|b| b.get("value"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    invalid_properties(&["bodyValues"], format!("no bodyValues for {part_id}"))
-                })?;
-            Ok(Some(value.to_string()))
+            Ok(Some(body_value(create, part_id)?.to_string()))
         }
         _ => Err(invalid_properties(
             &[prop],
             format!("at most one part in {prop}"),
         )),
     }
+}
+
+/// The text of `bodyValues[part_id]` of an Email/set create (RFC 8621 §4.1.4), or the
+/// SetError naming the missing value.
+pub(crate) fn body_value<'a>(
+    create: &'a Map<String, Value>,
+    part_id: &str,
+) -> Result<&'a str, Value> {
+    create
+        .get("bodyValues")
+        .and_then(|b| b.get(part_id))
+        .and_then(|b| b.get("value"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid_properties(&["bodyValues"], format!("no bodyValues for {part_id}")))
 }
 
 /// Builds the MIME; `blob` fetches an uploaded blob by id. Errors are SetErrors.

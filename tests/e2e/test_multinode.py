@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    PASSWORDS, Server, apply_overrides, cli, default_config, make_message, queue_id_of, ses_env,
-    wait_for_log, wait_record,
+    PASSWORDS, Server, apply_overrides, default_config, make_message, queue_id_of, records, ses_env,
+    submit_as_alice, wait_for_log, wait_record,
 )
 from snsfake import TOPIC, CERT_NAME, CertServer, Signer
-from test_feedback import ses_event
+from test_feedback import refuse_submission, ses_event
 
 NODES = 3
 SENDERS_PER_NODE = 3
@@ -198,19 +198,13 @@ def test_queue_suppressions_and_feedback_are_shared(cluster):
         code, reply = client.data(make_message("later", to="later@example.net"))
         assert code == 250, reply
     later = queue_id_of(reply)
-    listed = json.loads(cli(b, "queue", "list", "--json").stdout)
-    ids = [r["id"] for r in (listed if isinstance(listed, list) else listed.get("records", listed.get("messages", [])))]
-    assert later in ids, listed
+    listed = records(b, "queue", "list")
+    assert later in [r["id"] for r in listed], listed
 
     # A message sent through A; SES's bounce for it arrives at C.
-    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
-        client.starttls(context=a.tls_context())
-        client.login("alice", PASSWORDS["alice"])
-        client.mail("alice@example.com")
-        client.rcpt("gone@example.net")
-        code, reply = client.data(make_message("bulk", to="gone@example.net", extra_headers="X-Outbox-Class: bulk\r\n"))
-        assert code == 250, reply
-    qid = queue_id_of(reply)
+    bulk = "X-Outbox-Class: bulk\r\n"
+    qid = submit_as_alice(
+        a, make_message("bulk", to="gone@example.net", extra_headers=bulk), ["gone@example.net"])
     rec = wait_record(b, qid, lambda r: r["state"] == "sent")
     import requests
 
@@ -223,12 +217,7 @@ def test_queue_suppressions_and_feedback_are_shared(cluster):
     assert resp.status_code == 200, resp.text
     # B sees the outcome, A refuses the suppressed recipient for that class.
     assert wait_record(b, qid, lambda r: r["state"] == "bounced")["state"] == "bounced"
-    with smtplib.SMTP("127.0.0.1", a.port, timeout=10) as client:
-        client.starttls(context=a.tls_context())
-        client.login("alice", PASSWORDS["alice"])
-        client.mail("alice@example.com")
-        client.rcpt("gone@example.net")
-        code, reply = client.data(make_message("again", to="gone@example.net", extra_headers="X-Outbox-Class: bulk\r\n"))
+    code, reply = refuse_submission(a, "gone@example.net", "bulk")
     assert code >= 500, (code, reply)
     assert b"suppress" in reply.lower(), reply
 

@@ -216,12 +216,42 @@ impl AwsSpool {
         &self,
         id: QueueId,
         announce: bool,
+        decide: impl FnMut(Option<SubmissionRecord>) -> Result<Change<T>, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        self.mutate_from(id, announce, false, decide).await
+    }
+
+    /// Writes a new record: no read first (the write is conditioned on there being none, and
+    /// a record that is there after all is read and shown to `decide`). One read less per
+    /// accepted message.
+    pub(super) async fn create(
+        &self,
+        record: SubmissionRecord,
+        announce: bool,
+    ) -> Result<(), SpoolError> {
+        let id = record.job.id;
+        self.mutate_from(id, announce, true, |existing| match existing {
+            Some(_) => Err(SpoolError::Storage(format!("{id} is queued already"))),
+            None => Ok(Change::Write(record.clone(), ())),
+        })
+        .await
+    }
+
+    async fn mutate_from<T: Clone>(
+        &self,
+        id: QueueId,
+        announce: bool,
+        assume_absent: bool,
         mut decide: impl FnMut(Option<SubmissionRecord>) -> Result<Change<T>, SpoolError>,
     ) -> Result<T, SpoolError> {
         let op = self.random().await;
         let mut written: Option<T> = None;
         for attempt in 0..MAX_RACES {
-            let loaded = self.load(id).await?;
+            let loaded = if attempt == 0 && assume_absent {
+                None
+            } else {
+                self.load(id).await?
+            };
             if let (Some(done), Some((_, _, last_op))) = (&written, &loaded) {
                 if *last_op == op {
                     return Ok(done.clone());

@@ -188,12 +188,7 @@ impl Queue for AwsSpool {
             let id = record.job.id;
             let now = self.clock.now_ms();
             let due = record.due_ms.unwrap_or(now);
-            let created = record.clone();
-            self.mutate(id, true, |existing| match existing {
-                Some(_) => Err(SpoolError::Storage(format!("{id} is queued already"))),
-                None => Ok(Change::Write(created.clone(), ())),
-            })
-            .await?;
+            self.create(record, true).await?;
             if let Err(e) = self.send_copy(id, secs_until(due, now)).await {
                 // Not acknowledged: the record must not stay as a queued submission nobody
                 // will ever receive. (If this also fails, the record is an orphan the
