@@ -22,6 +22,7 @@
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
 //! - [`tls`]: rustls configuration and development certificates.
+//! - [`redb_file`]: a redb file that is reopened after an I/O error (spool, JMAP store).
 //! - [`clock`]: injected wall-clock time.
 
 pub mod accounts;
@@ -37,6 +38,7 @@ pub mod jmap;
 pub mod live;
 pub mod message;
 pub mod metrics;
+pub mod redb_file;
 pub mod sender;
 pub mod sendmail;
 pub mod server;

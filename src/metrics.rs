@@ -265,10 +265,17 @@ async fn scrape(State(http): State<Arc<Http>>) -> impl IntoResponse {
     }
 }
 
+/// Ready: listening, not shutting down, and storage working (a spool recovering from an I/O
+/// error refuses every message, so a load balancer should send clients elsewhere).
 async fn ready(State(http): State<Arc<Http>>) -> impl IntoResponse {
-    if http.metrics.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !http.metrics.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
+    }
+    match http.queue.failing() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: storage failing: {why}\n"),
+        ),
     }
 }

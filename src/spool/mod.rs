@@ -179,6 +179,11 @@ pub trait Queue: Send + Sync {
     fn has_room(&self, size: u64) -> bool;
     /// The visibility timeout a lease starts with (ms).
     fn visibility_timeout_ms(&self) -> u64;
+    /// Why storage is refusing work right now (an I/O error it is recovering from), for
+    /// `/readyz`; None while it works.
+    fn failing(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Message bytes. A put takes the message in chunks (a trace header and the body as

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::redb_file::{Reading, RedbFile};
 
 use super::{storage, ChangeLog, RxOps, Touched, Tx, TxOps, CHANGE_LOG_KEEP};
 
@@ -21,7 +23,7 @@ const QUEUE_INDEX: TableDefinition<u128, &str> = TableDefinition::new("submissio
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 pub(crate) struct RedbStore {
-    db: Database,
+    file: RedbFile,
 }
 
 /// New state numbers of a commit: ((account, type), state).
@@ -41,23 +43,34 @@ impl RedbStore {
         txn.open_table(QUEUE_INDEX)?;
         txn.open_table(COUNTERS)?;
         txn.commit()?;
-        Ok(RedbStore { db })
+        // Reopened after an I/O error (see RedbFile): the tables exist; nothing is cached.
+        Ok(RedbStore {
+            file: RedbFile::new(path, db, Box::new(|_| Ok(()))),
+        })
     }
 
     pub fn write<R>(&self, mut f: impl FnMut(&mut Tx) -> Result<R>) -> Result<(R, NewStates)> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let mut ops = RedbTx { txn: &txn };
-        let mut tx = Tx::new(&mut ops);
-        let out = f(&mut tx)?;
-        let touched = tx.into_touched();
-        let states = bump(&txn, touched)?;
-        txn.commit().map_err(storage)?;
-        Ok((out, states))
+        let db = self.file.get().map_err(storage)?;
+        let result = (|| {
+            let txn = db.begin_write().map_err(storage)?;
+            let mut ops = RedbTx { txn: &txn };
+            let mut tx = Tx::new(&mut ops);
+            let out = f(&mut tx)?;
+            let touched = tx.into_touched();
+            let states = bump(&txn, touched)?;
+            txn.commit().map_err(storage)?;
+            Ok((out, states))
+        })();
+        drop(db);
+        if let Err(e) = &result {
+            self.file.after_failure(e);
+        }
+        result
     }
 
     pub fn read(&self) -> Result<RedbRx> {
         Ok(RedbRx {
-            txn: self.db.begin_read().map_err(storage)?,
+            txn: self.file.begin_read().map_err(storage)?,
         })
     }
 }
@@ -160,7 +173,7 @@ impl TxOps for RedbTx<'_> {
 
 /// A consistent read view.
 pub(crate) struct RedbRx {
-    txn: redb::ReadTransaction,
+    txn: Reading,
 }
 
 impl RxOps for RedbRx {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::sync::mpsc;
 
 use tokio::sync::{oneshot, watch, Notify};
@@ -33,6 +33,7 @@ use crate::clock::Clock;
 use crate::domain::{
     FeedbackApplied, FeedbackEvent, QueueId, State, SubmissionRecord, Suppression,
 };
+use crate::redb_file::{Reading, RedbFile};
 use writer::Op;
 
 const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
@@ -57,9 +58,20 @@ struct Usage {
     commits: AtomicU64,
 }
 
+impl Usage {
+    fn set(&self, counted: &Usage) {
+        for (to, from) in [
+            (&self.messages, &counted.messages),
+            (&self.bytes, &counted.bytes),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
 /// The redb backend; one value serves as all three seams.
 pub struct RedbSpool {
-    db: Arc<Database>,
+    file: Arc<RedbFile>,
     ops: mpsc::Sender<Op>,
     usage: Arc<Usage>,
     options: SpoolOptions,
@@ -100,7 +112,9 @@ impl RedbSpool {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<RedbSpool>, SpoolError> {
         std::fs::create_dir_all(dir).map_err(SpoolError::storage)?;
-        let db = Arc::new(Database::create(dir.join("spool.redb")).map_err(SpoolError::storage)?);
+        let path = dir.join("spool.redb");
+        let db = Database::create(&path)
+            .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
         let init = writer::init(&db)?;
         if init.old_format_queued > 0 {
             tracing::warn!(
@@ -109,10 +123,22 @@ impl RedbSpool {
             );
         }
         let usage = Arc::new(init.usage);
+        let recount = usage.clone();
+        let file = Arc::new(RedbFile::new(
+            &path,
+            db,
+            // Reopened after an I/O error: count again what the file holds now (its last
+            // committed state).
+            Box::new(move |db| {
+                let init = writer::init(db).map_err(|e| e.to_string())?;
+                recount.set(&init.usage);
+                Ok(())
+            }),
+        ));
         let work = Arc::new(Notify::new());
         let (feed_tx, feed) = watch::channel(init.last_seq);
         let (ops, writer) = writer::start(
-            db.clone(),
+            file.clone(),
             dir.to_path_buf(),
             options.clone(),
             usage.clone(),
@@ -121,7 +147,7 @@ impl RedbSpool {
             init.last_seq,
         )?;
         Ok(Arc::new(RedbSpool {
-            db,
+            file,
             ops,
             usage,
             options,
@@ -149,8 +175,8 @@ impl RedbSpool {
             .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?
     }
 
-    fn read(&self) -> Result<redb::ReadTransaction, SpoolError> {
-        self.db.begin_read().map_err(SpoolError::storage)
+    fn read(&self) -> Result<Reading, SpoolError> {
+        self.file.begin_read().map_err(SpoolError::storage)
     }
 
     fn read_record(&self, id: QueueId) -> Result<Option<SubmissionRecord>, SpoolError> {
@@ -322,12 +348,17 @@ impl Queue for RedbSpool {
     }
 
     fn has_room(&self, size: u64) -> bool {
-        self.usage.messages.load(Ordering::Relaxed) < self.options.max_messages
+        self.file.failing().is_none()
+            && self.usage.messages.load(Ordering::Relaxed) < self.options.max_messages
             && self.usage.bytes.load(Ordering::Relaxed) + size <= self.options.max_bytes
     }
 
     fn visibility_timeout_ms(&self) -> u64 {
         self.options.visibility_timeout_ms
+    }
+
+    fn failing(&self) -> Option<String> {
+        self.file.failing()
     }
 }
 
@@ -341,11 +372,11 @@ impl Blobs for RedbSpool {
     }
 
     fn get(&self, id: QueueId) -> Fut<'_, Bytes> {
-        let db = self.db.clone();
+        let file = self.file.clone();
         Box::pin(async move {
             // A large message is read on a blocking thread, not the runtime's.
             tokio::task::spawn_blocking(move || {
-                let txn = db.begin_read().map_err(SpoolError::storage)?;
+                let txn = file.begin_read().map_err(SpoolError::storage)?;
                 let table = txn.open_table(BLOB_CHUNKS).map_err(SpoolError::storage)?;
                 let mut parts = Vec::new();
                 for entry in table

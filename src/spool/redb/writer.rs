@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use crate::redb_file::RedbFile;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -33,6 +34,12 @@ use super::{
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
 use crate::spool::{Action, Change, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions};
+
+/// What a probe writes to see whether a failing file has space again: about one large
+/// message's worth of pages, so "works" means mail fits, not just a record.
+const PROBE_BYTES: usize = 1 << 20;
+/// The probe's scratch table (empty between probes).
+const PROBE: redb::TableDefinition<u8, &[u8]> = redb::TableDefinition::new("probe");
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -132,6 +139,43 @@ fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T, SpoolError>) -> Do
     }))
 }
 
+/// Answers an operation that never reached a transaction.
+fn fail(op: Op, e: SpoolError) {
+    // A caller that went away is no error here.
+    match op {
+        Op::PutBlob { reply, .. } | Op::DeleteBlob { reply, .. } | Op::Enqueue { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Act { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Lease { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Extend { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Settle { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Suppress { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Purge { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Feedback { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+fn last_seq(txn: &WriteTransaction) -> Result<u64, SpoolError> {
+    let feed = txn.open_table(FEED).map_err(table_err)?;
+    let last = feed.last().map_err(table_err)?;
+    Ok(last.map_or(0, |(k, _)| k.value()))
+}
+
 /// What opening found.
 pub(super) struct Init {
     pub usage: Usage,
@@ -193,7 +237,7 @@ pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
 }
 
 pub(super) fn start(
-    db: Arc<Database>,
+    file: Arc<RedbFile>,
     dir: PathBuf,
     options: SpoolOptions,
     usage: Arc<Usage>,
@@ -203,7 +247,8 @@ pub(super) fn start(
 ) -> Result<(mpsc::Sender<Op>, std::thread::JoinHandle<()>), SpoolError> {
     let (tx, rx) = mpsc::channel();
     let writer = Writer {
-        db,
+        file,
+        resync: false,
         dir,
         rng: StdRng::seed_from_u64(options.jitter_seed),
         options,
@@ -213,6 +258,7 @@ pub(super) fn start(
         seq: last_seq,
         now: 0,
         touched: BTreeMap::new(),
+        stored_blob: false,
     };
     let handle = std::thread::Builder::new()
         .name("spool-writer".into())
@@ -222,7 +268,10 @@ pub(super) fn start(
 }
 
 struct Writer {
-    db: Arc<Database>,
+    file: Arc<RedbFile>,
+    /// The file was reopened after an I/O error: what it holds is its last committed state,
+    /// so the change feed's position is read again before the next entry is written.
+    resync: bool,
     dir: PathBuf,
     options: SpoolOptions,
     usage: Arc<Usage>,
@@ -235,6 +284,9 @@ struct Writer {
     now: u64,
     /// Records this batch wrote (or purged), for the change feed.
     touched: BTreeMap<QueueId, Change>,
+    /// This batch stored message bytes: if it commits, the file has space (see
+    /// [`RedbFile::works`]).
+    stored_blob: bool,
 }
 
 fn table_err(e: impl std::fmt::Display) -> SpoolError {
@@ -243,8 +295,52 @@ fn table_err(e: impl std::fmt::Display) -> SpoolError {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            self.transaction(first, &rx);
+        loop {
+            // While storage fails, nothing may come to prove it works again (MAIL is refused
+            // with 452 meanwhile): try a write of our own every so often.
+            let next = if self.file.failing().is_some() {
+                match rx.recv_timeout(crate::redb_file::RETRY) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => return,
+                }
+            };
+            match next {
+                Some(first) => self.transaction(first, &rx),
+                None => self.probe(),
+            }
+        }
+    }
+
+    /// Writes [`PROBE_BYTES`] and removes them again, in two durable commits; if both work,
+    /// the file has space again.
+    fn probe(&mut self) {
+        let result = (|| {
+            let db = self.file.get().map_err(table_err)?;
+            for bytes in [Some(vec![0u8; PROBE_BYTES]), None] {
+                let txn = db.begin_write().map_err(table_err)?;
+                {
+                    let mut probe = txn.open_table(PROBE).map_err(table_err)?;
+                    match &bytes {
+                        Some(b) => probe.insert(0, b.as_slice()).map(drop),
+                        None => probe.remove(0).map(drop),
+                    }
+                    .map_err(table_err)?;
+                }
+                txn.commit().map_err(table_err)?;
+            }
+            Ok::<_, SpoolError>(())
+        })();
+        match result {
+            Ok(()) => self.file.works(),
+            Err(e) => {
+                self.file.after_failure(&e);
+            }
         }
     }
 
@@ -260,7 +356,11 @@ impl Writer {
         let mut wake = false;
         let mut first = Some(first);
         let result = (|| {
-            let mut txn = self.db.begin_write().map_err(table_err)?;
+            let db = self.file.get().map_err(table_err)?;
+            let mut txn = db.begin_write().map_err(table_err)?;
+            if std::mem::take(&mut self.resync) {
+                self.seq = last_seq(&txn)?;
+            }
             let mut disk_checked = None;
             let (mut applied, mut fsync, mut only_blobs) = (0, false, true);
             while applied < MAX_BATCH {
@@ -294,13 +394,25 @@ impl Writer {
             txn.commit().map_err(table_err)
         })();
         self.touched.clear();
+        if result.is_err() {
+            self.stored_blob = false;
+        }
         if let Err(e) = &result {
             // Nothing of the transaction happened: restore what it had counted.
             self.usage.messages.store(before_msgs, Ordering::Relaxed);
             self.usage.bytes.store(before_bytes, Ordering::Relaxed);
             self.seq = before_seq;
             tracing::error!(error = %e, "spool commit failed");
+            // An operation taken but never applied (the transaction could not start).
+            if let Some(op) = first {
+                fail(op, SpoolError::Storage(e.to_string()));
+            }
+            self.file.after_failure(e);
+            self.resync |= self.file.failing().is_some();
         } else {
+            if std::mem::take(&mut self.stored_blob) {
+                self.file.works();
+            }
             self.usage.commits.fetch_add(1, Ordering::Relaxed);
         }
         for answer in answers {
@@ -353,7 +465,9 @@ impl Writer {
         };
         match op {
             Op::PutBlob { id, chunks, reply } => {
-                done(reply, self.put_blob(txn, id, &chunks, disk_checked))
+                let r = self.put_blob(txn, id, &chunks, disk_checked);
+                self.stored_blob |= r.is_ok();
+                done(reply, r)
             }
             Op::DeleteBlob { id, reply } => done(reply, self.delete_blob(txn, id)),
             Op::Enqueue { record, reply } => {

@@ -1,0 +1,156 @@
+"""Storage faults: the state directory's filesystem fills up (ENOSPC), then space comes back.
+
+The state dir sits on its own small tmpfs (the suite runs as root, as on the CI machine), with
+`min_free_disk_bytes = 0` so the free-space floor does not refuse mail before the disk does.
+Expected (issue 15 item 1): every submission gets an answer (a 4xx while the disk is full, never
+silence), /readyz says not ready while storage is failing, the queue CLI answers, and everything
+works again once space is freed — with nothing that got 250 lost, across a kill -9 too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import PASSWORDS, cli, make_message, queue_id_of
+
+FS_BYTES = 24 * 1024 * 1024
+
+
+def _mount_small_fs(root):
+    state = root / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={FS_BYTES},mode=0700", "tmpfs", str(state)],
+        check=True,
+    )
+
+
+def _fill(path) -> int:
+    """Writes zeros into `path` until the filesystem refuses (ENOSPC); returns bytes written."""
+    written = 0
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                written += f.write(chunk)
+        except OSError:
+            pass
+        # The last partial block too, so not even a page is left.
+        try:
+            while True:
+                written += f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return written
+
+
+def _ready(server) -> int:
+    host, port = server.metrics
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _submit(server, body_bytes: int, subject: str) -> tuple[int, str]:
+    """One STARTTLS+AUTH submission; returns the DATA (or MAIL) reply code and text."""
+    body = ("x" * 76 + "\r\n") * (body_bytes // 78 + 1)
+    msg = make_message(subject, body=body)
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=20) as client:
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        code, reply = client.mail("alice@example.com")
+        if code != 250:
+            return code, reply.decode()
+        client.rcpt("rcpt@example.net")
+        code, reply = client.data(msg)
+        return code, reply.decode()
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_gets_4xx_answers_and_mail_flows_again_when_space_returns(start_server):
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and must run as root (scripts/test does)")
+    roots = []
+
+    def setup(root):
+        roots.append(root)
+        _mount_small_fs(root)
+
+    try:
+        server = start_server({"spool.min_free_disk_bytes": 0}, setup=setup)
+        state = roots[0] / "state"
+        acked: list[str] = []
+        code, reply = _submit(server, 4096, "before the disk fills")
+        assert code == 250, reply
+        acked.append(queue_id_of(reply))
+        assert _ready(server) == 200
+
+        filler = state / "filler"
+        _fill(filler)
+        # While the disk is full: every attempt is answered with a temporary failure (or, if
+        # redb still had free pages for it, accepted) — never silence, never a 5xx.
+        refused = 0
+        for n in range(6):
+            code, reply = _submit(server, 512 * 1024, f"disk full {n}")
+            assert code in (250, 451, 452), (code, reply)
+            if code == 250:
+                acked.append(queue_id_of(reply))
+            else:
+                refused += 1
+        assert refused >= 1, "a full disk refused nothing"
+        assert server.alive(), server.log_tail()
+        deadline = time.monotonic() + 10
+        while _ready(server) != 503:
+            assert time.monotonic() < deadline, "/readyz stayed ready while storage fails"
+            time.sleep(0.1)
+        # The operator's CLI still answers (reads work on a full disk).
+        listing = cli(server, "queue", "list", check=False)
+        assert listing.returncode == 0, listing.stderr
+
+        os.unlink(filler)
+        # Space is back: mail flows again without a restart.
+        deadline = time.monotonic() + 20
+        while True:
+            code, reply = _submit(server, 4096, "after space returned")
+            if code == 250:
+                acked.append(queue_id_of(reply))
+                break
+            assert code in (451, 452), (code, reply)
+            assert time.monotonic() < deadline, f"still refused after space returned: {reply}"
+            time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while _ready(server) != 200:
+            assert time.monotonic() < deadline, "/readyz did not recover"
+            time.sleep(0.1)
+        code, reply = _submit(server, 4096, "steady again")
+        assert code == 250, reply
+        acked.append(queue_id_of(reply))
+
+        # A full disk again, and the operator stops the service: SIGTERM still ends it.
+        _fill(filler)
+        code, reply = _submit(server, 512 * 1024, "full again")
+        assert code in (250, 451, 452), (code, reply)
+        if code == 250:
+            acked.append(queue_id_of(reply))
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=15) == 0, server.log_tail()
+        os.unlink(filler)
+
+        # Nothing acknowledged is lost, across a crash too.
+        server.start()
+        server.kill()
+        server.start()
+        server.wait_delivered(acked)
+    finally:
+        for root in roots:
+            subprocess.run(["umount", "-l", str(root / "state")], check=False)
