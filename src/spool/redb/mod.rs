@@ -10,7 +10,8 @@
 //! `records` id → JSON [`SubmissionRecord`]; `blob_chunks` (id, n) → bytes;
 //! `queue` (due or lease deadline, id); `held` id; `dead` (dead since, id);
 //! `suppressions` (address, account, class) → JSON; `provider_ids` SES id → id;
-//! `feedback_seen` message id → when; `feed` seq → JSON [`Change`].
+//! `feedback_seen` message id → when; `feed` seq → JSON [`Change`]; `usage` the stored MIME's
+//! message count and bytes; `unclaimed_blobs` ids stored but not yet enqueued.
 
 mod writer;
 
@@ -46,6 +47,12 @@ const SUPPRESSIONS: TableDefinition<(&str, &str, &str), &[u8]> =
 const PROVIDER_IDS: TableDefinition<&str, u128> = TableDefinition::new("provider_ids_v2");
 const FEEDBACK_SEEN: TableDefinition<&str, u64> = TableDefinition::new("feedback_seen");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// What the stored MIME adds up to ("messages", "bytes"), kept with every change so opening
+/// reads two numbers instead of walking every stored message.
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// Ids whose MIME is stored but not yet claimed by an enqueue; what is left here at start-up
+/// is a put whose enqueue never committed, and its bytes are dropped.
+const UNCLAIMED: TableDefinition<u128, ()> = TableDefinition::new("unclaimed_blobs");
 /// The queue of the format before queue ids were 128-bit; only looked at to warn.
 const OLD_QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
 
@@ -698,6 +705,47 @@ mod tests {
         assert_eq!((depth.stored_messages, depth.stored_bytes), (1, 4));
         assert!(Blobs::get(&*spool, orphan).await.is_err());
         assert_eq!(&Blobs::get(&*spool, kept).await.unwrap()[..], b"kept");
+    }
+
+    /// Issue 15 item 2: start-up must not depend on how much is stored. Opening reads the
+    /// counts kept in the `usage` table (shown by planting a count no walk would find), and a
+    /// spool from before that table is walked once and counted from then on.
+    #[tokio::test]
+    async fn opening_reads_the_kept_usage_instead_of_walking_the_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START);
+        {
+            let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
+            for body in [&b"one"[..], b"three"] {
+                let id = QueueId::generate(START);
+                spool.put(id, vec![Bytes::from(body)]).await.unwrap();
+                spool.enqueue(record(id)).await.unwrap();
+            }
+        }
+        let path = dir.path().join("spool.redb");
+        let rewrite = |planted: Option<u64>| {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            match planted {
+                Some(n) => {
+                    let mut usage = txn.open_table(USAGE).unwrap();
+                    let kept = usage.get("messages").unwrap().map(|v| v.value());
+                    assert_eq!(kept, Some(2), "the count is kept on every change");
+                    usage.insert("messages", n).unwrap();
+                }
+                None => assert!(txn.delete_table(USAGE).unwrap()),
+            }
+            txn.commit().unwrap();
+        };
+        rewrite(Some(7_777));
+        {
+            let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
+            assert_eq!(spool.depth().await.unwrap().stored_messages, 7_777);
+        }
+        rewrite(None);
+        let spool = RedbSpool::open(dir.path(), options(), clock).unwrap();
+        let depth = spool.depth().await.unwrap();
+        assert_eq!((depth.stored_messages, depth.stored_bytes), (2, 8));
     }
 
     #[tokio::test]

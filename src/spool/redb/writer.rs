@@ -30,7 +30,7 @@ mod queue;
 
 use super::{
     decode, encode, Usage, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, HELD, OLD_QUEUE, PROVIDER_IDS,
-    QUEUE, RECORDS, SUPPRESSIONS,
+    QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
 use crate::spool::{Action, Change, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions};
@@ -170,7 +170,7 @@ fn fail(op: Op, e: SpoolError) {
     }
 }
 
-fn last_seq(txn: &WriteTransaction) -> Result<u64, SpoolError> {
+fn last_seq_in(txn: &WriteTransaction) -> Result<u64, SpoolError> {
     let feed = txn.open_table(FEED).map_err(table_err)?;
     let last = feed.last().map_err(table_err)?;
     Ok(last.map_or(0, |(k, _)| k.value()))
@@ -183,8 +183,9 @@ pub(super) struct Init {
     pub old_format_queued: u64,
 }
 
-/// Creates the tables, counts the stored MIME, and drops blobs no record claims (a put whose
-/// enqueue never committed). Costs a walk over what is queued, not over history.
+/// Creates the tables, reads what the stored MIME adds up to, and drops the bytes of puts whose
+/// enqueue never committed. Costs a look at the unclaimed puts, not a walk over what is stored
+/// (a spool written before the usage table existed is walked once, then counted as it goes).
 pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
     let txn = db.begin_write().map_err(SpoolError::storage)?;
     let usage = Usage::default();
@@ -197,36 +198,49 @@ pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
         txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
         txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
         txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
-        let feed = txn.open_table(FEED).map_err(SpoolError::storage)?;
-        last_seq = feed
-            .last()
-            .map_err(SpoolError::storage)?
-            .map_or(0, |(k, _)| k.value());
-        drop(feed);
+        last_seq = last_seq_in(&txn)?;
         if let Ok(old) = txn.open_table(OLD_QUEUE) {
             old_format_queued = old.len().unwrap_or(0);
         }
+        let mut counts = txn.open_table(USAGE).map_err(SpoolError::storage)?;
+        let counted = match (
+            counts.get("messages").map_err(SpoolError::storage)?,
+            counts.get("bytes").map_err(SpoolError::storage)?,
+        ) {
+            (Some(m), Some(b)) => Some((m.value(), b.value())),
+            _ => None,
+        };
+        let (messages, bytes) = match counted {
+            Some(counted) => counted,
+            None => walk_blobs(&txn)?,
+        };
+        usage.messages.store(messages, Ordering::Relaxed);
+        usage.bytes.store(bytes, Ordering::Relaxed);
+        let mut unclaimed = txn.open_table(UNCLAIMED).map_err(SpoolError::storage)?;
         let records = txn.open_table(RECORDS).map_err(SpoolError::storage)?;
         let mut blobs = txn.open_table(BLOB_CHUNKS).map_err(SpoolError::storage)?;
-        let mut orphans = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for entry in blobs.iter().map_err(SpoolError::storage)? {
-            let (k, v) = entry.map_err(SpoolError::storage)?;
-            let (id, chunk) = k.value();
-            if records.get(id).map_err(SpoolError::storage)?.is_none() {
-                orphans.push((id, chunk));
+        for entry in unclaimed
+            .extract_from_if::<u128, _>(.., |_, _| true)
+            .map_err(SpoolError::storage)?
+        {
+            let id = entry.map_err(SpoolError::storage)?.0.value();
+            if records.get(id).map_err(SpoolError::storage)?.is_some() {
                 continue;
             }
-            if seen.insert(id) {
-                usage.messages.fetch_add(1, Ordering::Relaxed);
+            let (mut freed, mut any) = (0u64, false);
+            for chunk in blobs
+                .extract_from_if((id, 0)..=(id, u32::MAX), |_, _| true)
+                .map_err(SpoolError::storage)?
+            {
+                freed += chunk.map_err(SpoolError::storage)?.1.value().len() as u64;
+                any = true;
             }
-            usage
-                .bytes
-                .fetch_add(v.value().len() as u64, Ordering::Relaxed);
+            if any {
+                usage.messages.fetch_sub(1, Ordering::Relaxed);
+                usage.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
         }
-        for key in orphans {
-            blobs.remove(key).map_err(SpoolError::storage)?;
-        }
+        save_usage(&mut counts, &usage)?;
     }
     txn.commit().map_err(SpoolError::storage)?;
     Ok(Init {
@@ -234,6 +248,44 @@ pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
         last_seq,
         old_format_queued,
     })
+}
+
+/// Counts the stored MIME the slow way (a spool from before the usage table), dropping chunks
+/// no record claims.
+fn walk_blobs(txn: &WriteTransaction) -> Result<(u64, u64), SpoolError> {
+    let records = txn.open_table(RECORDS).map_err(SpoolError::storage)?;
+    let mut blobs = txn.open_table(BLOB_CHUNKS).map_err(SpoolError::storage)?;
+    let (mut messages, mut bytes) = (0, 0);
+    let mut orphans = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for entry in blobs.iter().map_err(SpoolError::storage)? {
+        let (k, v) = entry.map_err(SpoolError::storage)?;
+        let (id, chunk) = k.value();
+        if records.get(id).map_err(SpoolError::storage)?.is_none() {
+            orphans.push((id, chunk));
+            continue;
+        }
+        if seen.insert(id) {
+            messages += 1;
+        }
+        bytes += v.value().len() as u64;
+    }
+    for key in orphans {
+        blobs.remove(key).map_err(SpoolError::storage)?;
+    }
+    Ok((messages, bytes))
+}
+
+fn save_usage(
+    counts: &mut redb::Table<&str, u64>,
+    usage: &Usage,
+) -> Result<(), SpoolError> {
+    for (name, value) in [("messages", &usage.messages), ("bytes", &usage.bytes)] {
+        counts
+            .insert(name, value.load(Ordering::Relaxed))
+            .map_err(SpoolError::storage)?;
+    }
+    Ok(())
 }
 
 pub(super) fn start(
@@ -359,7 +411,7 @@ impl Writer {
             let db = self.file.get().map_err(table_err)?;
             let mut txn = db.begin_write().map_err(table_err)?;
             if std::mem::take(&mut self.resync) {
-                self.seq = last_seq(&txn)?;
+                self.seq = last_seq_in(&txn)?;
             }
             let mut disk_checked = None;
             let (mut applied, mut fsync, mut only_blobs) = (0, false, true);
@@ -390,6 +442,14 @@ impl Writer {
                 Durability::None
             })
             .map_err(table_err)?;
+            if (before_msgs, before_bytes)
+                != (
+                    self.usage.messages.load(Ordering::Relaxed),
+                    self.usage.bytes.load(Ordering::Relaxed),
+                )
+            {
+                save_usage(&mut txn.open_table(USAGE).map_err(table_err)?, &self.usage)?;
+            }
             self.write_feed(&txn)?;
             txn.commit().map_err(table_err)
         })();
@@ -551,6 +611,10 @@ impl Writer {
             return Err(SpoolError::Full("free disk"));
         }
         self.delete_blob(txn, id)?;
+        txn.open_table(UNCLAIMED)
+            .map_err(table_err)?
+            .insert(id.0, ())
+            .map_err(table_err)?;
         let mut blobs = txn.open_table(BLOB_CHUNKS).map_err(table_err)?;
         for (n, chunk) in chunks.iter().enumerate() {
             blobs
@@ -601,6 +665,10 @@ impl Writer {
         let mut queue = txn.open_table(QUEUE).map_err(table_err)?;
         queue.insert((due, id.0), ()).map_err(table_err)?;
         drop(queue);
+        txn.open_table(UNCLAIMED)
+            .map_err(table_err)?
+            .remove(id.0)
+            .map_err(table_err)?;
         self.store(txn, record)
     }
 
