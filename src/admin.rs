@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::domain::{MessageClass, QueueId, State, SubmissionRecord, Suppression, ALL_CLASSES};
-use crate::spool::{Action, Listing, Spool, SpoolError};
+use crate::spool::{Action, Compacted, Listing, Spool, SpoolError};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -66,6 +66,8 @@ pub enum Request {
         all: bool,
     },
     DlqPurge,
+    /// Rewrite the spool file without its free space.
+    QueueCompact,
     SuppressionList,
     SuppressionAdd {
         address: String,
@@ -104,6 +106,8 @@ pub struct Response {
     pub changed: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressions: Vec<Suppression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<Compacted>,
 }
 
 impl Response {
@@ -228,6 +232,11 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             }
         }
         Request::DlqPurge => response.changed = ledger.purge().await?.dead,
+        Request::QueueCompact => {
+            response.compacted = Some(ledger.compact(true).await?.ok_or_else(|| {
+                SpoolError::Storage("this spool backend has no file to compact".into())
+            })?)
+        }
         Request::SuppressionList => response.suppressions = ledger.suppressions().await?,
         Request::SuppressionAdd {
             address,

@@ -115,6 +115,8 @@ enum QueueCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Give the spool file's free space back to the filesystem (sending pauses meanwhile).
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +196,7 @@ fn main() -> ExitCode {
                 QueueCommand::Delete { id } => Request::QueueDelete { id },
                 QueueCommand::Hold { id, all } => Request::QueueHold { id, all },
                 QueueCommand::Release { id, all } => Request::QueueRelease { id, all },
+                QueueCommand::Compact => Request::QueueCompact,
             };
             admin(&config, &request, json)
         }
@@ -373,6 +376,11 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
                 );
             }
             println!("{} suppression(s)", response.suppressions.len());
+        }
+        Request::QueueCompact => {
+            if let Some(c) = response.compacted {
+                println!("spool file: {} -> {} bytes", c.before_bytes, c.after_bytes);
+            }
         }
         _ => println!("{} message(s) changed", response.changed),
     }

@@ -395,7 +395,8 @@ async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
 }
 
 /// Applies retention once an hour: finished records past `retention_days`, expired dead
-/// letters and suppressions, old feedback ids and change-feed entries.
+/// letters and suppressions, old feedback ids and change-feed entries; then compacts the
+/// spool file if most of it is free.
 pub async fn run_janitor(
     ledger: Arc<dyn crate::spool::Ledger>,
     mut shutdown: watch::Receiver<bool>,
@@ -412,6 +413,11 @@ pub async fn run_janitor(
                 "retention: old records removed"
             ),
             Err(e) => tracing::error!(error = %e, "applying retention failed"),
+        }
+        // What retention freed is reused by new mail; the file itself shrinks only when much
+        // of it is free (a drained backlog), see `Ledger::compact`.
+        if let Err(e) = ledger.compact(false).await {
+            tracing::warn!(error = %e, "compacting the spool file failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

@@ -231,6 +231,16 @@ pub struct Purged {
     pub changes: u64,
 }
 
+/// What a compaction did to the storage file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Compacted {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    /// False when the file had too little free space to be worth rewriting (and it was not
+    /// forced).
+    pub performed: bool,
+}
+
 /// Submission records and what is learnt about them.
 pub trait Ledger: Send + Sync {
     fn get(&self, id: QueueId) -> Fut<'_, Option<SubmissionRecord>>;
@@ -274,6 +284,11 @@ pub trait Ledger: Send + Sync {
     /// (with their indexes and provider ids), expired dead letters and suppressions,
     /// remembered feedback ids and old change-feed entries.
     fn purge(&self) -> Fut<'_, Purged>;
+    /// Gives the storage file's free space back to the filesystem: always when `force`d,
+    /// otherwise only when much of it is free. None where there is no file (AWS).
+    fn compact(&self, _force: bool) -> Fut<'_, Option<Compacted>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The three seams of one backend.

@@ -33,13 +33,19 @@ use super::{
     QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
-use crate::spool::{Action, Change, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions};
+use crate::spool::{
+    Action, Change, Compacted, Lease, Purged, Settled, Settlement, SpoolError, SpoolOptions,
+};
 
 /// What a probe writes to see whether a failing file has space again: about one large
 /// message's worth of pages, so "works" means mail fits, not just a record.
 const PROBE_BYTES: usize = 1 << 20;
 /// The probe's scratch table (empty between probes).
 const PROBE: redb::TableDefinition<u8, &[u8]> = redb::TableDefinition::new("probe");
+
+/// Free space in the spool file below which the hourly check leaves it alone: rewriting a file
+/// stops the spool for a moment, which is not worth a few megabytes.
+const COMPACT_MIN_FREE: u64 = 64 << 20;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -104,6 +110,11 @@ pub(super) enum Op {
         events: Vec<FeedbackEvent>,
         reply: Reply<FeedbackApplied>,
     },
+    /// Run between transactions, never in one (redb compacts only with none open).
+    Compact {
+        force: bool,
+        reply: Reply<Compacted>,
+    },
 }
 
 impl Op {
@@ -165,6 +176,9 @@ fn fail(op: Op, e: SpoolError) {
             let _ = reply.send(Err(e));
         }
         Op::Feedback { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Op::Compact { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }
@@ -276,10 +290,7 @@ fn walk_blobs(txn: &WriteTransaction) -> Result<(u64, u64), SpoolError> {
     Ok((messages, bytes))
 }
 
-fn save_usage(
-    counts: &mut redb::Table<&str, u64>,
-    usage: &Usage,
-) -> Result<(), SpoolError> {
+fn save_usage(counts: &mut redb::Table<&str, u64>, usage: &Usage) -> Result<(), SpoolError> {
     for (name, value) in [("messages", &usage.messages), ("bytes", &usage.bytes)] {
         counts
             .insert(name, value.load(Ordering::Relaxed))
@@ -311,6 +322,7 @@ pub(super) fn start(
         now: 0,
         touched: BTreeMap::new(),
         stored_blob: false,
+        after: None,
     };
     let handle = std::thread::Builder::new()
         .name("spool-writer".into())
@@ -336,6 +348,8 @@ struct Writer {
     now: u64,
     /// Records this batch wrote (or purged), for the change feed.
     touched: BTreeMap<QueueId, Change>,
+    /// A compaction that arrived during a batch, run once it is committed.
+    after: Option<Op>,
     /// This batch stored message bytes: if it commits, the file has space (see
     /// [`RedbFile::works`]).
     stored_blob: bool,
@@ -363,10 +377,56 @@ impl Writer {
                 }
             };
             match next {
+                Some(Op::Compact { force, reply }) => {
+                    let _ = reply.send(self.compact(force));
+                }
                 Some(first) => self.transaction(first, &rx),
                 None => self.probe(),
             }
+            if let Some(Op::Compact { force, reply }) = self.after.take() {
+                let _ = reply.send(self.compact(force));
+            }
         }
+    }
+
+    /// Rewrites the file without its free pages, if forced or if at least
+    /// [`COMPACT_MIN_FREE`] and half the file are free. Everything else waits meanwhile (the
+    /// operations queue up on the channel), so the automatic one is left to an hourly check.
+    fn compact(&mut self, force: bool) -> Result<Compacted, SpoolError> {
+        let size = || {
+            std::fs::metadata(self.file.path())
+                .map(|m| m.len())
+                .map_err(table_err)
+        };
+        let before_bytes = size()?;
+        let used = {
+            let db = self.file.get().map_err(table_err)?;
+            let txn = db.begin_write().map_err(table_err)?;
+            let stats = txn.stats().map_err(table_err)?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let free = before_bytes.saturating_sub(used);
+        if !force && (free < COMPACT_MIN_FREE || free * 2 < before_bytes) {
+            return Ok(Compacted {
+                before_bytes,
+                after_bytes: before_bytes,
+                performed: false,
+            });
+        }
+        let started = std::time::Instant::now();
+        self.file.compact().map_err(table_err)?;
+        let after_bytes = size()?;
+        tracing::info!(
+            before_bytes,
+            after_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "spool file compacted"
+        );
+        Ok(Compacted {
+            before_bytes,
+            after_bytes,
+            performed: true,
+        })
     }
 
     /// Writes [`PROBE_BYTES`] and removes them again, in two durable commits; if both work,
@@ -425,6 +485,10 @@ impl Writer {
                     },
                 };
                 let Some(op) = next else { break };
+                if matches!(op, Op::Compact { .. }) {
+                    self.after = Some(op); // after this commit, outside any transaction
+                    break;
+                }
                 applied += 1;
                 fsync |= op.needs_fsync();
                 let early = op.answered_early();
@@ -521,7 +585,10 @@ impl Writer {
             | Op::Act { now, .. }
             | Op::Purge { now, .. }
             | Op::Feedback { now, .. } => *now,
-            Op::PutBlob { .. } | Op::DeleteBlob { .. } | Op::Suppress { .. } => self.now,
+            Op::PutBlob { .. }
+            | Op::DeleteBlob { .. }
+            | Op::Suppress { .. }
+            | Op::Compact { .. } => self.now,
         };
         match op {
             Op::PutBlob { id, chunks, reply } => {
@@ -579,6 +646,13 @@ impl Writer {
                 remove,
                 reply,
             } => done(reply, ledger::suppress(txn, &entry, remove)),
+            // `transaction` sets it aside before it gets here.
+            Op::Compact { reply, .. } => done(
+                reply,
+                Err(SpoolError::Storage(
+                    "compaction inside a transaction".into(),
+                )),
+            ),
         }
     }
 
