@@ -392,6 +392,11 @@ pub struct SesConfig {
     /// Overrides the region from the AWS chain.
     #[serde(default)]
     pub region: Option<String>,
+    /// The domain of the `Message-ID` SES gives what it sends (it replaces the message's own);
+    /// default from the region, see [`crate::transport::ses::message_id_domain`]. Recorded
+    /// so the JMAP Sent copy carries the Message-ID recipients see.
+    #[serde(default)]
+    pub message_id_domain: Option<String>,
     /// Configuration set for every message unless the identity names its own.
     #[serde(default)]
     pub configuration_set: Option<String>,

@@ -295,6 +295,10 @@ pub struct SubmissionRecord {
     pub last_error: Option<String>,
     /// The transport's id for the accepted message (SES MessageId, file name, ...).
     pub provider_id: Option<String>,
+    /// The `Message-ID` recipients see, when the provider replaced the message's own (SES
+    /// does: `<MessageId@region.amazonses.com>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     pub history: Vec<Transition>,
     /// Per-recipient outcomes reported by the provider (lower-cased address → status).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -322,6 +326,7 @@ impl SubmissionRecord {
             lease_token: None,
             last_error: None,
             provider_id: None,
+            message_id: None,
             history: vec![Transition::new(now_ms, State::Queued, None)],
             delivery: BTreeMap::new(),
             canceled: false,

@@ -447,6 +447,9 @@ fn print_record(r: &SubmissionRecord) {
     if let Some(p) = &r.provider_id {
         println!("provider id: {p}");
     }
+    if let Some(m) = &r.message_id {
+        println!("message-id:  {m} (as recipients see it)");
+    }
     if let Some(link) = &r.jmap {
         println!(
             "jmap:        Email {} (identity {})",

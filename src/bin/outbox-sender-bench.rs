@@ -230,6 +230,7 @@ async fn run(args: Args) -> Result<()> {
     }
     let ses = SesTransport::new(SesConfig {
         region: None,
+        message_id_domain: None,
         configuration_set: None,
         from_identity_arn: None,
         max_send_rate: 0.0,

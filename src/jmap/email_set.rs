@@ -238,21 +238,52 @@ pub fn destroy_one(tx: &mut Tx, account: &str, id: &str) -> Result<(), Value> {
     Ok(())
 }
 
-/// After the transport accepted a submission: Drafts → Sent, `$draft` removed. True if it
-/// changed anything.
-pub fn mark_sent(tx: &mut Tx, account: &str, id: &str) -> anyhow::Result<bool> {
+/// After the transport accepted a submission: the Email leaves Drafts for Sent, without
+/// `$draft`. Returns the Sent copy's id if anything changed.
+///
+/// When the provider replaced the message's `Message-ID` (SES does: `message_id`), the Sent
+/// copy must carry the one recipients see, or their replies do not thread with it. An Email
+/// is immutable but for its mailboxes and keywords (RFC 8621 §4.1), so the copy is a new Email
+/// with that header (and a new id); the draft's id is destroyed, as `onSuccessDestroyEmail`
+/// would (the EmailSubmission's `emailId` keeps naming what was submitted).
+pub fn mark_sent(
+    tx: &mut Tx,
+    account: &str,
+    id: &str,
+    message_id: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     let Some(meta) = tx.get::<EmailMeta>(account, T_EMAIL, id)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut after = meta.clone();
     after.mailbox_ids.remove(DRAFTS);
     after.mailbox_ids.insert(SENT.to_string());
     after.keywords.remove("$draft");
+    if let Some(message_id) = message_id {
+        let mime = tx
+            .blob(account, &meta.blob_id)?
+            .ok_or_else(|| anyhow::anyhow!("Email {id} has no blob {}", meta.blob_id))?;
+        if crate::message::header_values(&mime, "Message-ID") != [message_id] {
+            let mut sent = format!("Message-ID: {message_id}\r\n").into_bytes();
+            sent.extend_from_slice(&crate::message::strip_headers(&mime, &["Message-ID"]));
+            let (copy, _) = insert(
+                tx,
+                account,
+                &sent,
+                after.mailbox_ids,
+                after.keywords,
+                meta.received_at,
+                None,
+            )?;
+            destroy_one(tx, account, id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            return Ok(Some(copy));
+        }
+    }
     if after.mailbox_ids == meta.mailbox_ids && after.keywords == meta.keywords {
-        return Ok(false);
+        return Ok(None);
     }
     save(tx, account, id, &meta, &after)?;
-    Ok(true)
+    Ok(Some(id.to_string()))
 }
 
 /// Email/set, also used for the implicit call after EmailSubmission/set (RFC 8621 §7.5).

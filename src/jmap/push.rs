@@ -5,7 +5,8 @@
 //! changed record with a JMAP link it brings the EmailSubmission's view up to date: creates it
 //! if the write after `EmailSubmission/set` did not happen, bumps the EmailSubmission state
 //! when undoStatus or deliveryStatus changed (so feedback is pushed), moves the Email from
-//! Drafts to Sent once the transport accepted it, and says Destroyed when retention removed
+//! Drafts to Sent once the transport accepted it (a new Email with the provider's Message-ID
+//! when the provider replaced it, see `email_set::mark_sent`), and says Destroyed when retention removed
 //! the record. Best effort: a failure is logged and the same change is read again.
 //! A permanent failure leaves the Email in Drafts; the reason is in the deliveryStatus.
 
@@ -81,8 +82,10 @@ fn apply(jmap: &Jmap, id: QueueId, record: Option<&SubmissionRecord>) -> anyhow:
         };
         let mut v = existing.unwrap_or_default();
         if record.state.was_sent() && !v.settled {
-            if mark_sent(tx, account, &link.email_id)? {
-                tracing::info!(%id, email = %link.email_id, "sent: Email moved from Drafts to Sent");
+            if let Some(copy) =
+                mark_sent(tx, account, &link.email_id, record.message_id.as_deref())?
+            {
+                tracing::info!(%id, draft = %link.email_id, sent = %copy, "sent: Email moved from Drafts to Sent");
             }
             v.settled = true;
         }

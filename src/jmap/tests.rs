@@ -88,6 +88,7 @@ async fn lease(f: &Fixture) -> Lease {
 async fn sent(f: &Fixture, lease: &Lease, provider_id: &str) {
     let sent = Settlement::Sent {
         provider_id: provider_id.into(),
+        message_id: None,
     };
     f.jmap.spool.queue.settle(lease, sent).await.unwrap();
 }
@@ -102,6 +103,90 @@ async fn request(f: &Fixture, calls: Value) -> Vec<Value> {
         .await
         .unwrap_or_else(|_| panic!("request refused"));
     out["methodResponses"].as_array().unwrap().clone()
+}
+
+/// Issue 14 item 12: SES replaces the Message-ID ("If you provide a Message-ID header, Amazon
+/// SES overrides the header with its own value", SES Developer Guide, header fields). The Sent
+/// copy carries the one recipients see, so their replies thread with it; Emails are immutable
+/// (RFC 8621 §4.1), so it is a new Email in Sent and the draft's id is destroyed.
+#[tokio::test]
+async fn the_sent_copy_carries_the_message_id_ses_gave_it() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let responses = request(
+        &f,
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": {
+                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true, "$seen": true},
+                "from": [{"email": "alice@example.com"}], "to": [{"email": "ok@example.net"}],
+                "messageId": ["client-chosen@example.com"],
+                "subject": "thread me", "bodyValues": {"b": {"value": "body"}},
+                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct,
+                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
+            ["Email/get", {"accountId": acct, "ids": [], "properties": ["id"]}, "2"],
+        ]),
+    )
+    .await;
+    let draft = responses[0][1]["created"]["d"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sub_id = responses[1][1]["created"]["s"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = responses[2][1]["state"].as_str().unwrap().to_string();
+    let lease = lease(&f).await;
+    let ses = "0100019a1b2c3d4e-5f6a7b8c-0000-0000-0000-000000000000-000000";
+    let settlement = Settlement::Sent {
+        provider_id: ses.into(),
+        message_id: Some(format!("<{ses}@email.amazonses.com>")),
+    };
+    f.jmap.spool.queue.settle(&lease, settlement).await.unwrap();
+    push::settle(&f.jmap, lease.job.id).await;
+
+    let got = request(
+        &f,
+        json!([
+            ["Email/changes", {"accountId": acct, "sinceState": state}, "c"],
+            ["Email/query", {"accountId": acct, "filter": {"inMailbox": "sent"}}, "q"],
+            ["Email/get", {"accountId": acct, "#ids": {"resultOf": "q", "name": "Email/query", "path": "/ids"},
+                "properties": ["messageId", "subject", "mailboxIds", "keywords"]}, "g"],
+            ["Email/get", {"accountId": acct, "ids": [draft], "properties": ["id"]}, "d"],
+            ["EmailSubmission/get", {"accountId": acct, "ids": [sub_id]}, "s"],
+        ]),
+    )
+    .await;
+    let sent = &got[2][1]["list"][0];
+    let copy = sent["id"].as_str().unwrap();
+    assert_ne!(copy, draft, "an Email's content never changes under its id");
+    assert_eq!(
+        sent["messageId"],
+        json!([format!("{ses}@email.amazonses.com")])
+    );
+    assert_eq!(sent["subject"], "thread me");
+    assert_eq!(sent["mailboxIds"], json!({"sent": true}));
+    assert_eq!(sent["keywords"], json!({"$seen": true}));
+    assert_eq!(got[3][1]["notFound"], json!([draft]));
+    assert_eq!(got[0][1]["destroyed"], json!([draft]));
+    assert!(got[0][1]["created"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(copy)));
+    assert_eq!(got[4][1]["list"][0]["emailId"], json!(draft));
+    let record = f
+        .jmap
+        .spool
+        .ledger
+        .get(lease.job.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.message_id.as_deref(),
+        Some(format!("<{ses}@email.amazonses.com>").as_str())
+    );
 }
 
 #[tokio::test]

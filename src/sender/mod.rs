@@ -350,7 +350,10 @@ async fn record(sender: &Sender, lease: &Lease, delivery: Delivery) -> bool {
     let settlement = match delivery {
         Delivery::Sent { provider_id } => {
             tracing::info!(%id, transport, %provider_id, attempt, "message sent");
-            Settlement::Sent { provider_id }
+            Settlement::Sent {
+                message_id: sender.transport.visible_message_id(&provider_id),
+                provider_id,
+            }
         }
         Delivery::Reject { reason } => {
             tracing::warn!(%id, transport, %reason, "message failed permanently");

@@ -130,6 +130,7 @@ async fn settle(spool: &Spool, lease: &Lease, settlement: Settlement) -> Settled
 fn sent(provider_id: &str) -> Settlement {
     Settlement::Sent {
         provider_id: provider_id.into(),
+        message_id: None,
     }
 }
 

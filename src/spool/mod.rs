@@ -82,7 +82,11 @@ pub struct Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// The transport accepted it; `provider_id` is the transport's id.
-    Sent { provider_id: String },
+    Sent {
+        provider_id: String,
+        /// The `Message-ID` recipients see, when the provider replaced the message's own.
+        message_id: Option<String>,
+    },
     /// A permanent failure: no more attempts.
     Failed { reason: String },
     /// A temporary failure: again after `after_ms` (or the backoff schedule), or to the

@@ -116,12 +116,16 @@ pub(crate) fn settle(
 ) -> Settled {
     let held = holds(record, token);
     match settlement {
-        Settlement::Sent { provider_id } => {
+        Settlement::Sent {
+            provider_id,
+            message_id,
+        } => {
             if record.state.was_sent() {
                 return Settled::Stale;
             }
             dequeue(record);
             record.provider_id = Some(provider_id.clone());
+            record.message_id = message_id;
             record.transition(now, State::Sent, Some(provider_id));
             // Feedback that overtook the send record (a crash window) applies now.
             let derived = record.derive_state();

@@ -52,4 +52,9 @@ pub trait Transport: Send + Sync {
     fn name(&self) -> &'static str;
     /// Shared ownership lets a transport move the message to a blocking thread uncopied.
     fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_>;
+    /// The `Message-ID` recipients see, given the transport's id for an accepted message,
+    /// when the provider replaces the message's own (SES does); None when it goes through.
+    fn visible_message_id(&self, _provider_id: &str) -> Option<String> {
+        None
+    }
 }

@@ -25,15 +25,35 @@ const FALLBACK_SEND_RATE: f64 = 1.0;
 pub struct SesTransport {
     client: Client,
     config: SesConfig,
+    /// Where SES's `Message-ID`s live (see [`message_id_domain`]).
+    message_id_domain: String,
+}
+
+/// The domain of the `Message-ID` SES gives each message it sends, replacing the message's
+/// own ("If you provide a Message-ID header, Amazon SES overrides the header with its own
+/// value", SES Developer Guide, "Amazon SES header fields"): `<MessageId@DOMAIN>`. The guide
+/// does not spell the domain out; received mail shows `email.amazonses.com` for us-east-1 and
+/// `<region>.amazonses.com` elsewhere, so that is the default, and `message_id_domain` in the
+/// config overrides it.
+pub fn message_id_domain(region: Option<&str>) -> String {
+    match region {
+        None | Some("us-east-1") => "email.amazonses.com".into(),
+        Some(region) => format!("{region}.amazonses.com"),
+    }
 }
 
 impl SesTransport {
     /// Builds the client from the standard AWS chain (region, credentials, `AWS_ENDPOINT_URL`).
     pub async fn new(config: SesConfig) -> SesTransport {
         let shared = aws_config(config.region.as_deref(), config.timeout_secs).await;
+        let message_id_domain = config
+            .message_id_domain
+            .clone()
+            .unwrap_or_else(|| message_id_domain(shared.region().map(|r| r.as_ref())));
         SesTransport {
             client: Client::new(&shared),
             config,
+            message_id_domain,
         }
     }
 
@@ -146,6 +166,10 @@ impl Transport for SesTransport {
         "ses"
     }
 
+    fn visible_message_id(&self, provider_id: &str) -> Option<String> {
+        Some(format!("<{provider_id}@{}>", self.message_id_domain))
+    }
+
     fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_> {
         Box::pin(async move { self.send_email(&message).await })
     }
@@ -199,6 +223,16 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ses_message_ids_live_in_the_regions_amazonses_domain() {
+        assert_eq!(message_id_domain(Some("us-east-1")), "email.amazonses.com");
+        assert_eq!(message_id_domain(None), "email.amazonses.com");
+        assert_eq!(
+            message_id_domain(Some("eu-west-1")),
+            "eu-west-1.amazonses.com"
+        );
+    }
 
     #[test]
     fn classification_table() {

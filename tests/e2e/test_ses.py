@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from conftest import PASSWORDS, SES_ALICE, log_lines, queue_id_of, wait_for_log
+from conftest import PASSWORDS, SES_ALICE, cli, log_lines, queue_id_of, wait_for_log, wait_record
 from faultproxy import FaultProxy, Reply, ses_error
 
 # Longer than the largest retry delay the SES tests configure (retry_max_secs = 2, ±20% jitter).
@@ -142,6 +142,12 @@ def test_ses_sends_signed_message_without_bcc_with_tags(moto, start_ses_server):
     assert 'transport="ses"' in line or "transport=ses" in line, line
     assert f"provider_id={sent['id']}" in line, (line, sent["id"])
     assert sent["source"] == ALICE
+    # SES replaces the Message-ID with <MessageId@email.amazonses.com> (us-east-1; issue 14
+    # item 12): recorded, and shown by `queue show` as what recipients see.
+    visible = f"<{sent['id']}@email.amazonses.com>"
+    record = wait_record(server, qid, lambda r: r.get("message_id"))
+    assert record["message_id"] == visible, record
+    assert f"message-id:  {visible}" in cli(server, "queue", "show", qid).stdout
 
     # The MIME that left: no Bcc header (nor the address anywhere), no class header.
     raw = sent["raw_data"]

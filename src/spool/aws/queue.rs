@@ -297,7 +297,7 @@ impl Queue for AwsSpool {
             let seed = self.random().await;
             // The provider id first: feedback can name it as soon as the provider answered,
             // and an id item for a record that did not change is harmless.
-            if let Settlement::Sent { provider_id } = &settlement {
+            if let Settlement::Sent { provider_id, .. } = &settlement {
                 if !provider_id.is_empty() {
                     self.put_provider_id(provider_id, id, now).await?;
                 }
