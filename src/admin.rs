@@ -203,22 +203,13 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
             response.records = vec![ledger.get(id).await?.ok_or(SpoolError::NotFound(id))?];
         }
         Request::QueueRetry { id, all } => {
-            for id in targets(spool, id, all, Listing::Queued).await? {
-                queue.act(id, Action::RetryNow).await?;
-                response.changed += 1;
-            }
+            response.changed = act_on(spool, id, all, Listing::Queued, Action::RetryNow).await?;
         }
         Request::QueueHold { id, all } => {
-            for id in targets(spool, id, all, Listing::Queued).await? {
-                queue.act(id, Action::Hold).await?;
-                response.changed += 1;
-            }
+            response.changed = act_on(spool, id, all, Listing::Queued, Action::Hold).await?;
         }
         Request::QueueRelease { id, all } => {
-            for id in targets(spool, id, all, Listing::Held).await? {
-                queue.act(id, Action::Release).await?;
-                response.changed += 1;
-            }
+            response.changed = act_on(spool, id, all, Listing::Held, Action::Release).await?;
         }
         Request::QueueDelete { id } => {
             queue.act(parse_id(&id)?, Action::Delete).await?;
@@ -226,10 +217,7 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         }
         Request::DlqList => response.records = ledger.in_state(State::Dead, MAX_LISTED).await?,
         Request::DlqRedrive { id, all } => {
-            for id in targets(spool, id, all, Listing::Dead).await? {
-                queue.act(id, Action::Redrive).await?;
-                response.changed += 1;
-            }
+            response.changed = act_on(spool, id, all, Listing::Dead, Action::Redrive).await?;
         }
         Request::DlqPurge => response.changed = ledger.purge().await?.dead,
         Request::QueueCompact => {
@@ -273,17 +261,30 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
 }
 
 /// The ids a command applies to: the one given, or every one in `all`'s listing.
-async fn targets(
+/// Applies `action` to one message, or to every message in `which` (all of them, not a
+/// listing's first page); with `all`, one that left the list meanwhile (sent while the command
+/// ran) is skipped, not an error. Returns how many changed.
+async fn act_on(
     spool: &Spool,
     id: Option<String>,
     all: bool,
     which: Listing,
-) -> Result<Vec<QueueId>, SpoolError> {
-    match (id, all) {
-        (Some(id), false) => Ok(vec![parse_id(&id)?]),
-        (None, true) => spool.queue.list(which, MAX_LISTED).await,
-        _ => Err(SpoolError::Storage("give a queue id or --all".into())),
+    action: Action,
+) -> Result<u64, SpoolError> {
+    let ids = match (id, all) {
+        (Some(id), false) => vec![parse_id(&id)?],
+        (None, true) => spool.queue.list(which, usize::MAX).await?,
+        _ => return Err(SpoolError::Storage("give a queue id or --all".into())),
+    };
+    let mut changed = 0;
+    for id in ids {
+        match spool.queue.act(id, action.clone()).await {
+            Ok(()) => changed += 1,
+            Err(SpoolError::NotFound(_)) if all => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(changed)
 }
 
 /// The client side: one request, one answer.
