@@ -28,10 +28,12 @@ from jmapc import (
     EmailSubmission,
     Envelope,
     Address,
+    EmailQueryFilterCondition,
     MailboxQueryFilterCondition,
 )
 from jmapc.methods import (
     EmailGet,
+    EmailQuery,
     EmailSet,
     EmailSubmissionGet,
     EmailSubmissionSet,
@@ -293,10 +295,17 @@ def test_jmapc_sends_through_ses_and_draft_moves_to_sent(moto, start_ses_server,
         # Bcc: in the envelope, not in the message.
         assert "hidden@example.org" in sent["destinations"] and "hidden@example.org" not in sent["raw_data"]
 
-        # Drafts -> Sent, $draft gone, and the change was pushed.
-        moved = poll(lambda: email_state(c, email_id),
-                     lambda e: e is not None and e.mailbox_ids == {"sent": True}, "Email in Sent")
+        # Drafts -> Sent, $draft gone, and the change was pushed. SES replaced the Message-ID
+        # (<MessageId@email.amazonses.com>): the Sent copy carries that one, so replies thread
+        # with it; an Email never changes under its id (RFC 8621 §4.1), so it is a new Email
+        # and the draft's id is gone (issue 14 item 12).
+        poll(lambda: email_state(c, email_id), lambda e: e is None, "draft replaced")
+        in_sent = c.request(EmailQuery(filter=EmailQueryFilterCondition(in_mailbox="sent"))).ids
+        [moved] = c.request(EmailGet(ids=in_sent, properties=[
+            "mailboxIds", "keywords", "messageId", "subject"])).data
+        assert moved.mailbox_ids == {"sent": True} and moved.subject == f"JMAP {marker}"
         assert "$draft" not in (moved.keywords or {})
+        assert moved.message_id == [f"{sent['id']}@email.amazonses.com"], moved.message_id
         acct = c.account_id
         events.wait(lambda k, d: k == "state" and "EmailSubmission" in d["changed"].get(acct, {}),
                     "EmailSubmission state change")
