@@ -294,7 +294,7 @@ pub enum TransportConfig {
     /// Amazon SES v2 `SendEmail` with raw content. Credentials, region and endpoint come from
     /// the standard AWS chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, profiles, instance roles).
     Ses(SesConfig),
-    /// An SMTP smarthost (SES's SMTP interface, a corporate relay), via `mail-send`.
+    /// An SMTP smarthost (SES's SMTP interface, a corporate relay), over pooled connections.
     Smtp(SmarthostConfig),
     /// For a downstream sender (e.g. a Lambda): the MIME goes to S3, the submission record
     /// (with the object's location, not the MIME) to an SQS queue.
@@ -374,8 +374,26 @@ pub struct SmarthostConfig {
     /// Name sent in EHLO.
     #[serde(default)]
     pub helo_name: Option<String>,
+    /// Seconds the relay may take for any one reply, connect or write.
     #[serde(default = "default_ses_timeout")]
     pub timeout_secs: u64,
+    /// Connections open to the relay at once, each carrying one message at a time and reused
+    /// for the next. More than `sender.workers` is never used.
+    #[serde(default = "default_smarthost_connections")]
+    pub max_connections: usize,
+    /// Seconds an unused connection is kept open for the next message, then closed (QUIT).
+    /// Postfix keeps its own for 2 s (`smtp_connection_cache_time_limit`); relays drop idle
+    /// clients after their command timeout (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "default_smarthost_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_smarthost_connections() -> usize {
+    16
+}
+
+fn default_smarthost_idle() -> u64 {
+    10
 }
 
 fn default_smarthost_port() -> u16 {
@@ -795,6 +813,9 @@ impl Config {
                 && relay.password_env.is_none()
             {
                 problem!("sender.transport: username needs password_file or password_env");
+            }
+            if relay.max_connections == 0 {
+                problem!("sender.transport: max_connections must be at least 1");
             }
         }
         if let Some(sqs) = &self.feedback.sqs {
