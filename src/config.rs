@@ -265,7 +265,9 @@ impl Default for SpoolConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SenderConfig {
-    /// Concurrent sender tasks.
+    /// Concurrent sender tasks, each with one message in flight. A send mostly waits (relay
+    /// or AWS round trips, the spool's commit), so more tasks than cores pay: with the `smtp`
+    /// transport on 2 cores, 16 delivered 1.7x what 4 did (notes of issue 13).
     pub workers: usize,
     /// Octets of MIME being sent at once across all workers, so a burst of 40 MB messages
     /// cannot exhaust memory. A larger message still goes, alone.
@@ -276,7 +278,7 @@ pub struct SenderConfig {
 impl Default for SenderConfig {
     fn default() -> Self {
         Self {
-            workers: 4,
+            workers: 16,
             max_in_flight_bytes: 256 * 1024 * 1024,
             transport: TransportConfig::Dir {
                 path: "../outbox-mail".into(),
