@@ -84,6 +84,12 @@ pub fn header_values(mime: &[u8], name: &str) -> Vec<String> {
 /// The message without the named header fields (folded continuation lines go with them).
 pub fn strip_headers(mime: &[u8], names: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(mime.len());
+    strip_headers_into(mime, names, &mut out);
+    out
+}
+
+/// [`strip_headers`], appending to `out` (no copy of its own).
+pub fn strip_headers_into(mime: &[u8], names: &[&str], out: &mut Vec<u8>) {
     let mut kept_from = 0;
     for (name, raw) in header_fields(mime) {
         if names
@@ -96,7 +102,6 @@ pub fn strip_headers(mime: &[u8], names: &[&str]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&mime[kept_from..]);
-    out
 }
 
 #[cfg(test)]

@@ -70,6 +70,30 @@ const MAX_DEPTH: usize = 32;
 /// Returns the message with the signature added; returns the input unchanged (a copy) when
 /// there is nothing to add or the message cannot be parsed.
 pub fn inject_signature(mime: &[u8], signature: &Signature<'_>) -> Vec<u8> {
+    let edits = signature_edits(mime, signature);
+    let growth: usize = edits.iter().map(|e| e.bytes.len()).sum();
+    let mut out = Vec::with_capacity(mime.len() + growth);
+    let mut pos = 0;
+    for edit in edits {
+        out.extend_from_slice(&mime[pos..edit.range.start]);
+        out.extend_from_slice(&edit.bytes);
+        pos = edit.range.end;
+    }
+    out.extend_from_slice(&mime[pos..]);
+    out
+}
+
+/// One replaced stretch of the message: the octets in `range` give way to `bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub range: std::ops::Range<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// The signed parts as replacements of the parts they were (whole parts, headers included),
+/// in order and not overlapping; empty when there is nothing to add or the message cannot be
+/// parsed. Lets the caller build the outgoing message in one pass, without a signed copy.
+pub fn signature_edits(mime: &[u8], signature: &Signature<'_>) -> Vec<Edit> {
     let clean = |s: Option<&str>| {
         s.filter(|s| !s.trim().is_empty())
             .map(|s| crlf(s.trim_end_matches(['\r', '\n'])))
@@ -77,19 +101,19 @@ pub fn inject_signature(mime: &[u8], signature: &Signature<'_>) -> Vec<u8> {
     let text = clean(signature.text);
     let html = clean(signature.html).or_else(|| text.as_deref().map(text_to_html));
     if text.is_none() && html.is_none() {
-        return mime.to_vec();
+        return Vec::new();
     }
     // A "message" without a single header field is not one we can safely edit.
     let parsed = MessageParser::default().parse(mime);
     let Some(message) = parsed.filter(|m| m.parts.first().is_some_and(|p| !p.headers.is_empty()))
     else {
-        return mime.to_vec();
+        return Vec::new();
     };
     let mut targets = Vec::new();
     bodies(&message, 0, 0, &mut targets);
     targets.sort_by_key(|(id, _)| message.parts[*id].offset_header);
 
-    let mut out = Vec::with_capacity(mime.len() + 1024);
+    let mut edits = Vec::new();
     let mut pos = 0;
     for (id, kind) in targets {
         let part = &message.parts[id];
@@ -101,14 +125,15 @@ pub fn inject_signature(mime: &[u8], signature: &Signature<'_>) -> Vec<u8> {
         if pos > start || start > end || end > mime.len() {
             continue;
         }
-        if let Some(new_part) = sig.and_then(|sig| rewrite(mime, part, kind, sig, id == 0)) {
-            out.extend_from_slice(&mime[pos..start]);
-            out.extend_from_slice(&new_part);
+        if let Some(bytes) = sig.and_then(|sig| rewrite(mime, part, kind, sig, id == 0)) {
+            edits.push(Edit {
+                range: start..end,
+                bytes,
+            });
             pos = end;
         }
     }
-    out.extend_from_slice(&mime[pos..]);
-    out
+    edits
 }
 
 /// Pushes the body parts under part `id` that get a signature; returns whether it found any.

@@ -6,8 +6,8 @@
 use crate::accounts::Identity;
 use crate::clock::rfc5322_date;
 use crate::domain::Job;
-use crate::message::{header_values, strip_headers};
-use crate::signature::{inject_signature, Signature};
+use crate::message::{header_values, strip_headers_into};
+use crate::signature::{signature_edits, Signature};
 use crate::submission::CLASS_HEADER;
 
 /// SES tag names and values: `[A-Za-z0-9_-]`, at most 256 characters.
@@ -80,27 +80,61 @@ const SES_CONTROL_HEADERS: [&str; 5] = [
     "X-SES-RETURN-PATH-ARN",
 ];
 
+/// Room left at the end of the outgoing message's allocation for a `DKIM-Signature` field
+/// (RSA-4096's `b=` alone is 684 characters), so signing inserts it without a second copy.
+pub const SIGNATURE_FIELD_ROOM: usize = 2048;
+
+/// Builds the outgoing message in one pass over the stored one: the added `Date` and
+/// `Message-ID` fields, then the stored message with our header edits and the signature's
+/// part rewrites applied as it is copied. The result is the one full copy, with room for DKIM.
 pub fn outgoing_mime(job: &Job, stored: &[u8], identity: &Identity, hostname: &str) -> Vec<u8> {
     let mut strip = vec!["Bcc", CLASS_HEADER];
     strip.extend(SES_CONTROL_HEADERS);
-    let stripped = strip_headers(stored, &strip);
     let mut added = String::new();
-    if header_values(&stripped, "Date").is_empty() {
+    // Neither is among the stripped fields: asking the stored message is asking the result.
+    if header_values(stored, "Date").is_empty() {
         added.push_str(&format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())));
     }
-    if header_values(&stripped, "Message-ID").is_empty() {
+    if header_values(stored, "Message-ID").is_empty() {
         // Stable across retries, so a retried message is recognisably the same one.
         added.push_str(&format!("Message-ID: <{}@{}>\r\n", job.id, hostname));
     }
-    let mut mime = added.into_bytes();
-    mime.extend_from_slice(&stripped);
     let signature = Signature {
         text: identity.text_signature.as_deref(),
         html: identity.html_signature.as_deref(),
     };
-    if signature.text.is_some() || signature.html.is_some() {
-        mime = inject_signature(&mime, &signature);
+    // The signature's edits do not depend on the fields we strip or add (they are not MIME
+    // fields), so they are found in the stored message and applied while copying it.
+    let edits = if signature.text.is_some() || signature.html.is_some() {
+        signature_edits(stored, &signature)
+    } else {
+        Vec::new()
+    };
+    let replaced: usize = edits.iter().map(|e| e.range.len()).sum();
+    let inserted: usize = edits.iter().map(|e| e.bytes.len()).sum();
+    let mut mime = Vec::with_capacity(
+        added.len() + (stored.len() - replaced) + inserted + SIGNATURE_FIELD_ROOM,
+    );
+    mime.extend_from_slice(added.as_bytes());
+    // Pieces in order: stored stretches and edits. Only the first starts the message, so
+    // only it holds the header fields to strip (a rewritten first part holds them too).
+    let mut pos = 0;
+    let mut first = true;
+    let mut copy = |piece: &[u8], mime: &mut Vec<u8>| {
+        if std::mem::take(&mut first) {
+            strip_headers_into(piece, &strip, mime);
+        } else {
+            mime.extend_from_slice(piece);
+        }
+    };
+    for edit in &edits {
+        if edit.range.start > pos {
+            copy(&stored[pos..edit.range.start], &mut mime);
+        }
+        copy(&edit.bytes, &mut mime);
+        pos = edit.range.end;
     }
+    copy(&stored[pos..], &mut mime);
     mime
 }
 
@@ -219,5 +253,51 @@ mod tests {
         ))
         .unwrap();
         assert!(out.contains("hi\r\n") && out.contains("Alice"), "{out}");
+    }
+    /// The pipeline as it was before the one-pass build: strip, prepend, then sign a copy.
+    fn in_steps(stored: &[u8], identity: &Identity) -> Vec<u8> {
+        let mut strip = vec!["Bcc", CLASS_HEADER];
+        strip.extend(SES_CONTROL_HEADERS);
+        let stripped = crate::message::strip_headers(stored, &strip);
+        let mut mime = Vec::new();
+        if header_values(&stripped, "Date").is_empty() {
+            mime.extend_from_slice(b"Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n");
+        }
+        if header_values(&stripped, "Message-ID").is_empty() {
+            mime.extend_from_slice(b"Message-ID: <0000000000000000000000000Z@mx.test>\r\n");
+        }
+        mime.extend_from_slice(&stripped);
+        let signature = Signature {
+            text: identity.text_signature.as_deref(),
+            html: identity.html_signature.as_deref(),
+        };
+        crate::signature::inject_signature(&mime, &signature)
+    }
+
+    #[test]
+    fn one_pass_gives_what_the_steps_gave() {
+        let single = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\nContent-Type: text/plain\r\n\r\nhi\r\n.\r\n";
+        let multi = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net,\r\n i@example.net\r\nDate: Mon, 2 Jan 2006 15:04:05 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>hi</p>\r\n--b--\r\n";
+        let no_body = b"From: alice@mail.example.com\r\nBcc: x@example.net\r\n\r\n";
+        for stored in [&single[..], &multi[..], &no_body[..]] {
+            for sig in [None, Some("-- \nAlice")] {
+                let out = outgoing_mime(&record(), stored, &identity(sig), "mx.test");
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&in_steps(stored, &identity(sig)))
+                );
+                assert!(out.capacity() >= out.len() + SIGNATURE_FIELD_ROOM);
+                assert!(!String::from_utf8_lossy(&out).contains("Bcc"));
+            }
+        }
+        // The signature did go in (the comparison above is not between two no-ops).
+        let signed = outgoing_mime(&record(), multi, &identity(Some("-- \nAlice")), "mx.test");
+        // (In multipart/mixed only the last body part is signed: the HTML one.)
+        assert!(
+            String::from_utf8_lossy(&signed).contains("Alice<br>")
+                || String::from_utf8_lossy(&signed).contains("Alice</div>"),
+            "{}",
+            String::from_utf8_lossy(&signed)
+        );
     }
 }

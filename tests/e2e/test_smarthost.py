@@ -145,6 +145,28 @@ def test_relays_envelope_and_stripped_message(start_server, relay):
     wait_log(server, qid, "message sent", "Queued as relay-1")
 
 
+def test_delivered_bytes_are_the_submitted_bytes_after_our_received_line(start_server, relay):
+    # Issue 15 item 4: the relay must get what the client submitted, changed only as the README
+    # says. This message has Date and Message-ID and no Bcc, so the one change is our Received
+    # header in front. Lines starting with dots and an empty last body line must survive
+    # dot-stuffing and the end of data (mail-send added an empty line before the final dot).
+    handler = Recorder()
+    port = relay(handler)
+    server = start_server(smarthost_config(port))
+    msg = make_message("bytes", body="Hello.\r\n.one dot\r\n..two dots\r\n.\r\n\r\nlast line\r\n\r\n")
+    qid = submit(server, msg, ["rcpt@example.net"])
+    [got] = handler.wait(1)
+    data = got["data"]
+    lines = data.split(b"\r\n")
+    assert lines[0].startswith(b"Received: ")
+    trace = 1
+    while lines[trace][:1] in (b" ", b"\t"):  # the Received header's folded lines
+        trace += 1
+    received = b"\r\n".join(lines[:trace]) + b"\r\n"
+    assert f"id {qid}".encode() in received
+    assert data[len(received):] == msg
+
+
 def test_starttls_and_auth_to_the_relay(start_server, relay, tmp_path):
     ca, cert, key = make_ca_and_cert(tmp_path / "relay-tls")
     (tmp_path / "relay-pass").write_text(RELAY_PASSWORD + "\n")
