@@ -209,7 +209,12 @@ pub async fn run(
         config.submit_socket(),
         directory.clone(),
         ctx.submitter.clone(),
-        config.smtp.max_message_size,
+        crate::sendmail::LocalLimits {
+            max_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            read_deadline: crate::sendmail::LOCAL_READ_DEADLINE,
+            max_concurrent: crate::sendmail::MAX_LOCAL_SUBMISSIONS,
+        },
         stop_rx.clone(),
     )
     .await?;
