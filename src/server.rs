@@ -74,6 +74,8 @@ pub async fn run(
 ) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(Directory::from_config(&config.accounts)?);
+    crate::state_files::create_dir(&config.state_dir, crate::state_files::STATE_DIR_MODE)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let tls_config = Live::new(tls::server_config(&config.tls)?);
     // The composition root is the one place that picks the storage backend.
     let spool = match (config.spool.backend, &config.spool.aws) {
