@@ -175,7 +175,7 @@ impl Verifier {
 
         // Topic first: nothing else about a message for a foreign topic matters.
         let topic_arn = required(&map, &["TopicArn"])?.to_owned();
-        if !self.topics.iter().any(|t| *t == topic_arn) {
+        if !self.topics.contains(&topic_arn) {
             return Err(SnsError::TopicNotAllowed(topic_arn));
         }
 
@@ -251,7 +251,7 @@ impl Verifier {
         now_unix: i64,
     ) -> Result<(), SnsError> {
         // Re-check what parse checked: a caller may build or alter an SnsMessage by hand.
-        if !self.topics.iter().any(|t| *t == message.topic_arn) {
+        if !self.topics.contains(&message.topic_arn) {
             return Err(SnsError::TopicNotAllowed(message.topic_arn.clone()));
         }
         if !cert_url_allowed(&message.signing_cert_url) {
