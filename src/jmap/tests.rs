@@ -594,3 +594,62 @@ async fn ses_refused_attachment_type_is_invalid_email() {
         "{text}"
     );
 }
+
+/// Rule (issue 15): Email/import applies SMTP's text rules before any header check. A blob
+/// with LF line endings is made CRLF, so `From: bob\nFrom: alice` is two From fields and the
+/// submission is refused; a lone CR or NUL is refused at import.
+#[tokio::test]
+async fn imported_bare_lf_blob_cannot_forge_from() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let forged =
+        b"From: bob@evil.example\nFrom: alice@example.com\nTo: b@example.net\nSubject: x\n\nbody\n";
+    let plain_lf = b"From: alice@example.com\nTo: b@example.net\nSubject: x\n\nbody\n";
+    f.jmap
+        .store
+        .write(|tx| {
+            tx.put_blob(&acct, "Bforged", forged)?;
+            tx.put_blob(&acct, "Blf", plain_lf)?;
+            tx.put_blob(
+                &acct,
+                "Bcr",
+                b"From: alice@example.com\rX: y\r\n\r\nbody\r\n",
+            )?;
+            tx.put_blob(&acct, "Bnul", b"From: alice@example.com\r\n\r\nb\0dy\r\n")?;
+            Ok(())
+        })
+        .unwrap();
+    let responses = request(
+        &f,
+        json!([
+            ["Email/import", {"accountId": acct, "emails": {
+                "forged": {"blobId": "Bforged", "mailboxIds": {"drafts": true}},
+                "lf": {"blobId": "Blf", "mailboxIds": {"drafts": true}},
+                "cr": {"blobId": "Bcr", "mailboxIds": {"drafts": true}},
+                "nul": {"blobId": "Bnul", "mailboxIds": {"drafts": true}}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct, "create": {
+                "s1": {"emailId": "#forged", "identityId": "alice"},
+                "s2": {"emailId": "#lf", "identityId": "alice"}}}, "1"],
+        ]),
+    )
+    .await;
+    let imported = &responses[0][1];
+    assert_eq!(
+        imported["notCreated"]["cr"]["type"], "invalidEmail",
+        "{imported}"
+    );
+    assert_eq!(
+        imported["notCreated"]["nul"]["type"], "invalidEmail",
+        "{imported}"
+    );
+    let submitted = &responses[1][1];
+    assert_eq!(
+        submitted["notCreated"]["s1"]["type"], "invalidEmail",
+        "{submitted}"
+    );
+    assert!(submitted["created"]["s2"]["id"].is_string(), "{submitted}");
+    // What is queued is CRLF throughout.
+    let lease = lease(&f).await;
+    let stored = f.jmap.spool.blobs.get(lease.job.id).await.unwrap();
+    assert!(crate::submission::check_text(&stored).is_ok());
+}
