@@ -256,6 +256,7 @@ pub async fn run(
             max_recipients: config.smtp.max_recipients,
             max_hold_secs: config.smtp.max_hold_secs,
             max_request_size: config.http.max_request_size,
+            max_response_size: crate::jmap::limits::MAX_RESPONSE_SIZE,
             max_upload_size: config.http.max_upload_size,
             hostname: config.hostname.clone(),
             stop: stop_rx.clone(),

@@ -60,6 +60,7 @@ fn fixture_for(transport: &str) -> Fixture {
         max_recipients: 50,
         max_hold_secs: 3600,
         max_request_size: 10_000_000,
+        max_response_size: 4_000_000,
         max_upload_size: 0,
         hostname: "mx.test".into(),
         stop,
@@ -652,4 +653,50 @@ async fn imported_bare_lf_blob_cannot_forge_from() {
     let lease = lease(&f).await;
     let stored = f.jmap.spool.blobs.get(lease.job.id).await.unwrap();
     assert!(crate::submission::check_text(&stored).is_ok());
+}
+
+/// Rule (issue 15): result references cannot multiply a large value. A Core/echo and 15
+/// back-references to it stay under the response limit (4 MB here, `MAX_RESPONSE_SIZE` when
+/// serving; the calls past it get `requestTooLarge`), and one call's references may copy in at
+/// most `maxSizeRequest` (10 MB here).
+#[tokio::test]
+async fn echo_with_back_references_is_bounded() {
+    let f = fixture();
+    let big = "x".repeat(400_000);
+    let mut calls = vec![json!(["Core/echo", {"v": big}, "c0"])];
+    for n in 1..16 {
+        calls.push(json!(["Core/echo",
+            {"#v": {"resultOf": format!("c{}", n - 1), "name": "Core/echo", "path": "/v"}},
+            format!("c{n}")]));
+    }
+    let responses = request(&f, Value::Array(calls)).await;
+    let size = serde_json::to_vec(&responses).unwrap().len();
+    assert!(
+        size <= f.jmap.max_response_size + 64 * 1024,
+        "{size} octets of responses"
+    );
+    assert_eq!(responses.len(), 16);
+    assert_eq!(responses[0][0], "Core/echo");
+    let refused: Vec<&str> = responses
+        .iter()
+        .filter(|r| r[0] == "error")
+        .map(|r| r[1]["type"].as_str().unwrap())
+        .collect();
+    assert!(refused.contains(&"requestTooLarge"), "{refused:?}");
+
+    // Many references in one call to one result: 30 × 400 KB is past maxSizeRequest.
+    let mut args = serde_json::Map::new();
+    for n in 0..30 {
+        args.insert(
+            format!("#v{n}"),
+            json!({"resultOf": "c0", "name": "Core/echo", "path": "/v"}),
+        );
+    }
+    let responses = request(
+        &f,
+        json!([["Core/echo", {"v": big}, "c0"], ["Core/echo", args, "c1"]]),
+    )
+    .await;
+    assert_eq!(responses[1][0], "error");
+    assert_eq!(responses[1][1]["type"], "requestTooLarge");
 }
