@@ -341,7 +341,7 @@ mod tests {
     async fn slow_bodies_fail_at_the_rate_floor_or_the_deadline() {
         let start = tokio::time::Instant::now();
         let slow = PacedBody::new(drip(1, Duration::from_secs(10), 1000), PACE);
-        let err = slow.collect().await.err().expect("a dribble is cut off");
+        let err = slow.collect().await.expect_err("a dribble is cut off");
         assert!(err.to_string().contains("minimum rate"), "{err}");
         let took = start.elapsed();
         assert!(took <= Duration::from_secs(11), "{took:?}");
@@ -351,8 +351,7 @@ mod tests {
         let err = steady
             .collect()
             .await
-            .err()
-            .expect("the deadline still holds");
+            .expect_err("the deadline still holds");
         assert!(err.to_string().contains("in time"), "{err}");
         assert_eq!(start.elapsed().as_secs(), 600);
 

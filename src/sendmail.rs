@@ -403,11 +403,20 @@ pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
         let (read, mut write) = stream.into_split();
         let mut head = serde_json::to_string(&request)?;
         head.push('\n');
-        write.write_all(head.as_bytes()).await?;
-        write.write_all(&mime).await?;
+        // The daemon may answer before it has read the message (a uid it refuses, a queue
+        // that is busy) and close: the answer is then read despite the failed write.
+        let sent = async {
+            write.write_all(head.as_bytes()).await?;
+            write.write_all(&mime).await
+        }
+        .await;
         let mut line = String::new();
-        BufReader::new(read).read_line(&mut line).await?;
-        anyhow::Ok(serde_json::from_str::<LocalAnswer>(&line)?)
+        let read = BufReader::new(read).read_line(&mut line).await;
+        match (serde_json::from_str::<LocalAnswer>(&line), sent, read) {
+            (Ok(answer), _, _) => anyhow::Ok(answer),
+            (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => Err(e.into()),
+            (Err(e), Ok(()), Ok(_)) => Err(e.into()),
+        }
     };
     match exchange.await {
         Ok(answer) => (answer.exit, answer.message),
