@@ -298,6 +298,16 @@ impl PasswordChecker {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The account, if these credentials were verified within the cache's lifetime: no
+    /// check runs, so callers need not count it against a failure budget.
+    pub fn remembered(&self, login: &str, password: &str) -> Option<Arc<Account>> {
+        let (tag, account) = self.cache_tag(login, password)?;
+        match self.cache.lock().unwrap().get(&tag) {
+            Some(Cached::Verified(at)) if at.elapsed() < self.cache_ttl => Some(account),
+            _ => None,
+        }
+    }
+
     /// The account, if the password is right.
     pub async fn check(&self, login: String, password: String) -> Option<Arc<Account>> {
         let Some((tag, account)) = self.cache_tag(&login, &password) else {

@@ -567,6 +567,14 @@ pub struct HttpConfig {
     pub connection_lifetime_secs: u64,
     /// Open HTTPS connections at most (further ones wait in the kernel backlog).
     pub max_connections: usize,
+    /// Open HTTPS connections from one client (an IPv4 address or an IPv6 /64) at most; more are
+    /// closed at once, so one address cannot hold the whole `max_connections`.
+    pub max_connections_per_ip: usize,
+    /// A request body (JMAP request, upload, SNS message) must arrive within this time.
+    pub body_timeout_secs: u64,
+    /// After the first `handshake_timeout_secs` of a request body, it must keep arriving at this
+    /// many octets per second on average (a slow dribble cannot hold a connection); 0: no floor.
+    pub body_min_rate: u64,
     /// Largest JMAP API request body in octets (RFC 8620 §2 `maxSizeRequest`).
     pub max_request_size: usize,
     /// Largest JMAP upload in octets (RFC 8620 §2 `maxSizeUpload`); 0: `smtp.max_message_size`.
@@ -580,6 +588,9 @@ impl Default for HttpConfig {
             handshake_timeout_secs: 10,
             connection_lifetime_secs: 300,
             max_connections: 1000,
+            max_connections_per_ip: 50,
+            body_timeout_secs: 600,
+            body_min_rate: 1024,
             max_request_size: 10_000_000,
             max_upload_size: 0,
         }

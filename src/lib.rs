@@ -13,6 +13,7 @@
 //! - [`submission`]: sender-ownership checks, trace header, message class, durable enqueue.
 //! - [`domain`]: the delivery vocabulary: queue ids, classes, states, outcomes, suppressions.
 //! - [`spool`]: the storage seams (Queue, Blobs, Ledger) and their embedded redb backend.
+//! - [`state_files`]: modes of the state folder and its databases, whatever the umask.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
@@ -45,6 +46,7 @@ pub mod server;
 pub mod signature;
 pub mod smtp;
 pub mod spool;
+pub mod state_files;
 pub mod submission;
 pub mod tls;
 pub mod transport;

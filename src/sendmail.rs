@@ -132,12 +132,43 @@ impl LocalAnswer {
     }
 }
 
+/// Limits on the local submission socket. Anyone may connect (0666), so nothing is read before
+/// the caller's uid is known to belong to an account, and an allowed caller still cannot hold
+/// more than its share of memory or time.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalLimits {
+    /// Largest message, in octets (the SMTP `max_message_size`: SES v2's 40 MB).
+    pub max_size: usize,
+    /// Most distinct recipients (the SMTP `max_recipients`: SES's 50 destinations).
+    pub max_recipients: usize,
+    /// The request line and the whole message must arrive within this time. The client has
+    /// read stdin before it connects, so this only waits on a socket copy.
+    pub read_deadline: std::time::Duration,
+    /// Local submissions served at once; more connections are answered EX_TEMPFAIL.
+    pub max_concurrent: usize,
+}
+
+/// Default [`LocalLimits::read_deadline`]: a 40 MB copy over a Unix socket takes well under a
+/// second; a minute leaves room for a loaded machine.
+pub const LOCAL_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Default [`LocalLimits::max_concurrent`]: at most this many messages (each up to
+/// `max_size`) are held in memory for local callers at once.
+pub const MAX_LOCAL_SUBMISSIONS: usize = 8;
+
+/// The request line is JSON of a few addresses; anything longer is refused.
+const MAX_REQUEST_LINE: u64 = 64 * 1024;
+
+/// The message is read in pieces of at most this size, so memory follows what arrives and not
+/// what the request declares.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// The daemon side: serves the local submission socket until shutdown.
 pub async fn serve(
     path: PathBuf,
     directory: Arc<Live<Directory>>,
     submitter: Arc<Submitter>,
-    max_size: usize,
+    limits: LocalLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let _ = std::fs::remove_file(&path);
@@ -147,6 +178,7 @@ pub async fn serve(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -156,9 +188,11 @@ pub async fn serve(
                 },
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (directory, submitter) = (directory.clone(), submitter.clone());
+            let (directory, submitter, slots) =
+                (directory.clone(), submitter.clone(), slots.clone());
             tokio::spawn(async move {
-                if let Err(e) = accept_one(stream, &directory.get(), &submitter, max_size).await {
+                let directory = directory.get();
+                if let Err(e) = accept_one(stream, &directory, &submitter, &slots, limits).await {
                     tracing::debug!(error = %e, "local submission connection ended");
                 }
             });
@@ -172,24 +206,39 @@ async fn accept_one(
     stream: UnixStream,
     directory: &Directory,
     submitter: &Submitter,
-    max_size: usize,
+    slots: &tokio::sync::Semaphore,
+    limits: LocalLimits,
 ) -> Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = String::new();
-    (&mut reader).take(64 * 1024).read_line(&mut line).await?;
-    let answer = match serde_json::from_str::<LocalRequest>(&line) {
-        Err(e) => LocalAnswer::new(exit::USAGE, format!("bad request: {e}")),
-        Ok(req) if req.size > max_size => LocalAnswer::new(
-            exit::DATAERR,
-            format!("message larger than {max_size} octets"),
-        ),
-        Ok(req) => {
-            let mut mime = vec![0; req.size];
-            reader.read_exact(&mut mime).await?;
-            submit(uid, req, mime, directory, submitter).await
+    // The uid first: a caller no account lists is answered before one octet is read.
+    let answer = match directory.for_uid(uid) {
+        None => {
+            tracing::warn!(
+                uid,
+                "local submission refused: uid not in any account's unix_users"
+            );
+            LocalAnswer::new(
+                exit::NOPERM,
+                format!("uid {uid} may not submit mail (see unix_users)"),
+            )
         }
+        Some(account) => match slots.try_acquire() {
+            Err(_) => LocalAnswer::new(
+                exit::TEMPFAIL,
+                "too many local submissions at once, try later",
+            ),
+            Ok(_slot) => {
+                match tokio::time::timeout(limits.read_deadline, read_request(read, limits)).await {
+                    Err(_) => LocalAnswer::new(exit::TEMPFAIL, "message not received in time"),
+                    Ok(Err(e)) => LocalAnswer::new(exit::USAGE, format!("bad request: {e}")),
+                    Ok(Ok(Err(refused))) => refused,
+                    Ok(Ok(Ok((req, mime)))) => {
+                        submit(uid, account, req, mime, submitter, limits).await
+                    }
+                }
+            }
+        },
     };
     let mut text = serde_json::to_string(&answer)?;
     text.push('\n');
@@ -197,23 +246,46 @@ async fn accept_one(
     Ok(())
 }
 
+/// Reads the request line and exactly `size` octets, growing the buffer as data arrives.
+async fn read_request(
+    read: tokio::net::unix::OwnedReadHalf,
+    limits: LocalLimits,
+) -> Result<std::result::Result<(LocalRequest, Vec<u8>), LocalAnswer>> {
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    (&mut reader)
+        .take(MAX_REQUEST_LINE)
+        .read_line(&mut line)
+        .await?;
+    let req: LocalRequest = serde_json::from_str(&line)?;
+    if req.size > limits.max_size {
+        return Ok(Err(LocalAnswer::new(
+            exit::DATAERR,
+            format!("message larger than {} octets", limits.max_size),
+        )));
+    }
+    let mut mime = Vec::with_capacity(req.size.min(READ_CHUNK));
+    let mut body = (&mut reader).take(req.size as u64);
+    loop {
+        mime.reserve(READ_CHUNK.min(req.size - mime.len()));
+        if body.read_buf(&mut mime).await? == 0 {
+            break;
+        }
+    }
+    if mime.len() != req.size {
+        anyhow::bail!("message ended after {} of {} octets", mime.len(), req.size);
+    }
+    Ok(Ok((req, mime)))
+}
+
 async fn submit(
     uid: u32,
+    account: Arc<crate::accounts::Account>,
     req: LocalRequest,
     mut mime: Vec<u8>,
-    directory: &Directory,
     submitter: &Submitter,
+    limits: LocalLimits,
 ) -> LocalAnswer {
-    let Some(account) = directory.for_uid(uid) else {
-        tracing::warn!(
-            uid,
-            "local submission refused: uid not in any account's unix_users"
-        );
-        return LocalAnswer::new(
-            exit::NOPERM,
-            format!("uid {uid} may not submit mail (see unix_users)"),
-        );
-    };
     let first_address = account.identities.iter().find_map(|i| match &i.scope {
         IdentityScope::Address(a) => Some(a.clone()),
         IdentityScope::Domain(_) => None,
@@ -224,11 +296,30 @@ async fn submit(
             "give the sender with -f: the account has no single address",
         );
     };
+    let given = req.recipients.len();
     let mut recipients = req.recipients;
     if req.extract {
         recipients.extend(header_recipients(&mime));
     }
-    recipients.dedup();
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|r| seen.insert(r.clone()));
+    if recipients.len() > limits.max_recipients {
+        // sysexits.h: a command line with too many addresses is a usage error; too many taken
+        // from the message's headers (-t) is bad input data.
+        let code = if given > limits.max_recipients {
+            exit::USAGE
+        } else {
+            exit::DATAERR
+        };
+        return LocalAnswer::new(
+            code,
+            format!(
+                "too many recipients: {} (at most {} per message)",
+                recipients.len(),
+                limits.max_recipients
+            ),
+        );
+    }
     let mut rules = LineRules::new(1000);
     rules.push_slice(&mime);
     if let Err(e) = rules.finish() {
@@ -312,11 +403,20 @@ pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
         let (read, mut write) = stream.into_split();
         let mut head = serde_json::to_string(&request)?;
         head.push('\n');
-        write.write_all(head.as_bytes()).await?;
-        write.write_all(&mime).await?;
+        // The daemon may answer before it has read the message (a uid it refuses, a queue
+        // that is busy) and close: the answer is then read despite the failed write.
+        let sent = async {
+            write.write_all(head.as_bytes()).await?;
+            write.write_all(&mime).await
+        }
+        .await;
         let mut line = String::new();
-        BufReader::new(read).read_line(&mut line).await?;
-        anyhow::Ok(serde_json::from_str::<LocalAnswer>(&line)?)
+        let read = BufReader::new(read).read_line(&mut line).await;
+        match (serde_json::from_str::<LocalAnswer>(&line), sent, read) {
+            (Ok(answer), _, _) => anyhow::Ok(answer),
+            (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => Err(e.into()),
+            (Err(e), Ok(()), Ok(_)) => Err(e.into()),
+        }
     };
     match exchange.await {
         Ok(answer) => (answer.exit, answer.message),
@@ -375,5 +475,145 @@ mod tests {
             b"a\rb\r\n",
             "a lone CR stays (and is refused at submission)"
         );
+    }
+
+    /// A daemon side on a socket in a temporary folder; `our_uid` lists this process's uid in
+    /// the account's `unix_users`.
+    struct Local {
+        socket: PathBuf,
+        _stop: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn local(our_uid: bool, limits: LocalLimits) -> Local {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let mut account =
+            crate::accounts::test_account("alice", "pw", "alice", "alice@example.com");
+        if our_uid {
+            // SAFETY: getuid has no preconditions.
+            account.unix_users = vec![unsafe { libc::getuid() }.to_string()];
+        }
+        let directory = Live::new(Directory::from_config(&[account]).unwrap());
+        let spool = crate::spool::redb::open(
+            &dir.path().join("spool"),
+            crate::spool::SpoolOptions::from(&crate::config::SpoolConfig::default()),
+            clock.clone(),
+        )
+        .unwrap();
+        let submitter = Arc::new(Submitter::new(spool, "mx.test".into(), clock));
+        let socket = dir.path().join("submit.sock");
+        let (stop, rx) = watch::channel(false);
+        serve(socket.clone(), directory, submitter, limits, rx)
+            .await
+            .unwrap();
+        Local {
+            socket,
+            _stop: stop,
+            _dir: dir,
+        }
+    }
+
+    const LIMITS: LocalLimits = LocalLimits {
+        max_size: 40_000_000,
+        max_recipients: 50,
+        read_deadline: std::time::Duration::from_secs(60),
+        max_concurrent: 2,
+    };
+
+    /// Sends a request line declaring `size` octets and no message; returns the answer.
+    async fn declare_only(socket: &Path, size: usize) -> (UnixStream, LocalAnswer) {
+        let mut stream = UnixStream::connect(socket).await.unwrap();
+        let req = serde_json::json!({"from": null, "full_name": null,
+            "recipients": ["r@example.net"], "extract": false, "size": size});
+        stream
+            .write_all(format!("{req}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&mut stream)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        (stream, serde_json::from_str(&line).unwrap())
+    }
+
+    /// Rule: the caller's uid is checked before anything is read or allocated: a uid no account
+    /// lists is refused at once, even while it still owes the 40 MB it declared.
+    #[tokio::test]
+    async fn unknown_uid_is_refused_before_the_message_is_read() {
+        let l = local(false, LIMITS).await;
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            declare_only(&l.socket, 40_000_000),
+        )
+        .await
+        .expect("answered without waiting for the declared message")
+        .1;
+        assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
+    }
+
+    /// Rule: an allowed caller that stops sending is cut off at the read deadline, and no more
+    /// than `max_concurrent` local submissions are held at once.
+    #[tokio::test(start_paused = true)]
+    async fn stalled_callers_hold_at_most_the_cap_and_time_out() {
+        let l = local(true, LIMITS).await;
+        let mut stalled = Vec::new();
+        for _ in 0..LIMITS.max_concurrent {
+            let mut stream = UnixStream::connect(&l.socket).await.unwrap();
+            let req = serde_json::json!({"from": null, "full_name": null,
+                "recipients": ["r@example.net"], "extract": false, "size": 40_000_000});
+            stream
+                .write_all(format!("{req}\nSubject: x\r\n").as_bytes())
+                .await
+                .unwrap();
+            stalled.push(stream);
+        }
+        // Let the daemon take both slots.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let (_s, busy) = declare_only(&l.socket, 10).await;
+        assert_eq!(busy.exit, exit::TEMPFAIL, "{}", busy.message);
+        assert!(busy.message.contains("too many"), "{}", busy.message);
+        // The stalled ones are answered once the deadline passes (time is paused: no real wait).
+        for stream in &mut stalled {
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).await.unwrap();
+            let answer: LocalAnswer = serde_json::from_str(&line).unwrap();
+            assert_eq!(answer.exit, exit::TEMPFAIL, "{}", answer.message);
+            assert!(answer.message.contains("in time"), "{}", answer.message);
+        }
+    }
+
+    /// Rule: at most `max_recipients` (SES's 50) distinct recipients per message, as SMTP and
+    /// JMAP; too many on the command line is EX_USAGE, too many from `-t` headers EX_DATAERR.
+    #[tokio::test]
+    async fn recipients_are_capped_like_smtp() {
+        let l = local(true, LIMITS).await;
+        let many: Vec<String> = (0..51).map(|n| format!("r{n}@example.net")).collect();
+        let args = Args {
+            recipients: many.clone(),
+            ..Args::default()
+        };
+        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(code, exit::USAGE, "{text}");
+        assert!(text.contains("too many recipients"), "{text}");
+        let headers = format!("To: {}\nSubject: x\n\nx\n", many.join(", "));
+        let args = Args {
+            extract: true,
+            ..Args::default()
+        };
+        let (code, text) = send(&l.socket, args, headers.as_bytes()).await;
+        assert_eq!(code, exit::DATAERR, "{text}");
+        // 50, with duplicates, is fine.
+        let mut fifty = many[..50].to_vec();
+        fifty.push(many[0].clone());
+        let args = Args {
+            recipients: fifty,
+            ..Args::default()
+        };
+        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(code, exit::OK, "{text}");
     }
 }

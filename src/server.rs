@@ -74,6 +74,8 @@ pub async fn run(
 ) -> Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let directory = Live::new(Directory::from_config(&config.accounts)?);
+    crate::state_files::create_dir(&config.state_dir, crate::state_files::STATE_DIR_MODE)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let tls_config = Live::new(tls::server_config(&config.tls)?);
     // The composition root is the one place that picks the storage backend.
     let spool = match (config.spool.backend, &config.spool.aws) {
@@ -209,7 +211,12 @@ pub async fn run(
         config.submit_socket(),
         directory.clone(),
         ctx.submitter.clone(),
-        config.smtp.max_message_size,
+        crate::sendmail::LocalLimits {
+            max_size: config.smtp.max_message_size,
+            max_recipients: config.smtp.max_recipients,
+            read_deadline: crate::sendmail::LOCAL_READ_DEADLINE,
+            max_concurrent: crate::sendmail::MAX_LOCAL_SUBMISSIONS,
+        },
         stop_rx.clone(),
     )
     .await?;
@@ -249,6 +256,7 @@ pub async fn run(
             max_recipients: config.smtp.max_recipients,
             max_hold_secs: config.smtp.max_hold_secs,
             max_request_size: config.http.max_request_size,
+            max_response_size: crate::jmap::limits::MAX_RESPONSE_SIZE,
             max_upload_size: config.http.max_upload_size,
             hostname: config.hostname.clone(),
             stop: stop_rx.clone(),

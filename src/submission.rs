@@ -131,6 +131,9 @@ impl Submitter {
             .map(|r| self.addresses.envelope(r))
             .collect::<Result<_, _>>()?;
         let identity = sender_identity(&req.account, &req.mail_from)?;
+        // The text rules before any header is read: the header splitter and every parser
+        // downstream then agree on where each field begins and ends.
+        check_text(&req.mime)?;
         check_header_senders(&req.account, &req.mime)?;
         if self.ses_attachments {
             if let Some(refused) = refused_by_ses(&req.mime) {
@@ -242,8 +245,55 @@ pub fn sender_identity<'a>(
         .ok_or_else(|| SubmitError::NotOwner(mail_from.to_string()))
 }
 
+/// The text rules SMTP's DATA reader enforces (RFC 5322 §2.3: CRLF only, no NUL, lines of at
+/// most 998 octets), applied to every way in (SMTP, JMAP Email/set and Email/import,
+/// sendmail). A bare LF is a line break to some parsers and not to others: with one, the
+/// ownership check and the receiver could see different From fields.
+pub fn check_text(mime: &[u8]) -> Result<(), SubmitError> {
+    use crate::smtp::data::{BodyError, LineRules};
+    let mut rules = LineRules::new(1000);
+    rules.push_slice(mime);
+    rules.finish().map_err(|e| {
+        SubmitError::BadMessage(match e {
+            BodyError::BareLf | BodyError::BareCr => {
+                "Message has a bare CR or LF (RFC 5322 lines end in CRLF)"
+            }
+            BodyError::Nul => "Message contains a NUL octet",
+            BodyError::LineTooLong | BodyError::TooBig => {
+                "Message has a line longer than 998 octets"
+            }
+        })
+    })
+}
+
+/// RFC 5322 §2.2 and §3.6.8: every header field is a name of printable ASCII but `:`, then
+/// `:`. A line that is neither a field nor a continuation is read differently by different
+/// parsers (mail-parser takes `:FROM: x` for a From field; our splitter for a nameless one),
+/// so the ownership check could count one From where the receiver finds two.
+fn check_field_names(mime: &[u8]) -> Result<(), SubmitError> {
+    const MALFORMED: SubmitError =
+        SubmitError::BadMessage("Message has a malformed header field (RFC 5322 §2.2)");
+    if mime.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        return Err(MALFORMED);
+    }
+    for (name, raw) in crate::message::header_fields(mime) {
+        let named = !name.is_empty()
+            && name.iter().all(|b| (33..=126).contains(b) && *b != b':')
+            && raw.get(name.len()..).is_some_and(|rest| {
+                rest.iter()
+                    .find(|b| **b != b' ' && **b != b'\t')
+                    .is_some_and(|b| *b == b':')
+            });
+        if !named {
+            return Err(MALFORMED);
+        }
+    }
+    Ok(())
+}
+
 /// RFC 5322 §3.6: exactly one From; every author (and the Sender, if any) must be the account's.
 fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitError> {
+    check_field_names(mime)?;
     match header_values(mime, "From").len() {
         0 => return Err(SubmitError::BadMessage("Message has no From header")),
         1 => {}
@@ -361,5 +411,107 @@ mod tests {
             MessageClass::Bulk
         );
         assert!(message_class(b"X-Outbox-Class: spam\r\n\r\n").is_err());
+    }
+
+    /// Rule (issue 15, From forgery through Email/import): for any byte string, either the
+    /// submission is refused, or mail-parser reading the bytes that are sent finds exactly one
+    /// From field, holding exactly the addresses the ownership check approved. Random messages
+    /// are built from fragments that matter to header splitting (bare LF and CR, folding, NUL,
+    /// case and spacing of names, a forged From); the seed makes a failure repeatable.
+    #[test]
+    fn from_checked_is_from_sent_for_any_bytes() {
+        use rand::{Rng, SeedableRng};
+        const PARTS: [&[u8]; 22] = [
+            b"From: alice@example.com",
+            b"From: bob@evil.example",
+            b"from:bob@evil.example",
+            b"FROM : alice@example.com",
+            b"Sender: bob@evil.example",
+            b"From: Alice <alice@example.com>, bob@evil.example",
+            b"Subject: hi",
+            b"To: r@example.net",
+            b"Bcc: x@example.net",
+            b"X-Outbox-Class: bulk",
+            b"\r\n",
+            b"\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"\r\n ",
+            b"\r\n\t",
+            b" ",
+            b":",
+            b"\0",
+            b"\n.\n",
+            b"body",
+        ];
+        let account = alice();
+        let identity = account.identities[0].clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let (mut accepted, mut refused) = (0, 0);
+        for case in 0..20_000 {
+            let n = rng.random_range(1..14);
+            let mut mime = Vec::new();
+            for _ in 0..n {
+                mime.extend_from_slice(PARTS[rng.random_range(0..PARTS.len())]);
+            }
+            if check_text(&mime)
+                .and_then(|()| check_header_senders(&account, &mime))
+                .is_err()
+            {
+                refused += 1;
+                continue;
+            }
+            accepted += 1;
+            let checked: Vec<String> = MessageParser::default()
+                .parse_headers(&mime)
+                .and_then(|m| m.from().cloned())
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|a| a.address().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let job = Job {
+                id: QueueId(case),
+                login: "alice".into(),
+                tenant_id: "t".into(),
+                account_id: "a".into(),
+                user_id: "u".into(),
+                identity_id: identity.id.clone(),
+                mail_from: "alice@example.com".into(),
+                recipients: vec!["r@example.net".into()],
+                message_class: MessageClass::Transactional,
+                size: 0,
+            };
+            let mut stored = b"Received: from x ([127.0.0.1])\r\n\tby mx.test (Outbox);\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n".to_vec();
+            stored.extend_from_slice(&mime);
+            let sent = crate::sender::prepare::outgoing_mime(&job, &stored, &identity, "mx.test");
+            let parsed = MessageParser::default().parse_headers(&sent).unwrap();
+            let froms = parsed
+                .headers()
+                .iter()
+                .filter(|h| h.name().eq_ignore_ascii_case("From"))
+                .count();
+            let seen: Vec<String> = parsed
+                .from()
+                .map(|f| {
+                    f.iter()
+                        .filter_map(|a| a.address().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                froms == 1 && seen == checked,
+                "case {case}: {:?}\nsent {:?}: {froms} From fields, {seen:?}; checked {checked:?}",
+                String::from_utf8_lossy(&mime),
+                String::from_utf8_lossy(&sent),
+            );
+            assert!(seen.iter().all(|a| a == "alice@example.com"), "case {case}");
+        }
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 }

@@ -205,7 +205,7 @@ impl FeedbackService {
         verifier.verify(&message, &pem, now)?;
         match message.kind {
             Kind::Notification => {
-                self.event(Some(message.message_id.clone()), &message.message)
+                self.event(Some(message.dedupe_key()), &message.message)
                     .await
             }
             Kind::SubscriptionConfirmation => {

@@ -121,6 +121,16 @@ impl SnsMessage {
         }
         s
     }
+
+    /// The key a delivered notification is recorded under so it is applied once: a digest of the
+    /// signed content (the string-to-sign), not the `MessageId` alone, so a retry of the same
+    /// message is a duplicate whatever id it carries, and no other message can claim its id.
+    pub fn dedupe_key(&self) -> String {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.string_to_sign().as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sns:{hex}")
+    }
 }
 
 /// Checks SNS messages against the configured topics, age limit and clock.
@@ -165,7 +175,7 @@ impl Verifier {
 
         // Topic first: nothing else about a message for a foreign topic matters.
         let topic_arn = required(&map, &["TopicArn"])?.to_owned();
-        if !self.topics.iter().any(|t| *t == topic_arn) {
+        if !self.topics.contains(&topic_arn) {
             return Err(SnsError::TopicNotAllowed(topic_arn));
         }
 
@@ -188,7 +198,9 @@ impl Verifier {
             .map_err(|e| SnsError::Malformed(format!("Signature is not base64: {e}")))?;
 
         let message_id = required(&map, &["MessageId"])?.to_owned();
-        let message = required(&map, &["Message"])?.to_owned();
+        let message = message_field(&map, &["Message"])?
+            .ok_or_else(|| SnsError::Malformed("missing Message".into()))?
+            .to_owned();
         let timestamp_raw = required(&map, &["Timestamp"])?.to_owned();
         let timestamp = parse_timestamp(&timestamp_raw)
             .ok_or_else(|| SnsError::Malformed(format!("bad Timestamp {timestamp_raw:?}")))?;
@@ -239,7 +251,7 @@ impl Verifier {
         now_unix: i64,
     ) -> Result<(), SnsError> {
         // Re-check what parse checked: a caller may build or alter an SnsMessage by hand.
-        if !self.topics.iter().any(|t| *t == message.topic_arn) {
+        if !self.topics.contains(&message.topic_arn) {
             return Err(SnsError::TopicNotAllowed(message.topic_arn.clone()));
         }
         if !cert_url_allowed(&message.signing_cert_url) {
@@ -317,8 +329,31 @@ impl Verifier {
     }
 }
 
-/// The value of the first key present among `keys` (alternative spellings), which must be a string.
+/// The value of the first key present among `keys` (alternative spellings), which must be a string
+/// without a line break.
+///
+/// The string-to-sign joins keys and values with `\n`, so a value holding a newline could carry
+/// another field's `Key\nValue` pair: an authentic message re-sent without its `Subject` and with
+/// `MessageId = id + "\nSubject\n" + subject` would verify again under a new id. AWS never sends
+/// a line break in these fields (`Subject`: "must not include line breaks or control characters",
+/// SNS Publish API reference); only `Message` may hold one, and it is read with [`message_field`].
 fn optional<'a>(map: &'a Map<String, Value>, keys: &[&str]) -> Result<Option<&'a str>, SnsError> {
+    let value = message_field(map, keys)?;
+    if value.is_some_and(|v| v.contains(['\n', '\r'])) {
+        return Err(SnsError::Malformed(format!(
+            "{} contains a line break",
+            keys[0]
+        )));
+    }
+    Ok(value)
+}
+
+/// Like [`optional`], for the one field whose value may span lines (`Message`: an SES event is
+/// JSON, which SNS passes through as sent).
+fn message_field<'a>(
+    map: &'a Map<String, Value>,
+    keys: &[&str],
+) -> Result<Option<&'a str>, SnsError> {
     let mut found = None;
     for key in keys {
         if let Some(v) = map.get(*key) {

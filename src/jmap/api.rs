@@ -235,8 +235,9 @@ pub async fn handle(
     }
     let mut created_ids = request.created_ids.clone().unwrap_or_default();
     let mut responses: Vec<(String, Value, String)> = Vec::new();
+    let mut response_size = 0usize;
     for (name, args, call_id) in request.method_calls {
-        let result = match resolve_references(args, &responses) {
+        let result = match resolve_references(args, &responses, jmap.max_request_size) {
             Ok(args) => {
                 if let Some(cap) =
                     capability_of(&name).filter(|c| !request.using.iter().any(|u| u == c))
@@ -257,20 +258,36 @@ pub async fn handle(
             }
             Err(e) => Err(e),
         };
-        match result {
-            Ok(out) => {
-                for (n, v) in out {
-                    responses.push((n.to_string(), v, call_id.clone()));
-                }
+        let out = match result {
+            Ok(out) => out.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+            Err(e) => vec![("error".to_string(), e.to_json())],
+        };
+        for (n, v) in out {
+            let size = json_size(&v);
+            if response_size.saturating_add(size) > jmap.max_response_size {
+                tracing::info!(method = %name, size, "JMAP response over the size limit");
+                let e = MethodError::new(
+                    "requestTooLarge",
+                    format!(
+                        "the response would pass {} octets; ask for less",
+                        jmap.max_response_size
+                    ),
+                );
+                responses.push(("error".into(), e.to_json(), call_id.clone()));
+                continue;
             }
-            Err(e) => responses.push(("error".into(), e.to_json(), call_id.clone())),
+            response_size += size;
+            responses.push((n, v, call_id.clone()));
         }
     }
     let mut out = json!({
-        "methodResponses": responses
-            .into_iter()
-            .map(|(n, v, c)| json!([n, v, c]))
-            .collect::<Vec<_>>(),
+        // Moved, not copied: `json!` would clone each response.
+        "methodResponses": Value::Array(
+            responses
+                .into_iter()
+                .map(|(n, v, c)| Value::Array(vec![Value::String(n), v, Value::String(c)]))
+                .collect(),
+        ),
         "sessionState": super::session_object(jmap, account, "")["state"].clone(),
     });
     if request.created_ids.is_some() {
@@ -319,11 +336,33 @@ async fn dispatch(ctx: &mut Ctx<'_>, name: &str, args: Args) -> MethodResult {
     }
 }
 
-/// RFC 8620 §3.7: replaces every `#name` argument by the value its reference points at.
+/// Octets `value` takes as JSON, counted without building the text.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// RFC 8620 §3.7: replaces every `#name` argument by the value its reference points at. The
+/// values one call's references copy in may add up to at most `max_size` octets (the
+/// `maxSizeRequest` the call could have been sent with): several references to one large
+/// result would otherwise multiply it.
 fn resolve_references(
     args: Map<String, Value>,
     responses: &[(String, Value, String)],
+    max_size: usize,
 ) -> Result<Map<String, Value>, MethodError> {
+    let mut copied = 0usize;
     for key in args.keys() {
         if key.starts_with('#') && args.contains_key(&key[1..]) {
             return Err(MethodError::invalid(format!(
@@ -353,6 +392,13 @@ fn resolve_references(
             .ok_or_else(|| bad("no earlier response matches resultOf and name"))?;
         let resolved =
             pointer(response, path).ok_or_else(|| bad("the path matches nothing in the result"))?;
+        copied = copied.saturating_add(json_size(&resolved));
+        if copied > max_size {
+            return Err(MethodError::new(
+                "requestTooLarge",
+                format!("result references expand past {max_size} octets (maxSizeRequest)"),
+            ));
+        }
         out.insert(plain.to_string(), resolved);
     }
     Ok(out)
@@ -604,13 +650,13 @@ mod tests {
             "#ids".into(),
             json!({"resultOf": "q", "name": "Email/query", "path": "/ids"}),
         );
-        let out = resolve_references(args.clone(), &responses).unwrap();
+        let out = resolve_references(args.clone(), &responses, 1 << 20).unwrap();
         assert_eq!(out["ids"], json!(["M1", "M2"]));
         args.insert(
             "#ids".into(),
             json!({"resultOf": "q", "name": "Email/get", "path": "/ids"}),
         );
-        let e = resolve_references(args, &responses).unwrap_err();
+        let e = resolve_references(args, &responses, 1 << 20).unwrap_err();
         assert_eq!(e.kind, "invalidResultReference");
     }
 }

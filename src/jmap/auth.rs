@@ -83,45 +83,47 @@ impl Authenticator {
         let ip = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        if ip.is_some_and(|ip| self.throttle.is_blocked(ip)) {
-            return Err(problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "about:blank",
-                "too many failed logins from this address; try again later",
-                None,
-            ));
-        }
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        let found = if scheme.eq_ignore_ascii_case("basic") {
-            self.basic(rest.trim()).await
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            self.bearer(rest.trim())
-        } else {
-            None
-        };
-        if found.is_none() {
-            if let Some(ip) = ip {
-                self.throttle.record_failure(ip);
+        let basic = scheme
+            .eq_ignore_ascii_case("basic")
+            .then(|| basic_credentials(rest.trim()));
+        // A login the cache remembers costs no check and takes no slot of the failure budget.
+        if let Some(Some((login, password))) = &basic {
+            if let Some(account) = self.passwords.remembered(login, password) {
+                return Ok(account);
             }
-            tracing::info!(client = ?ip, scheme, "JMAP authentication failed");
+        }
+        // Any other attempt takes its slot before the check starts, so parallel attempts
+        // cannot all be checked before the first failure is counted.
+        let attempt = match ip {
+            Some(ip) => match self.throttle.begin(ip) {
+                Some(attempt) => Some(attempt),
+                None => {
+                    return Err(problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "about:blank",
+                        "too many failed logins from this address; try again later",
+                        None,
+                    ))
+                }
+            },
+            None => None,
+        };
+        let found = match basic {
+            Some(Some((login, password))) => self.passwords.check(login, password).await,
+            Some(None) => None,
+            None if scheme.eq_ignore_ascii_case("bearer") => self.bearer(rest.trim()),
+            None => None,
+        };
+        match (&found, attempt) {
+            (Some(_), Some(attempt)) => attempt.succeeded(),
+            (None, attempt) => {
+                drop(attempt);
+                tracing::info!(client = ?ip, scheme, "JMAP authentication failed");
+            }
+            (Some(_), None) => {}
         }
         found.ok_or_else(unauthorized)
-    }
-
-    /// argon2 runs on the shared password-check threads, whose login cache (`auth_cache_secs`,
-    /// as for SMTP AUTH) spares a client that sends many requests one check per request.
-    async fn basic(&self, encoded: &str) -> Option<Arc<Account>> {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (login, password) = text.split_once(':')?;
-        if login.is_empty() || login.len() > 256 || password.len() > 1024 {
-            return None;
-        }
-        self.passwords
-            .check(login.to_string(), password.to_string())
-            .await
     }
 
     fn bearer(&self, token: &str) -> Option<Arc<Account>> {
@@ -147,6 +149,21 @@ fn token_key(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Login and password from an HTTP Basic value (RFC 7617). argon2 runs on the shared
+/// password-check threads, whose login cache (`auth_cache_secs`, as for SMTP AUTH) spares a
+/// client that sends many requests one check per request.
+fn basic_credentials(encoded: &str) -> Option<(String, String)> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (login, password) = text.split_once(':')?;
+    if login.is_empty() || login.len() > 256 || password.len() > 1024 {
+        return None;
+    }
+    Some((login.to_string(), password.to_string()))
 }
 
 pub fn unauthorized() -> Response {
@@ -276,5 +293,70 @@ impl Drop for Slot {
                 map.remove(&self.account);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::test_account;
+    use std::time::Duration;
+
+    /// Rule: the per-IP failed-login budget holds under concurrency: 200 wrong Basic passwords
+    /// sent at once from one address get at most the budget (10) of argon2 checks; the rest are
+    /// answered 429 without a check.
+    #[tokio::test]
+    async fn parallel_wrong_passwords_get_at_most_the_budget_of_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let directory = Live::new(
+            Directory::from_config(&[test_account("alice", "pw", "alice", "alice@example.com")])
+                .unwrap(),
+        );
+        let passwords = Arc::new(PasswordChecker::new(directory.clone(), 2));
+        let auth = Arc::new(Authenticator::new(
+            directory,
+            passwords.clone(),
+            Arc::new(Store::open(&dir.path().join("jmap.redb")).unwrap()),
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(AuthThrottle::new(
+                10,
+                Duration::from_secs(600),
+                Duration::from_secs(600),
+            )),
+        ));
+        let peer: SocketAddr = "192.0.2.9:40000".parse().unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let auth = auth.clone();
+                tokio::spawn(async move {
+                    let mut headers = HeaderMap::new();
+                    let basic =
+                        base64::engine::general_purpose::STANDARD.encode(format!("alice:wrong{n}"));
+                    headers.insert(
+                        header::AUTHORIZATION,
+                        format!("Basic {basic}").parse().unwrap(),
+                    );
+                    let mut extensions = Extensions::new();
+                    extensions.insert(ConnectInfo(peer));
+                    auth.authenticate(&headers, &extensions)
+                        .await
+                        .err()
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        let mut limited = 0;
+        for task in tasks {
+            if task.await.unwrap() == StatusCode::TOO_MANY_REQUESTS {
+                limited += 1;
+            }
+        }
+        assert!(
+            passwords.verifications() <= 10,
+            "{} checks",
+            passwords.verifications()
+        );
+        assert_eq!(limited, 200 - passwords.verifications() as usize);
     }
 }

@@ -410,6 +410,15 @@ pub fn import(ctx: &mut Ctx, args: Args) -> MethodResult {
                 if mime.len() > max {
                     return Err(json!({"type": "tooLarge", "maxSize": max}));
                 }
+                // Files often have LF line endings: made CRLF here, once, so the Email, its
+                // ownership check and what is sent are the same bytes; what is still not
+                // RFC 5322 text (a lone CR, NUL, long lines) is refused as SMTP refuses it.
+                let mime = crlf_lines(&mime);
+                crate::submission::check_text(&mime)
+                    .map_err(|e| set_error("invalidEmail", e.to_string()))?;
+                if mime.len() > max {
+                    return Err(json!({"type": "tooLarge", "maxSize": max}));
+                }
                 let parsed = MessageParser::default().parse_headers(&mime);
                 if parsed.is_none_or(|m| m.headers().is_empty()) {
                     return Err(set_error(
@@ -450,4 +459,19 @@ pub fn import(ctx: &mut Ctx, args: Args) -> MethodResult {
         json!({"accountId": account, "oldState": old_state, "newState": new_state,
                "created": created, "notCreated": not_created}),
     )])
+}
+
+/// `mime` with every bare LF made CRLF (a CR not followed by LF is left for the text rules
+/// to refuse).
+fn crlf_lines(mime: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(mime.len() + mime.len() / 32);
+    let mut prev = 0u8;
+    for &b in mime {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
 }

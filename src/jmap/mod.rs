@@ -73,6 +73,12 @@ pub mod limits {
     pub const MAX_OBJECTS_IN_GET: usize = 500;
     /// create + update + destroy in one `/set`.
     pub const MAX_OBJECTS_IN_SET: usize = 500;
+    /// Largest API response, in octets of JSON. RFC 8620 sets no response limit, but result
+    /// references (§3.7) let a request of `maxSizeRequest` copy one large value into every later
+    /// call: a 9 MB Core/echo and 15 references to it built a 144 MB response. A call whose
+    /// response would pass this gets `requestTooLarge` in its place (and the calls after it
+    /// referencing it `invalidResultReference`), so a request holds at most this much.
+    pub const MAX_RESPONSE_SIZE: usize = 32 * 1024 * 1024;
     /// Longest page of a `/changes`.
     pub const MAX_CHANGES: usize = 500;
     /// How long an uploaded blob is kept (RFC 8620 §6: at least an hour). Email/set and
@@ -105,6 +111,8 @@ pub struct Jmap {
     pub max_hold_secs: u64,
     /// `maxSizeRequest` (config `http.max_request_size`).
     pub max_request_size: usize,
+    /// Largest API response ([`limits::MAX_RESPONSE_SIZE`] when serving).
+    pub max_response_size: usize,
     /// `maxSizeUpload` (config `http.max_upload_size`, else the message size limit).
     pub max_upload_size: usize,
     pub hostname: String,
@@ -127,6 +135,7 @@ pub struct Parts {
     pub max_recipients: usize,
     pub max_hold_secs: u64,
     pub max_request_size: usize,
+    pub max_response_size: usize,
     /// 0: `max_message_size`.
     pub max_upload_size: usize,
     pub hostname: String,
@@ -153,6 +162,7 @@ impl Jmap {
             max_recipients: parts.max_recipients,
             max_hold_secs: parts.max_hold_secs,
             max_request_size: parts.max_request_size,
+            max_response_size: parts.max_response_size,
             max_upload_size: match parts.max_upload_size {
                 0 => parts.max_message_size,
                 n => n,

@@ -60,6 +60,7 @@ fn fixture_for(transport: &str) -> Fixture {
         max_recipients: 50,
         max_hold_secs: 3600,
         max_request_size: 10_000_000,
+        max_response_size: 4_000_000,
         max_upload_size: 0,
         hostname: "mx.test".into(),
         stop,
@@ -678,4 +679,109 @@ async fn ses_refused_attachment_type_is_invalid_email() {
         text.contains("setup.exe") && text.contains(".exe"),
         "{text}"
     );
+}
+
+/// Rule (issue 15): Email/import applies SMTP's text rules before any header check. A blob
+/// with LF line endings is made CRLF, so `From: bob\nFrom: alice` is two From fields and the
+/// submission is refused; a lone CR or NUL is refused at import.
+#[tokio::test]
+async fn imported_bare_lf_blob_cannot_forge_from() {
+    let f = fixture();
+    let acct = f.account.account_id.clone();
+    let forged =
+        b"From: bob@evil.example\nFrom: alice@example.com\nTo: b@example.net\nSubject: x\n\nbody\n";
+    let plain_lf = b"From: alice@example.com\nTo: b@example.net\nSubject: x\n\nbody\n";
+    f.jmap
+        .store
+        .write(|tx| {
+            tx.put_blob(&acct, "Bforged", forged)?;
+            tx.put_blob(&acct, "Blf", plain_lf)?;
+            tx.put_blob(
+                &acct,
+                "Bcr",
+                b"From: alice@example.com\rX: y\r\n\r\nbody\r\n",
+            )?;
+            tx.put_blob(&acct, "Bnul", b"From: alice@example.com\r\n\r\nb\0dy\r\n")?;
+            Ok(())
+        })
+        .unwrap();
+    let responses = request(
+        &f,
+        json!([
+            ["Email/import", {"accountId": acct, "emails": {
+                "forged": {"blobId": "Bforged", "mailboxIds": {"drafts": true}},
+                "lf": {"blobId": "Blf", "mailboxIds": {"drafts": true}},
+                "cr": {"blobId": "Bcr", "mailboxIds": {"drafts": true}},
+                "nul": {"blobId": "Bnul", "mailboxIds": {"drafts": true}}}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct, "create": {
+                "s1": {"emailId": "#forged", "identityId": "alice"},
+                "s2": {"emailId": "#lf", "identityId": "alice"}}}, "1"],
+        ]),
+    )
+    .await;
+    let imported = &responses[0][1];
+    assert_eq!(
+        imported["notCreated"]["cr"]["type"], "invalidEmail",
+        "{imported}"
+    );
+    assert_eq!(
+        imported["notCreated"]["nul"]["type"], "invalidEmail",
+        "{imported}"
+    );
+    let submitted = &responses[1][1];
+    assert_eq!(
+        submitted["notCreated"]["s1"]["type"], "invalidEmail",
+        "{submitted}"
+    );
+    assert!(submitted["created"]["s2"]["id"].is_string(), "{submitted}");
+    // What is queued is CRLF throughout.
+    let lease = lease(&f).await;
+    let stored = f.jmap.spool.blobs.get(lease.job.id).await.unwrap();
+    assert!(crate::submission::check_text(&stored).is_ok());
+}
+
+/// Rule (issue 15): result references cannot multiply a large value. A Core/echo and 15
+/// back-references to it stay under the response limit (4 MB here, `MAX_RESPONSE_SIZE` when
+/// serving; the calls past it get `requestTooLarge`), and one call's references may copy in at
+/// most `maxSizeRequest` (10 MB here).
+#[tokio::test]
+async fn echo_with_back_references_is_bounded() {
+    let f = fixture();
+    let big = "x".repeat(400_000);
+    let mut calls = vec![json!(["Core/echo", {"v": big}, "c0"])];
+    for n in 1..16 {
+        calls.push(json!(["Core/echo",
+            {"#v": {"resultOf": format!("c{}", n - 1), "name": "Core/echo", "path": "/v"}},
+            format!("c{n}")]));
+    }
+    let responses = request(&f, Value::Array(calls)).await;
+    let size = serde_json::to_vec(&responses).unwrap().len();
+    assert!(
+        size <= f.jmap.max_response_size + 64 * 1024,
+        "{size} octets of responses"
+    );
+    assert_eq!(responses.len(), 16);
+    assert_eq!(responses[0][0], "Core/echo");
+    let refused: Vec<&str> = responses
+        .iter()
+        .filter(|r| r[0] == "error")
+        .map(|r| r[1]["type"].as_str().unwrap())
+        .collect();
+    assert!(refused.contains(&"requestTooLarge"), "{refused:?}");
+
+    // Many references in one call to one result: 30 × 400 KB is past maxSizeRequest.
+    let mut args = serde_json::Map::new();
+    for n in 0..30 {
+        args.insert(
+            format!("#v{n}"),
+            json!({"resultOf": "c0", "name": "Core/echo", "path": "/v"}),
+        );
+    }
+    let responses = request(
+        &f,
+        json!([["Core/echo", {"v": big}, "c0"], ["Core/echo", args, "c1"]]),
+    )
+    .await;
+    assert_eq!(responses[1][0], "error");
+    assert_eq!(responses[1][1]["type"], "requestTooLarge");
 }

@@ -386,21 +386,27 @@ impl Conn {
     async fn authenticate(&mut self, login: String, password: String) -> Option<Vec<Action>> {
         let ip = self.peer.ip();
         let started = Instant::now();
-        let outcome = if self.ctx.auth_throttle.is_blocked(ip) {
-            AuthOutcome::CoolingDown
-        } else {
+        // A login the cache remembers costs no check and takes no slot of the failure budget;
+        // any other takes its slot before the check starts (see AuthThrottle).
+        let outcome = if let Some(account) = self.ctx.passwords.remembered(&login, &password) {
+            tracing::info!(peer = %self.peer, login = %account.login, "authenticated");
+            AuthOutcome::Success(account)
+        } else if let Some(attempt) = self.ctx.auth_throttle.begin(ip) {
             match self.ctx.passwords.check(login.clone(), password).await {
                 Some(account) => {
+                    attempt.succeeded();
                     tracing::info!(peer = %self.peer, login = %account.login, "authenticated");
                     AuthOutcome::Success(account)
                 }
                 None => {
+                    drop(attempt);
                     tracing::info!(peer = %self.peer, %login, "authentication failed");
-                    self.ctx.auth_throttle.record_failure(ip);
                     self.ctx.metrics.auth_failures.inc();
                     AuthOutcome::Failure
                 }
             }
+        } else {
+            AuthOutcome::CoolingDown
         };
         // Every answer takes at least the same time, whatever happened above.
         let floor = Duration::from_millis(self.ctx.smtp.auth_min_duration_ms);

@@ -101,6 +101,11 @@ impl Drop for ConnectionPermit {
 
 /// Remembers AUTH failures per client IP; too many within the window blocks AUTH from that IP
 /// for the cool-down, whatever the password.
+///
+/// A password check takes a slot of the budget *before* it starts ([`AuthThrottle::begin`]) and
+/// gives it back only if it succeeds: checks in flight count as failures until they are done, so
+/// a client sending its attempts in parallel gets no more full checks than one sending them in
+/// turn.
 pub struct AuthThrottle {
     max_failures: u32,
     window: Duration,
@@ -110,8 +115,32 @@ pub struct AuthThrottle {
 
 struct IpRecord {
     failures: u32,
+    /// Checks begun and not yet settled.
+    in_flight: u32,
     window_start: Instant,
     blocked_until: Option<Instant>,
+}
+
+/// A reserved slot of an address's failure budget for one password check. It counts as a
+/// failure when dropped, unless [`AuthAttempt::succeeded`] was called: a check whose client
+/// went away half-way is a failure too.
+pub struct AuthAttempt {
+    throttle: Arc<AuthThrottle>,
+    ip: IpAddr,
+    succeeded: bool,
+}
+
+impl AuthAttempt {
+    /// The password was right: the slot goes back unused.
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for AuthAttempt {
+    fn drop(&mut self) {
+        self.throttle.settle(self.ip, !self.succeeded);
+    }
 }
 
 impl AuthThrottle {
@@ -134,22 +163,55 @@ impl AuthThrottle {
             .is_some_and(|until| now < until)
     }
 
+    /// Reserves a slot for one password check from `ip`; `None` while the address cools down
+    /// or while failures plus checks in flight already fill its budget (answer as blocked).
+    pub fn begin(self: &Arc<Self>, ip: IpAddr) -> Option<AuthAttempt> {
+        let key = client_key(ip);
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        self.forget_old(&mut state, now);
+        let record = state.entry(key).or_insert_with(|| IpRecord::new(now));
+        if record.blocked_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        if now - record.window_start >= self.window {
+            record.failures = 0;
+            record.window_start = now;
+        }
+        if record.failures + record.in_flight >= self.max_failures {
+            return None;
+        }
+        record.in_flight += 1;
+        Some(AuthAttempt {
+            throttle: self.clone(),
+            ip: key,
+            succeeded: false,
+        })
+    }
+
+    /// Counts one failed check that took no slot (kept for callers outside a check).
     pub fn record_failure(&self, ip: IpAddr) {
         let ip = client_key(ip);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
-        // Keep the table bounded: forget addresses that are neither blocked nor recent.
-        if state.len() > 100_000 {
-            let window = self.window;
-            state.retain(|_, r| {
-                r.blocked_until.is_some_and(|u| now < u) || now - r.window_start < window
-            });
+        self.forget_old(&mut state, now);
+        let record = state.entry(ip).or_insert_with(|| IpRecord::new(now));
+        self.fail(ip, record, now);
+    }
+
+    fn settle(&self, ip: IpAddr, failed: bool) {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        let Some(record) = state.get_mut(&ip) else {
+            return;
+        };
+        record.in_flight = record.in_flight.saturating_sub(1);
+        if failed {
+            self.fail(ip, record, now);
         }
-        let record = state.entry(ip).or_insert(IpRecord {
-            failures: 0,
-            window_start: now,
-            blocked_until: None,
-        });
+    }
+
+    fn fail(&self, ip: IpAddr, record: &mut IpRecord, now: Instant) {
         if now - record.window_start >= self.window {
             record.failures = 0;
             record.window_start = now;
@@ -160,6 +222,29 @@ impl AuthThrottle {
             record.failures = 0;
             record.window_start = now;
             tracing::warn!(%ip, "AUTH blocked for this address after repeated failures");
+        }
+    }
+
+    /// Keeps the table bounded: forgets addresses that are neither blocked, busy nor recent.
+    fn forget_old(&self, state: &mut HashMap<IpAddr, IpRecord>, now: Instant) {
+        if state.len() > 100_000 {
+            let window = self.window;
+            state.retain(|_, r| {
+                r.in_flight > 0
+                    || r.blocked_until.is_some_and(|u| now < u)
+                    || now - r.window_start < window
+            });
+        }
+    }
+}
+
+impl IpRecord {
+    fn new(now: Instant) -> Self {
+        IpRecord {
+            failures: 0,
+            in_flight: 0,
+            window_start: now,
+            blocked_until: None,
         }
     }
 }
@@ -234,5 +319,28 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         throttle.record_failure(ip);
         assert!(!throttle.is_blocked(ip));
+    }
+
+    /// Rule: checks in flight count against the per-IP failure budget, so 200 attempts begun
+    /// at once get at most the budget's worth of password checks; successes give their slot back.
+    #[tokio::test(start_paused = true)]
+    async fn parallel_attempts_get_at_most_the_budget() {
+        let throttle = Arc::new(AuthThrottle::new(
+            10,
+            Duration::from_secs(600),
+            Duration::from_secs(300),
+        ));
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        let attempts: Vec<AuthAttempt> = (0..200).filter_map(|_| throttle.begin(ip)).collect();
+        assert_eq!(attempts.len(), 10);
+        drop(attempts);
+        assert!(throttle.is_blocked(ip), "ten failures block the address");
+        assert!(throttle.begin(ip).is_none());
+
+        let other: IpAddr = "192.0.2.4".parse().unwrap();
+        for _ in 0..50 {
+            throttle.begin(other).unwrap().succeeded();
+        }
+        assert!(!throttle.is_blocked(other), "successes cost nothing");
     }
 }

@@ -452,3 +452,62 @@ fn queue_retention_window_accepts_hours_old_messages() {
         Err(SnsError::Stale)
     );
 }
+
+/// Rule: no field but `Message` may hold a line break (the string-to-sign joins fields with
+/// `\n`), so an authentic message cannot be re-sent under a new `MessageId` by splicing its
+/// `Subject` into the id.
+#[test]
+fn subject_spliced_into_message_id_is_refused() {
+    let v = verifier_at(NOW_2022);
+    for body in [REAL[2].1, REAL[3].1] {
+        let mut forged: Map<String, Value> = serde_json::from_slice(body).unwrap();
+        let subject = forged.remove("Subject").unwrap();
+        let id = forged["MessageId"].as_str().unwrap().to_owned();
+        let spliced = format!("{id}\nSubject\n{}", subject.as_str().unwrap());
+        forged.insert("MessageId".into(), Value::String(spliced));
+        let forged = serde_json::to_vec(&forged).unwrap();
+        // The signature alone does not tell them apart: the signed strings are equal.
+        let original = v.parse(body).unwrap();
+        assert!(
+            matches!(v.parse(&forged), Err(SnsError::Malformed(ref m)) if m.contains("line break")),
+            "{:?}",
+            v.parse(&forged).map(|m| v.verify(&m, CERT, NOW_2022))
+        );
+        assert!(original.string_to_sign().contains("\nSubject\n"));
+    }
+    // Every other signed field is refused with a line break too; Message keeps its own.
+    let good: Map<String, Value> = serde_json::from_slice(REAL[1].1).unwrap();
+    for key in [
+        "MessageId",
+        "Timestamp",
+        "TopicArn",
+        "Type",
+        "SignatureVersion",
+        "SigningCertURL",
+        "UnsubscribeURL",
+    ] {
+        let mut m = good.clone();
+        let value = format!("{}\n", m[key].as_str().unwrap());
+        m.insert(key.into(), Value::String(value));
+        assert!(v.parse(&serde_json::to_vec(&m).unwrap()).is_err(), "{key}");
+    }
+    let mut m = good.clone();
+    m.insert("Message".into(), Value::String("line one\nline two".into()));
+    assert!(v.parse(&serde_json::to_vec(&m).unwrap()).is_ok());
+}
+
+/// Rule: a notification is deduplicated on its signed content; the same content read from either
+/// JSON spelling gives the same key, a different message a different one.
+#[test]
+fn dedupe_key_is_the_signed_content() {
+    let v = verifier_at(NOW_2022);
+    let a = v.parse(REAL[0].1).unwrap();
+    let b = v.parse(REAL[4].1).unwrap();
+    assert_eq!(a.dedupe_key(), b.dedupe_key());
+    let mut c = a.clone();
+    c.message.push(' ');
+    assert_ne!(a.dedupe_key(), c.dedupe_key());
+    let mut d = a.clone();
+    d.message_id = v.parse(REAL[1].1).unwrap().message_id;
+    assert_ne!(a.dedupe_key(), d.dedupe_key());
+}

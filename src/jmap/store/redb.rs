@@ -34,6 +34,8 @@ impl RedbStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        crate::state_files::prepare_database(path)
+            .with_context(|| format!("creating {}", path.display()))?;
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(STATES)?;

@@ -118,8 +118,10 @@ impl RedbSpool {
         options: SpoolOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<RedbSpool>, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(SpoolError::storage)?;
+        crate::state_files::create_dir(dir, crate::state_files::PRIVATE_DIR_MODE)
+            .map_err(SpoolError::storage)?;
         let path = dir.join("spool.redb");
+        crate::state_files::prepare_database(&path).map_err(SpoolError::storage)?;
         let db = Database::create(&path)
             .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
         let init = writer::init(&db)?;
