@@ -113,9 +113,13 @@ def test_a_full_disk_gets_4xx_answers_and_mail_flows_again_when_space_returns(st
         while _ready(server) != 503:
             assert time.monotonic() < deadline, "/readyz stayed ready while storage fails"
             time.sleep(0.1)
-        # The operator's CLI still answers (reads work on a full disk).
+        # The operator's CLI answers at once: the listing (reads work while the file is open),
+        # or, when even reopening the file needs space (redb's recovery writes), a clear error
+        # naming the cause.
         listing = cli(server, "queue", "list", check=False)
-        assert listing.returncode == 0, listing.stderr
+        assert listing.returncode == 0 or (
+            "storage unavailable" in listing.stderr and "No space left" in listing.stderr
+        ), listing.stderr
 
         os.unlink(filler)
         # Space is back: mail flows again without a restart.
