@@ -37,12 +37,12 @@ const TOLERATED_CAPABILITIES: [&str; 10] = [
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
-    using: Vec<String>,
+pub(crate) struct Request {
+    pub(crate) using: Vec<String>,
     #[serde(rename = "methodCalls")]
-    method_calls: Vec<(String, Map<String, Value>, String)>,
+    pub(crate) method_calls: Vec<(String, Map<String, Value>, String)>,
     #[serde(rename = "createdIds", default)]
-    created_ids: Option<HashMap<String, String>>,
+    pub(crate) created_ids: Option<HashMap<String, String>>,
 }
 
 /// A method-level error (RFC 8620 §3.6.2).
@@ -320,7 +320,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, name: &str, args: Args) -> MethodResult {
 }
 
 /// RFC 8620 §3.7: replaces every `#name` argument by the value its reference points at.
-fn resolve_references(
+pub(crate) fn resolve_references(
     args: Map<String, Value>,
     responses: &[(String, Value, String)],
 ) -> Result<Map<String, Value>, MethodError> {
