@@ -21,8 +21,11 @@ pub use jmap::jmap_request;
 pub use mime::{header_from, signature};
 pub use smtp::{body_reader, smtp_session};
 
+/// A fuzz target: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory names under `fuzz/corpus/`).
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("smtp_session", smtp_session),
     ("body_reader", body_reader),
     ("header_from", header_from),

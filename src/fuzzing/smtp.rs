@@ -174,12 +174,12 @@ pub fn smtp_session(data: &[u8]) {
                 );
                 if let Some(at) = release_at {
                     assert!(
-                        at >= NOW_MS && at <= NOW_MS + 3600 * 1000,
+                        (NOW_MS..=NOW_MS + 3600 * 1000).contains(&at),
                         "release at {at}"
                     );
                 }
                 submissions += 1;
-                let result = if submissions % 3 == 0 {
+                let result = if submissions.is_multiple_of(3) {
                     Err(SubmitError::SpoolFull)
                 } else {
                     Ok(QueueId(u128::from(submissions)))
