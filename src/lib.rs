@@ -25,6 +25,7 @@
 //! - [`tls`]: rustls configuration and development certificates.
 //! - [`redb_file`]: a redb file that is reopened after an I/O error (spool, JMAP store).
 //! - [`clock`]: injected wall-clock time.
+//! - `fuzzing` (hidden): the fuzz targets, shared by `fuzz/` and `tests/fuzz_corpus.rs`.
 
 pub mod accounts;
 pub mod address;
@@ -34,6 +35,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod feedback;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod jmap;
 pub mod live;

@@ -292,7 +292,7 @@ fn check_field_names(mime: &[u8]) -> Result<(), SubmitError> {
 }
 
 /// RFC 5322 §3.6: exactly one From; every author (and the Sender, if any) must be the account's.
-fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitError> {
+pub(crate) fn check_header_senders(account: &Account, mime: &[u8]) -> Result<(), SubmitError> {
     check_field_names(mime)?;
     match header_values(mime, "From").len() {
         0 => return Err(SubmitError::BadMessage("Message has no From header")),

@@ -37,12 +37,12 @@ const TOLERATED_CAPABILITIES: [&str; 10] = [
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
-    using: Vec<String>,
+pub(crate) struct Request {
+    pub(crate) using: Vec<String>,
     #[serde(rename = "methodCalls")]
-    method_calls: Vec<(String, Map<String, Value>, String)>,
+    pub(crate) method_calls: Vec<(String, Map<String, Value>, String)>,
     #[serde(rename = "createdIds", default)]
-    created_ids: Option<HashMap<String, String>>,
+    pub(crate) created_ids: Option<HashMap<String, String>>,
 }
 
 /// A method-level error (RFC 8620 §3.6.2).
@@ -357,7 +357,7 @@ fn json_size(value: &Value) -> usize {
 /// values one call's references copy in may add up to at most `max_size` octets (the
 /// `maxSizeRequest` the call could have been sent with): several references to one large
 /// result would otherwise multiply it.
-fn resolve_references(
+pub(crate) fn resolve_references(
     args: Map<String, Value>,
     responses: &[(String, Value, String)],
     max_size: usize,

@@ -123,10 +123,10 @@ impl DotReader {
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
         for (i, &b) in input.iter().enumerate() {
             match self.dot {
-                Dot::Idle if self.at_line_start && b == b'.' => {
-                    self.rules.line_len += 1;
-                    self.dot = Dot::Dot;
-                }
+                // The leading dot is not counted in the line length: RFC 5321 §4.5.3.1.6
+                // limits a line to 1000 octets "not counting the leading dot duplicated for
+                // transparency", so DATA and BDAT accept the same lines.
+                Dot::Idle if self.at_line_start && b == b'.' => self.dot = Dot::Dot,
                 Dot::Idle => self.content(b),
                 Dot::Dot if b == b'\r' => self.dot = Dot::DotCr,
                 Dot::Dot => {
@@ -211,6 +211,17 @@ mod tests {
         let mut r = DotReader::new(1000, 10_000);
         assert_eq!(r.feed(ok_long.as_bytes()), Some(ok_long.len()));
         assert!(r.finish().is_ok());
+        // A 1000-octet line that begins with a dot is 1001 octets once stuffed (found by the
+        // body_reader fuzz target): still accepted, as BDAT accepts it.
+        let line = format!(".{}\r\n", "x".repeat(997));
+        let mut r = DotReader::new(1000, 10_000);
+        let stuffed = format!(".{line}.\r\n");
+        assert_eq!(r.feed(stuffed.as_bytes()), Some(stuffed.len()));
+        assert_eq!(r.finish().as_deref(), Ok(line.as_bytes()));
+        let mut r = DotReader::new(1000, 10_000);
+        let stuffed = format!("..{}\r\n.\r\n", "x".repeat(998));
+        assert_eq!(r.feed(stuffed.as_bytes()), Some(stuffed.len()));
+        assert_eq!(r.finish(), Err(LineTooLong));
     }
 
     #[test]

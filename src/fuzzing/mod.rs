@@ -1,0 +1,36 @@
+//! Fuzz targets, kept in the crate so the libFuzzer binaries in `fuzz/` are one-liners and the
+//! stable replay test (`tests/fuzz_corpus.rs`) runs exactly the same code over the committed
+//! corpus. Each target takes arbitrary bytes, must never panic, and asserts a property of the
+//! code under test (a panic here is a finding). Not part of the public API.
+//!
+//! - [`smtp_session`]: command lines (AUTH, BDAT, DATA…) through the session state machine.
+//! - [`body_reader`]: the DATA reader gives one result however its input is split into reads;
+//!   dot-stuffing round-trips.
+//! - [`header_from`]: the From the ownership check passes is the From mail-parser reads.
+//! - [`signature`]: signed output is MIME mail-parser reads, attachments byte-identical.
+//! - [`sns_message`], [`ses_event`]: SES feedback as it arrives.
+//! - [`jmap_request`]: request parsing and result references.
+
+mod feedback;
+mod jmap;
+mod mime;
+mod smtp;
+
+pub use feedback::{ses_event, sns_message};
+pub use jmap::jmap_request;
+pub use mime::{header_from, signature};
+pub use smtp::{body_reader, smtp_session};
+
+/// A fuzz target: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
+/// Every target by name (the directory names under `fuzz/corpus/`).
+pub const TARGETS: [(&str, Target); 7] = [
+    ("smtp_session", smtp_session),
+    ("body_reader", body_reader),
+    ("header_from", header_from),
+    ("signature", signature),
+    ("sns_message", sns_message),
+    ("ses_event", ses_event),
+    ("jmap_request", jmap_request),
+];
