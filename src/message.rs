@@ -104,6 +104,13 @@ pub fn strip_headers_into(mime: &[u8], names: &[&str], out: &mut Vec<u8>) {
     out.extend_from_slice(&mime[kept_from..]);
 }
 
+/// Whether a CR appears that does not start a CRLF (RFC 5322 §2.3: CR only in CRLF).
+pub fn has_lone_cr(mime: &[u8]) -> bool {
+    mime.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && mime.get(i + 1) != Some(&b'\n'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,13 @@ pub fn signature_edits(mime: &[u8], signature: &Signature<'_>) -> Vec<Edit> {
     if text.is_none() && html.is_none() {
         return Vec::new();
     }
+    // A lone CR is left alone: every way in refuses it (issue 15 item 5), and the edits, which
+    // write CRLF, would turn it into a line break — one before a header field ended the header
+    // block early (found by the `signature` fuzz target). LF-only text is fine: it is read as
+    // lines and the rewritten parts get CRLF.
+    if crate::message::has_lone_cr(mime) {
+        return Vec::new();
+    }
     // A "message" without a single header field is not one we can safely edit.
     let parsed = MessageParser::default().parse(mime);
     let Some(message) = parsed.filter(|m| m.parts.first().is_some_and(|p| !p.headers.is_empty()))
