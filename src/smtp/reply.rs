@@ -146,8 +146,14 @@ pub fn non_ascii_address(role: &str) -> Reply {
 pub fn too_many_recipients() -> Reply {
     Reply::new(452, 5, 3, "Too many recipients")
 }
-pub fn too_big() -> Reply {
-    Reply::new(552, 3, 4, "Message size exceeds the limit")
+/// States the limit, as RFC 1870 servers do, so the user learns what would fit.
+pub fn too_big(limit: usize) -> Reply {
+    Reply::new(
+        552,
+        3,
+        4,
+        format!("Message size exceeds the limit of {limit} octets"),
+    )
 }
 pub fn spool_full() -> Reply {
     Reply::new(452, 3, 1, "Insufficient system storage, try later")
@@ -197,7 +203,7 @@ mod tests {
             timeout(),
             local_error(),
             not_owner(),
-            too_big(),
+            too_big(41_943_040),
             auth_failed(),
             auth_ok(),
             ok(),

@@ -479,7 +479,7 @@ impl Session {
             Err(e) => return self.address_refused(e, "sender"),
         };
         if size > self.limits.max_message_size {
-            return self.error(reply::too_big());
+            return self.error(reply::too_big(self.limits.max_message_size));
         }
         let release_at = match self.release_at(hold) {
             Ok(r) => r,
@@ -582,7 +582,7 @@ impl Session {
 
     fn body_error(&mut self, e: BodyError) -> Vec<Action> {
         let reply = match e {
-            BodyError::TooBig => reply::too_big(),
+            BodyError::TooBig => reply::too_big(self.limits.max_message_size),
             BodyError::BareLf | BodyError::BareCr => Reply::new(
                 550,
                 6,
@@ -605,7 +605,7 @@ impl Session {
             Some(tx) if !tx.recipients.is_empty() => {
                 tx.rules.get_or_insert_with(|| LineRules::new(max_line));
                 if tx.failed.is_none() && size > max.saturating_sub(tx.body.len()) {
-                    tx.failed = Some(reply::too_big());
+                    tx.failed = Some(reply::too_big(max));
                 }
                 tx.failed.is_none()
             }
