@@ -55,13 +55,7 @@ impl std::fmt::Display for Unavailable {
 }
 
 impl RedbFile {
-    /// Opens (or creates) the database at `path`; `on_reopen` runs after every later reopen.
-    pub fn open(path: &Path, on_reopen: OnReopen) -> Result<RedbFile, redb::DatabaseError> {
-        let db = Database::create(path)?;
-        Ok(RedbFile::new(path, db, on_reopen))
-    }
-
-    /// Wraps a database the caller opened itself.
+    /// Wraps a database the caller opened (at `path`); `on_reopen` runs after every reopen.
     pub fn new(path: &Path, db: Database, on_reopen: OnReopen) -> RedbFile {
         RedbFile {
             path: path.to_path_buf(),

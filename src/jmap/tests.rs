@@ -87,11 +87,41 @@ async fn lease(f: &Fixture) -> Lease {
 
 /// The sender's part: the transport accepted it.
 async fn sent(f: &Fixture, lease: &Lease, provider_id: &str) {
+    sent_as(f, lease, provider_id, None).await
+}
+
+/// The same, from a transport that replaced the Message-ID with `message_id` (SES).
+async fn sent_as(f: &Fixture, lease: &Lease, provider_id: &str, message_id: Option<String>) {
     let sent = Settlement::Sent {
         provider_id: provider_id.into(),
-        message_id: None,
+        message_id,
     };
     f.jmap.spool.queue.settle(lease, sent).await.unwrap();
+}
+
+/// Creates `draft` (an Email/set create object) and submits it in the same request as alice
+/// with `submission`'s extra properties; returns (Email id, EmailSubmission id).
+async fn submit_draft(f: &Fixture, draft: Value, submission: Value) -> (String, String) {
+    let acct = f.account.account_id.clone();
+    let mut create = json!({"emailId": "#d", "identityId": "alice"});
+    for (k, v) in submission.as_object().into_iter().flatten() {
+        create[k] = v.clone();
+    }
+    let responses = request(
+        f,
+        json!([
+            ["Email/set", {"accountId": acct, "create": {"d": draft}}, "0"],
+            ["EmailSubmission/set", {"accountId": acct, "create": {"s": create}}, "1"],
+        ]),
+    )
+    .await;
+    let id = |n: usize, key: &str| {
+        responses[n][1]["created"][key]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not created: {}", responses[n]))
+            .to_string()
+    };
+    (id(0, "d"), id(1, "s"))
 }
 
 async fn request(f: &Fixture, calls: Value) -> Vec<Value> {
@@ -114,37 +144,27 @@ async fn request(f: &Fixture, calls: Value) -> Vec<Value> {
 async fn the_sent_copy_carries_the_message_id_ses_gave_it() {
     let f = fixture();
     let acct = f.account.account_id.clone();
-    let responses = request(
+    let (draft, sub_id) = submit_draft(
         &f,
-        json!([
-            ["Email/set", {"accountId": acct, "create": {"d": {
-                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true, "$seen": true},
-                "from": [{"email": "alice@example.com"}], "to": [{"email": "ok@example.net"}],
-                "messageId": ["client-chosen@example.com"],
-                "subject": "thread me", "bodyValues": {"b": {"value": "body"}},
-                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
-            ["EmailSubmission/set", {"accountId": acct,
-                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
-            ["Email/get", {"accountId": acct, "ids": [], "properties": ["id"]}, "2"],
-        ]),
+        json!({
+            "mailboxIds": {"drafts": true}, "keywords": {"$draft": true, "$seen": true},
+            "from": [{"email": "alice@example.com"}], "to": [{"email": "ok@example.net"}],
+            "messageId": ["client-chosen@example.com"],
+            "subject": "thread me", "bodyValues": {"b": {"value": "body"}},
+            "textBody": [{"partId": "b", "type": "text/plain"}]}),
+        json!({}),
     )
     .await;
-    let draft = responses[0][1]["created"]["d"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sub_id = responses[1][1]["created"]["s"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let state = responses[2][1]["state"].as_str().unwrap().to_string();
+    let before = request(
+        &f,
+        json!([["Email/get", {"accountId": acct, "ids": [], "properties": ["id"]}, "0"]]),
+    )
+    .await;
+    let state = before[0][1]["state"].as_str().unwrap().to_string();
     let lease = lease(&f).await;
     let ses = "0100019a1b2c3d4e-5f6a7b8c-0000-0000-0000-000000000000-000000";
-    let settlement = Settlement::Sent {
-        provider_id: ses.into(),
-        message_id: Some(format!("<{ses}@email.amazonses.com>")),
-    };
-    f.jmap.spool.queue.settle(&lease, settlement).await.unwrap();
+    let visible = format!("<{ses}@email.amazonses.com>");
+    sent_as(&f, &lease, ses, Some(visible)).await;
     push::settle(&f.jmap, lease.job.id).await;
 
     let got = request(
@@ -194,28 +214,17 @@ async fn the_sent_copy_carries_the_message_id_ses_gave_it() {
 async fn sent_moves_the_draft_and_feedback_updates_delivery_status() {
     let f = fixture();
     let acct = f.account.account_id.clone();
-    let responses = request(
+    let (email_id, sub_id) = submit_draft(
         &f,
-        json!([
-            ["Email/set", {"accountId": acct, "create": {"d": {
-                "mailboxIds": {"drafts": true}, "keywords": {"$draft": true},
-                "from": [{"email": "alice@example.com"}],
-                "to": [{"email": "ok@example.net"}, {"email": "gone@example.net"}],
-                "subject": "hi", "bodyValues": {"b": {"value": "body"}},
-                "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
-            ["EmailSubmission/set", {"accountId": acct,
-                "create": {"s": {"emailId": "#d", "identityId": "alice"}}}, "1"],
-        ]),
+        json!({
+            "mailboxIds": {"drafts": true}, "keywords": {"$draft": true},
+            "from": [{"email": "alice@example.com"}],
+            "to": [{"email": "ok@example.net"}, {"email": "gone@example.net"}],
+            "subject": "hi", "bodyValues": {"b": {"value": "body"}},
+            "textBody": [{"partId": "b", "type": "text/plain"}]}),
+        json!({}),
     )
     .await;
-    let email_id = responses[0][1]["created"]["d"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sub_id = responses[1][1]["created"]["s"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let queue_id: QueueId = sub_id.parse().unwrap();
     let mut pushes = f.jmap.store.subscribe();
 
@@ -366,26 +375,13 @@ async fn old_uploads_expire_and_imports_keep_their_copy() {
 }
 
 async fn draft_and_submit(f: &Fixture, send_at: Option<&str>) -> (String, QueueId) {
-    let acct = f.account.account_id.clone();
-    let mut submission = json!({"emailId": "#d", "identityId": "alice"});
-    if let Some(t) = send_at {
-        submission["sendAt"] = json!(t);
-    }
-    let responses = request(
-        f,
-        json!([
-            ["Email/set", {"accountId": acct, "create": {"d": {
-                "mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
-                "to": [{"email": "x@example.net"}], "subject": "s"}}}, "0"],
-            ["EmailSubmission/set", {"accountId": acct, "create": {"s": submission}}, "1"],
-        ]),
-    )
-    .await;
-    let email = responses[0][1]["created"]["d"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sub = responses[1][1]["created"]["s"]["id"].as_str().unwrap();
+    let submission = match send_at {
+        Some(t) => json!({"sendAt": t}),
+        None => json!({}),
+    };
+    let draft = json!({"mailboxIds": {"drafts": true}, "from": [{"email": "alice@example.com"}],
+        "to": [{"email": "x@example.net"}], "subject": "s"});
+    let (email, sub) = submit_draft(f, draft, submission).await;
     (email, sub.parse().unwrap())
 }
 
