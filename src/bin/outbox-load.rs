@@ -98,6 +98,28 @@ struct Args {
     timeout: u64,
     #[arg(long, help = "Print one JSON object instead of text")]
     json: bool,
+    #[arg(
+        long,
+        default_value_t = 0,
+        help = "Log in as N distinct accounts: session k uses --user with k mod N appended, and \
+                --from with k mod N appended to its local part (0: everyone is --user)"
+    )]
+    accounts: usize,
+    #[arg(
+        long,
+        default_value_t = 0,
+        help = "Spread sessions over N loopback source addresses 127.0.0.1.. (session k binds \
+                127.0.x.y, the (k mod N)+1-th address), as clients from N hosts would arrive \
+                (0: the system's choice)"
+    )]
+    source_ips: usize,
+    #[arg(
+        long,
+        default_value_t = 0,
+        help = "Once every session is set up (and has sent its messages), keep each one open \
+                and idle for this many seconds before QUIT (idle-session memory measurements)"
+    )]
+    hold_secs: u64,
 }
 
 /// Certificate verifier for `--insecure`: accepts ANY server certificate (no chain, name or expiry
@@ -261,9 +283,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Shared, read-only settings for every session.
+/// Shared settings for every session.
 struct Ctx {
     args: Args,
+    /// Sessions that finished setup (or failed it) and their messages: `--hold-secs` starts
+    /// counting when it reaches `--sessions`.
+    ready: (std::sync::atomic::AtomicUsize, tokio::sync::Notify),
     tls: TlsConnector,
     sni: ServerName<'static>,
     body: Vec<u8>, // dot-stuffed body, ends with CRLF
@@ -292,9 +317,18 @@ async fn tls_up(ctx: &Ctx, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
 }
 
 /// connect + greeting + (STARTTLS) + EHLO + AUTH PLAIN; returns the connection and whether PIPELINING is on.
-async fn setup(ctx: &Ctx) -> Result<(TlsConn, bool)> {
+async fn setup(ctx: &Ctx, n: usize) -> Result<(TlsConn, bool)> {
     let tcp = step(ctx.t, "connect", async {
-        Ok(TcpStream::connect(&ctx.args.addr).await?)
+        let Some(source) = source_ip(ctx.args.source_ips, n) else {
+            return Ok(TcpStream::connect(&ctx.args.addr).await?);
+        };
+        let addr = tokio::net::lookup_host(&ctx.args.addr)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow!("{} resolves to nothing", ctx.args.addr))?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        Ok(socket.connect(addr).await?)
     })
     .await?;
     tcp.set_nodelay(true)?;
@@ -335,7 +369,11 @@ async fn setup(ctx: &Ctx) -> Result<(TlsConn, bool)> {
         bail!("server does not offer AUTH PLAIN after TLS: {}", e.text());
     }
     let pipelining = has("PIPELINING");
-    let cred = format!("\0{}\0{}", ctx.args.user, ctx.args.password);
+    let cred = format!(
+        "\0{}\0{}",
+        account(&ctx.args.user, ctx.args.accounts, n),
+        ctx.args.password
+    );
     let b64 = base64::engine::general_purpose::STANDARD.encode(cred);
     let mut r = c.cmd(&format!("AUTH PLAIN {b64}")).await?;
     if r.code == 334 {
@@ -353,12 +391,14 @@ async fn one_message(
     ctx: &Ctx,
     c: &mut TlsConn,
     pipe: bool,
+    n: usize,
     id: &str,
     out: &mut Outcome,
 ) -> Result<bool> {
     let a = &ctx.args;
+    let from = account(&a.from, a.accounts, n);
     let cmds = [
-        format!("MAIL FROM:<{}>\r\n", a.from),
+        format!("MAIL FROM:<{from}>\r\n"),
         format!("RCPT TO:<{}>\r\n", a.to),
         "DATA\r\n".to_string(),
     ];
@@ -390,7 +430,7 @@ async fn one_message(
         c.expect("RSET", 250).await?;
         return Ok(false);
     }
-    let mut msg = headers(a, id).into_bytes();
+    let mut msg = headers(a, &from, id).into_bytes();
     msg.extend_from_slice(&ctx.body);
     msg.extend_from_slice(b".\r\n");
     c.send(&msg).await?;
@@ -406,11 +446,12 @@ async fn one_message(
 async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
     let mut out = Outcome::default();
     let t0 = Instant::now();
-    let (mut c, pipe) = match setup(&ctx).await {
+    let (mut c, pipe) = match setup(&ctx, n).await {
         Ok(v) => v,
         Err(e) => {
             out.errors.push(format!("session {n} setup: {e:#}"));
             out.not_sent = ctx.args.messages;
+            hold(&ctx).await;
             return out;
         }
     };
@@ -423,7 +464,7 @@ async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
             outbox::clock::SystemClock.now_ms()
         ); // session.message.pid.ms
         let t = Instant::now();
-        match one_message(&ctx, &mut c, pipe, &id, &mut out).await {
+        match one_message(&ctx, &mut c, pipe, n, &id, &mut out).await {
             Ok(true) => {
                 out.ok += 1;
                 out.latencies.push(t.elapsed());
@@ -433,10 +474,12 @@ async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
                 out.errors.push(format!("session {n} message {m}: {e:#}"));
                 out.rejected += 1;
                 out.not_sent = ctx.args.messages - m - 1;
+                hold(&ctx).await;
                 return out;
             }
         }
     }
+    hold(&ctx).await;
     if let Err(e) = c.expect("QUIT", 221).await {
         out.errors.push(format!("session {n} QUIT: {e:#}"));
     }
@@ -444,12 +487,53 @@ async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
     out
 }
 
-fn headers(a: &Args, id: &str) -> String {
-    let domain = a.from.rsplit('@').next().unwrap_or("localhost");
+/// `--accounts`: session `n`'s login (or address: the number goes before the `@`).
+fn account(base: &str, accounts: usize, n: usize) -> String {
+    if accounts == 0 {
+        return base.to_string();
+    }
+    let k = n % accounts;
+    match base.split_once('@') {
+        Some((local, domain)) => format!("{local}{k}@{domain}"),
+        None => format!("{base}{k}"),
+    }
+}
+
+/// `--source-ips`: the loopback address session `n` connects from (127.0.0.1, .2, … 127.0.1.0, …).
+fn source_ip(ips: usize, n: usize) -> Option<std::net::Ipv4Addr> {
+    (ips > 0).then(|| {
+        let k = (n % ips) as u32 + 1;
+        std::net::Ipv4Addr::from(0x7f00_0000 | (k & 0x00ff_ffff))
+    })
+}
+
+/// `--hold-secs`: marks this session done with its work, waits for every other session to be,
+/// then stays idle for the hold time.
+async fn hold(ctx: &Ctx) {
+    use std::sync::atomic::Ordering;
+    let (done, all) = &ctx.ready;
+    if ctx.args.hold_secs == 0 {
+        return;
+    }
+    if done.fetch_add(1, Ordering::SeqCst) + 1 >= ctx.args.sessions {
+        all.notify_waiters();
+    }
+    loop {
+        let notified = all.notified();
+        if done.load(Ordering::SeqCst) >= ctx.args.sessions {
+            break;
+        }
+        notified.await;
+    }
+    tokio::time::sleep(Duration::from_secs(ctx.args.hold_secs)).await;
+}
+
+fn headers(a: &Args, from: &str, id: &str) -> String {
+    let domain = from.rsplit('@').next().unwrap_or("localhost");
     format!(
         "From: <{}>\r\nTo: <{}>\r\nSubject: outbox-load {id}\r\nDate: {}\r\nMessage-ID: <load.{id}@{domain}>\r\n\
          MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-        a.from,
+        from,
         a.to,
         outbox::clock::rfc5322_date(outbox::clock::SystemClock.now_ms())
     )
@@ -491,10 +575,12 @@ async fn main() -> Result<()> {
     let tls = TlsConnector::from(Arc::new(tls_config(&args)?));
     let sni = ServerName::try_from(args.sni.clone()).context("--sni")?;
     let (size, t) = (
-        args.size.saturating_sub(headers(&args, "0.0.0.0").len()),
+        args.size
+            .saturating_sub(headers(&args, &args.from, "0.0.0.0").len()),
         Duration::from_secs(args.timeout),
     );
     let ctx = Arc::new(Ctx {
+        ready: Default::default(),
         body: make_body(size),
         tls,
         sni,
@@ -527,11 +613,12 @@ async fn main() -> Result<()> {
     setups.sort();
     let (a, lat) = (&ctx.args, &all.latencies);
     let (rate, failed) = (all.ok as f64 / wall, a.sessions * a.messages - all.ok);
-    let (p50, p99, max, setup50) = (
+    let (p50, p99, max, setup50, setup99) = (
         pct(lat, 0.5),
         pct(lat, 0.99),
         pct(lat, 1.0),
         pct(&setups, 0.5),
+        pct(&setups, 0.99),
     );
     if a.json {
         let j = serde_json::json!({
@@ -539,7 +626,8 @@ async fn main() -> Result<()> {
             "implicit_tls": a.implicit_tls, "pipelining": all.pipelining, "ok": all.ok, "errors": failed,
             "rejected": all.rejected, "not_sent": all.not_sent, "failed_sessions": failed_sessions,
             "wall_s": wall, "msgs_per_s": rate, "latency_ms": { "p50": p50, "p99": p99, "max": max },
-            "setup_ms_p50": setup50, "server_peak_rss_mib": rss,
+            "setup_ms_p50": setup50, "setup_ms_p99": setup99, "accounts": a.accounts,
+            "source_ips": a.source_ips, "hold_secs": a.hold_secs, "server_peak_rss_mib": rss,
             "first_errors": all.errors.iter().take(5).collect::<Vec<_>>(),
         });
         println!("{j}");
@@ -564,7 +652,7 @@ async fn main() -> Result<()> {
             all.ok, all.rejected, all.not_sent);
         println!("wall time:  {wall:.3} s   throughput: {rate:.1} msgs/s");
         println!("latency:    p50 {p50:.2} ms   p99 {p99:.2} ms   max {max:.2} ms   (MAIL sent -> final reply)");
-        println!("setup:      p50 {setup50:.2} ms   (connect + TLS + AUTH)");
+        println!("setup:      p50 {setup50:.2} ms   p99 {setup99:.2} ms   (connect + TLS + AUTH)");
         match (a.server_pid, rss) {
             (Some(pid), Some(m)) => println!("server RSS: peak {m:.1} MiB (VmHWM of pid {pid})"),
             (Some(pid), None) => println!("server RSS: could not read /proc/{pid}/status"),

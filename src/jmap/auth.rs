@@ -96,7 +96,7 @@ impl Authenticator {
         // Any other attempt takes its slot before the check starts, so parallel attempts
         // cannot all be checked before the first failure is counted.
         let attempt = match ip {
-            Some(ip) => match self.throttle.begin(ip) {
+            Some(ip) => match self.throttle.begin(ip).await {
                 Some(attempt) => Some(attempt),
                 None => {
                     return Err(problem(

@@ -391,7 +391,7 @@ impl Conn {
         let outcome = if let Some(account) = self.ctx.passwords.remembered(&login, &password) {
             tracing::info!(peer = %self.peer, login = %account.login, "authenticated");
             AuthOutcome::Success(account)
-        } else if let Some(attempt) = self.ctx.auth_throttle.begin(ip) {
+        } else if let Some(attempt) = self.ctx.auth_throttle.begin(ip).await {
             match self.ctx.passwords.check(login.clone(), password).await {
                 Some(account) => {
                     attempt.succeeded();

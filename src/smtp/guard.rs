@@ -105,12 +105,17 @@ impl Drop for ConnectionPermit {
 /// A password check takes a slot of the budget *before* it starts ([`AuthThrottle::begin`]) and
 /// gives it back only if it succeeds: checks in flight count as failures until they are done, so
 /// a client sending its attempts in parallel gets no more full checks than one sending them in
-/// turn.
+/// turn. An attempt that finds the budget full of checks *in flight* (not of failures) waits for
+/// one of them to settle rather than being refused: a program opening 50 sessions at once for
+/// 50 different accounts gets them all, a few milliseconds later, while a guesser's parallel
+/// attempts still meet the block their first failures set.
 pub struct AuthThrottle {
     max_failures: u32,
     window: Duration,
     cooldown: Duration,
     state: Mutex<HashMap<IpAddr, IpRecord>>,
+    /// Woken whenever a check settles.
+    settled: tokio::sync::Notify,
 }
 
 struct IpRecord {
@@ -150,6 +155,7 @@ impl AuthThrottle {
             window,
             cooldown,
             state: Mutex::new(HashMap::new()),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -164,25 +170,40 @@ impl AuthThrottle {
     }
 
     /// Reserves a slot for one password check from `ip`; `None` while the address cools down
-    /// or while failures plus checks in flight already fill its budget (answer as blocked).
-    pub fn begin(self: &Arc<Self>, ip: IpAddr) -> Option<AuthAttempt> {
+    /// (answer as blocked). While failures plus checks in flight fill its budget, waits for a
+    /// check in flight to settle and decides again (the caller's command timeout bounds it).
+    pub async fn begin(self: &Arc<Self>, ip: IpAddr) -> Option<AuthAttempt> {
+        loop {
+            let settled = self.settled.notified();
+            match self.try_begin(ip) {
+                Begin::Go(attempt) => return Some(attempt),
+                Begin::Blocked => return None,
+                Begin::Wait => settled.await,
+            }
+        }
+    }
+
+    fn try_begin(self: &Arc<Self>, ip: IpAddr) -> Begin {
         let key = client_key(ip);
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
         self.forget_old(&mut state, now);
         let record = state.entry(key).or_insert_with(|| IpRecord::new(now));
         if record.blocked_until.is_some_and(|until| now < until) {
-            return None;
+            return Begin::Blocked;
         }
         if now - record.window_start >= self.window {
             record.failures = 0;
             record.window_start = now;
         }
+        if record.failures >= self.max_failures {
+            return Begin::Blocked;
+        }
         if record.failures + record.in_flight >= self.max_failures {
-            return None;
+            return Begin::Wait;
         }
         record.in_flight += 1;
-        Some(AuthAttempt {
+        Begin::Go(AuthAttempt {
             throttle: self.clone(),
             ip: key,
             succeeded: false,
@@ -209,6 +230,8 @@ impl AuthThrottle {
         if failed {
             self.fail(ip, record, now);
         }
+        drop(state);
+        self.settled.notify_waiters();
     }
 
     fn fail(&self, ip: IpAddr, record: &mut IpRecord, now: Instant) {
@@ -236,6 +259,14 @@ impl AuthThrottle {
             });
         }
     }
+}
+
+/// What [`AuthThrottle::try_begin`] decided.
+enum Begin {
+    Go(AuthAttempt),
+    Blocked,
+    /// The budget is full of checks in flight: wait for one to settle.
+    Wait,
 }
 
 impl IpRecord {
@@ -322,7 +353,8 @@ mod tests {
     }
 
     /// Rule: checks in flight count against the per-IP failure budget, so 200 attempts begun
-    /// at once get at most the budget's worth of password checks; successes give their slot back.
+    /// at once get at most the budget's worth of password checks — the rest wait, and are
+    /// refused once those fail; successes give their slot back.
     #[tokio::test(start_paused = true)]
     async fn parallel_attempts_get_at_most_the_budget() {
         let throttle = Arc::new(AuthThrottle::new(
@@ -331,16 +363,60 @@ mod tests {
             Duration::from_secs(300),
         ));
         let ip: IpAddr = "192.0.2.3".parse().unwrap();
-        let attempts: Vec<AuthAttempt> = (0..200).filter_map(|_| throttle.begin(ip)).collect();
-        assert_eq!(attempts.len(), 10);
-        drop(attempts);
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..190 {
+            let t = throttle.clone();
+            waiting.spawn(async move { t.begin(ip).await.is_some() });
+        }
+        let mut attempts = Vec::new();
+        for _ in 0..10 {
+            attempts.push(throttle.begin(ip).await.expect("a slot of the budget"));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            waiting.len(),
+            190,
+            "the other attempts wait: the budget is in flight"
+        );
+        drop(attempts); // ten failures
         assert!(throttle.is_blocked(ip), "ten failures block the address");
-        assert!(throttle.begin(ip).is_none());
+        let granted = waiting.join_all().await;
+        assert!(
+            granted.iter().all(|g| !g),
+            "every waiting attempt is refused"
+        );
+        assert!(throttle.begin(ip).await.is_none());
 
         let other: IpAddr = "192.0.2.4".parse().unwrap();
         for _ in 0..50 {
-            throttle.begin(other).unwrap().succeeded();
+            throttle.begin(other).await.unwrap().succeeded();
         }
         assert!(!throttle.is_blocked(other), "successes cost nothing");
+    }
+
+    /// Rule: a client logging in to many accounts at once from one address (a program with a
+    /// connection per account) is not refused for checks that have not failed: attempts beyond
+    /// the budget wait for earlier ones to succeed, then get their check.
+    #[tokio::test(start_paused = true)]
+    async fn parallel_logins_that_succeed_all_get_through() {
+        let throttle = Arc::new(AuthThrottle::new(
+            10,
+            Duration::from_secs(600),
+            Duration::from_secs(300),
+        ));
+        let ip: IpAddr = "192.0.2.5".parse().unwrap();
+        let mut logins = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let t = throttle.clone();
+            logins.spawn(async move {
+                let attempt = t.begin(ip).await?;
+                tokio::time::sleep(Duration::from_millis(40)).await; // the password check
+                attempt.succeeded();
+                Some(())
+            });
+        }
+        let done = logins.join_all().await;
+        assert_eq!(done.iter().filter(|d| d.is_some()).count(), 50);
+        assert!(!throttle.is_blocked(ip));
     }
 }

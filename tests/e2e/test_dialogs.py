@@ -364,6 +364,37 @@ def test_connection_cap_per_ip(start_server):
     assert b.cmd("NOOP")[-1].startswith("250")
 
 
+def test_parallel_first_logins_from_one_address_all_succeed(start_server):
+    # A program opening one session per account at once, from one address: checks in flight
+    # fill the per-IP failure budget (here 1), but none failed, so the others wait their turn
+    # instead of being told "Too many authentication failures" (found by scripts/bench-peer's
+    # 50-accounts workload).
+    import threading
+
+    server = start_server({"smtp.auth_failures_per_ip": 1})
+    logins = ["alice", "bob"] * 3
+    barrier = threading.Barrier(len(logins))
+    results: list[object] = [None] * len(logins)
+
+    def login(i: int, user: str) -> None:
+        try:
+            with smtplib.SMTP_SSL(
+                "127.0.0.1", server.tls_port, context=server.tls_context(), timeout=30
+            ) as client:
+                client.ehlo("client.test")
+                barrier.wait(timeout=30)
+                results[i] = client.login(user, PASSWORDS[user])[0]
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=login, args=(i, u)) for i, u in enumerate(logins)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [235] * len(logins), results
+
+
 def test_auth_cooldown_across_connections(start_server):
     # 2 failures per IP within the window trigger the cool-down; per-connection limit is higher.
     server = start_server({"smtp.auth_failures_per_ip": 2, "smtp.max_auth_failures": 5})
