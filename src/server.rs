@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::accounts::{Directory, PasswordChecker};
@@ -180,8 +179,7 @@ pub async fn run(
         (&smtp.submissions_listen, PortKind::Submissions),
     ] {
         for addr in addrs {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = crate::smtp::listener::bind(*addr, smtp.max_connections)
                 .with_context(|| format!("binding {addr}"))?;
             let local: SocketAddr = listener.local_addr()?;
             tracing::info!(addr = %local, ?kind, "listening");

@@ -120,6 +120,13 @@ struct Args {
                 and idle for this many seconds before QUIT (idle-session memory measurements)"
     )]
     hold_secs: u64,
+    #[arg(
+        long,
+        default_value_t = 0,
+        help = "At most N sessions in setup (connect + TLS + AUTH) at once, as clients arriving \
+                over time rather than in one burst (0: no limit)"
+    )]
+    setup_concurrency: usize,
 }
 
 /// Certificate verifier for `--insecure`: accepts ANY server certificate (no chain, name or expiry
@@ -289,6 +296,8 @@ struct Ctx {
     /// Sessions that finished setup (or failed it) and their messages: `--hold-secs` starts
     /// counting when it reaches `--sessions`.
     ready: (std::sync::atomic::AtomicUsize, tokio::sync::Notify),
+    /// `--setup-concurrency`.
+    setups: tokio::sync::Semaphore,
     tls: TlsConnector,
     sni: ServerName<'static>,
     body: Vec<u8>, // dot-stuffed body, ends with CRLF
@@ -446,7 +455,10 @@ async fn one_message(
 async fn session(ctx: Arc<Ctx>, n: usize) -> Outcome {
     let mut out = Outcome::default();
     let t0 = Instant::now();
-    let (mut c, pipe) = match setup(&ctx, n).await {
+    let permit = ctx.setups.acquire().await.ok();
+    let set_up = setup(&ctx, n).await;
+    drop(permit);
+    let (mut c, pipe) = match set_up {
         Ok(v) => v,
         Err(e) => {
             out.errors.push(format!("session {n} setup: {e:#}"));
@@ -581,6 +593,10 @@ async fn main() -> Result<()> {
     );
     let ctx = Arc::new(Ctx {
         ready: Default::default(),
+        setups: tokio::sync::Semaphore::new(match args.setup_concurrency {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n,
+        }),
         body: make_body(size),
         tls,
         sni,

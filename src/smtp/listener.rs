@@ -12,6 +12,30 @@ use super::guard::ConnectionLimiter;
 use super::reply;
 use super::session::PortKind;
 
+/// The accept queue asked of the kernel (it caps it at `net.core.somaxconn`): at least this, or
+/// `smtp.max_connections` when larger. A burst of connections beyond the queue is not refused
+/// cleanly: under SYN cookies the kernel drops the client's final ACK, the client believes it
+/// is connected and, SMTP being server-speaks-first, waits for a greeting that never comes
+/// (tokio's default of 1,024 left 127 of 1,000 simultaneous clients hanging in
+/// `scripts/bench-peer`'s idle-session workload).
+const MIN_LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket on `addr` (SO_REUSEADDR as the standard library's, so a restart
+/// does not wait for TIME_WAIT) with an accept queue sized for `max_connections`.
+pub fn bind(addr: std::net::SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let backlog = u32::try_from(max_connections)
+        .unwrap_or(u32::MAX)
+        .clamp(MIN_LISTEN_BACKLOG, 65_535);
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 pub async fn accept_loop(
     listener: TcpListener,
     port: PortKind,
