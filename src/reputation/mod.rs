@@ -28,11 +28,12 @@ mod metrics;
 pub mod rates;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use crate::activity::ActivityRow;
@@ -65,7 +66,7 @@ pub struct Refusal {
 }
 
 /// Everything the CLI, `/metrics` and the console show. Rates are ratios (0.02 is 2 %).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReputationReport {
     /// When the figures were read (ms since the Unix epoch); 0 before the first read.
     pub generated_ms: u64,
