@@ -111,6 +111,8 @@ pub struct Reputation {
     /// One refresh or release at a time (each reads, decides and saves).
     writing: Mutex<()>,
     metrics: metrics::Counters,
+    /// Decisions taken since the service opened; moves with each one.
+    decided: watch::Sender<u64>,
 }
 
 impl Reputation {
@@ -145,6 +147,7 @@ impl Reputation {
             snapshot: RwLock::new(snapshot),
             writing: Mutex::new(()),
             metrics: metrics::Counters::default(),
+            decided: watch::channel(0).0,
         })
     }
 
@@ -223,6 +226,7 @@ impl Reputation {
             self.save(&state).await;
         }
         self.unpark_resumed(&decisions).await;
+        self.decided.send_modify(|n| *n += decisions.len() as u64);
         Ok(decisions)
     }
 
@@ -243,6 +247,7 @@ impl Reputation {
             return Err(ReleaseError::Storage);
         }
         self.unpark_resumed(std::slice::from_ref(&decision)).await;
+        self.decided.send_modify(|n| *n += 1);
         Ok(decision)
     }
 
@@ -359,6 +364,12 @@ impl Reputation {
     pub fn series(&self, scope: &Scope) -> Vec<HourlyPoint> {
         let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
         rates::series(&snapshot.rows, scope, snapshot.read_ms)
+    }
+
+    /// Moves whenever the guard takes a decision (the number taken since the service opened):
+    /// a console can wait on it instead of polling.
+    pub fn watch_decisions(&self) -> watch::Receiver<u64> {
+        self.decided.subscribe()
     }
 
     /// Every guard decision kept (up to [`guard::MAX_DECISIONS`]), newest first.
