@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
 import smtplib
 import time
 import urllib.request
@@ -68,8 +70,43 @@ def scrape(server) -> str:
         return resp.read().decode()
 
 
-def test_simulated_bounces_hold_bulk_refuse_with_451_survive_restart_and_release(start_server):
-    server = start_server(SMALL)
+def jmap_submit_bulk(server) -> dict:
+    """Email/set + EmailSubmission/set (class bulk) as alice; the EmailSubmission/set answer."""
+    from test_jmap import CLASS, USING, account_id, call
+
+    session = account_id(server)
+    mailboxes, identities = call(server, [
+        ["Mailbox/query", {"accountId": session, "filter": {"name": "Drafts"}}, "m"],
+        ["Identity/get", {"accountId": session}, "i"],
+    ])
+    drafts = mailboxes[1]["ids"][0]
+    identity = next(i for i in identities[1]["list"] if i["email"] == "alice@example.com")
+    resp = call(server, [
+        ["Email/set", {"accountId": session, "create": {"d": {
+            "mailboxIds": {drafts: True}, "from": [{"email": "alice@example.com"}],
+            "to": [{"email": "someone@example.net"}], "subject": "news",
+            "bodyValues": {"b": {"value": "hi"}}, "textBody": [{"partId": "b", "type": "text/plain"}]}}}, "0"],
+        ["EmailSubmission/set", {"accountId": session, "create": {"s": {
+            "emailId": "#d", "identityId": identity["id"], "messageClass": "bulk"}}}, "1"],
+    ], using=USING + [CLASS])
+    return resp[1][1]
+
+
+def sendmail_bulk(server) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUTBOX_SUBMIT_SOCKET": str(server.root / "state" / "submit.sock")}
+    message = make_message("news", to="someone@example.net", extra_headers="X-Outbox-Class: bulk\r\n")
+    return subprocess.run([str(server.binary), "sendmail", "-t", "-i"], input=message,
+                          capture_output=True, timeout=30, env=env)
+
+
+def test_simulated_bounces_hold_bulk_refuse_with_451_survive_restart_and_release(
+    start_server, password_hashes
+):
+    # This process's uid may use `outbox sendmail` as alice.
+    server = start_server({**SMALL, "account": [
+        {"login": "alice", "password_hash": password_hashes["alice"], "unix_users": [str(os.getuid())],
+         "identity": [{"id": "alice", "email": "alice@example.com", "name": "Alice"}]},
+    ]})
     # 3 delivered, 1 hard bounce: 25 % of bulk, far over the 2 % level.
     rcpts = [f"success+{i}@{SIM}" for i in range(3)] + [f"bounce@{SIM}"]
     send_bulk(server, rcpts, lambda r: "bounced" if r.startswith("bounce@") else "delivered")
@@ -88,6 +125,13 @@ def test_simulated_bounces_hold_bulk_refuse_with_451_survive_restart_and_release
     assert reply.startswith(b"4.7.1 ") and b"bulk mail is held: bounce rate 25.00%" in reply, reply
     code, reply = submit(server, "someone@example.net", "transactional")
     assert code == 250, reply
+    # The other front doors: JMAP's SetError and sendmail's EX_TEMPFAIL, with the same reason.
+    answer = jmap_submit_bulk(server)
+    assert "s" not in (answer.get("created") or {}), answer
+    error = answer["notCreated"]["s"]
+    assert error["type"] == "forbiddenToSend" and "bulk mail is held" in error["description"], error
+    proc = sendmail_bulk(server)
+    assert proc.returncode == 75 and b"bulk mail is held" in proc.stderr, proc
 
     # The CLI shows the rates, the holds and the decisions with their figures.
     text = cli(server, "reputation").stdout
@@ -96,8 +140,8 @@ def test_simulated_bounces_hold_bulk_refuse_with_451_survive_restart_and_release
     metrics = scrape(server)
     assert 'outbox_reputation_held{identity="",class="bulk"} 1' in metrics
     assert 'outbox_reputation_bounce_rate{scope="class",identity="",class="bulk",window="24h"} 0.25' in metrics
-    assert 'outbox_reputation_refusals_total{identity="alice",class="bulk"} 1' in metrics
-    assert 'outbox_messages_refused_total{reason="reputation_hold"} 1' in metrics
+    assert 'outbox_reputation_refusals_total{identity="alice",class="bulk"} 3' in metrics
+    assert 'outbox_messages_refused_total{reason="reputation_hold"} 1' in metrics  # SMTP's
 
     # Restart: the holds are still there, before any new figure arrives.
     server.stop()
