@@ -290,3 +290,81 @@ async fn the_refresh_task_follows_the_change_feed() {
     stop.send_replace(true);
     task.await.unwrap();
 }
+
+/// What a refresh and a check cost with a full week of rows: 20 identities × 3 classes × 192
+/// hours (11,520 rows). Run by hand: `cargo test --lib reputation::tests::cost -- --ignored
+/// --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn cost_of_refresh_and_check_with_a_week_of_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START - 192 * HOUR_MS);
+    let spool = open_spool(&dir, &clock);
+    let ids: Vec<String> = (0..20).map(|i| format!("id{i}")).collect();
+    let made = std::time::Instant::now();
+    for _hour in 0..192 {
+        for id in &ids {
+            for class in MessageClass::ALL {
+                let now = clock.now_ms();
+                let qid = QueueId::generate(now);
+                spool
+                    .blobs
+                    .put(qid, vec![Bytes::from_static(b"x")])
+                    .await
+                    .unwrap();
+                let job = Job {
+                    id: qid,
+                    login: "l".into(),
+                    tenant_id: "t".into(),
+                    account_id: "a".into(),
+                    user_id: "u".into(),
+                    identity_id: id.clone(),
+                    mail_from: "x@example.com".into(),
+                    recipients: vec!["r@example.net".into()],
+                    message_class: class,
+                    size: 1,
+                };
+                spool
+                    .queue
+                    .enqueue(SubmissionRecord::queued(job, now, now, None))
+                    .await
+                    .unwrap();
+                let lease = spool
+                    .queue
+                    .lease(1, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                let sent = Settlement::Sent {
+                    provider_id: format!("ses-{qid}"),
+                    message_id: None,
+                };
+                spool.queue.settle(&lease, sent).await.unwrap();
+            }
+        }
+        clock.advance_ms(HOUR_MS);
+    }
+    eprintln!("filled 11,520 sends in {:?}", made.elapsed());
+    let rep = Reputation::open(config(), ids, spool.clone(), clock.clone()).await;
+    assert_eq!(spool.ledger.activity(0).await.unwrap().len(), 192 * 20 * 3);
+    let n = 20;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        rep.refresh().await.unwrap();
+    }
+    eprintln!("refresh: {:?} each", t.elapsed() / n);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(rep.report());
+    }
+    eprintln!("report: {:?} each", t.elapsed() / n);
+    let m = 1_000_000;
+    let t = std::time::Instant::now();
+    for i in 0..m {
+        let _ = std::hint::black_box(
+            rep.check(if i % 2 == 0 { "id3" } else { "id7" }, MessageClass::Bulk),
+        );
+    }
+    eprintln!("check: {:?} each", t.elapsed() / m);
+}
