@@ -116,9 +116,9 @@ pub struct Reputation {
 }
 
 impl Reputation {
-    /// Opens the service on `spool`, restoring the guard's saved state. A backend that cannot
-    /// store it (the aws spool, for now) gives a service that reports the error and holds
-    /// nothing.
+    /// Opens the service on `spool`, restoring the guard's saved state. If the state cannot
+    /// be read (storage failing), the service starts with no holds, reports the error, and
+    /// takes the stored state at the first refresh that can read it.
     pub async fn open(
         config: ReputationConfig,
         identities: Vec<String>,
