@@ -59,8 +59,14 @@ impl Counters {
             .inc();
     }
 
-    pub(super) fn parked(&self, hold: &Hold) {
-        self.parked.get_or_create(&target(hold)).inc();
+    /// A queued message of `identity` and `class` held.
+    pub(super) fn parked(&self, identity: &str, class: MessageClass) {
+        self.parked
+            .get_or_create(&TargetLabels {
+                identity: identity.into(),
+                class: class.as_str().into(),
+            })
+            .inc();
     }
 
     pub(super) fn decision(&self, d: &Decision) {

@@ -288,10 +288,11 @@ impl Reputation {
 
     /// Holds a queued message of a held class (a sender found it before sending): it is not
     /// sent into an account under review, and is released when the hold ends.
-    pub async fn park(&self, id: crate::domain::QueueId, hold: &Hold) -> Result<(), SpoolError> {
+    pub async fn park(&self, job: &crate::domain::Job, hold: &Hold) -> Result<(), SpoolError> {
+        let id = job.id;
         let reason = format!("{PARK_REASON}: {}", hold.reason());
         self.spool.queue.act(id, Action::Park { reason }).await?;
-        self.metrics.parked(hold);
+        self.metrics.parked(&job.identity_id, job.message_class);
         tracing::info!(%id, target = %hold.target, "queued message held by the reputation guard");
         Ok(())
     }

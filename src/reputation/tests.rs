@@ -183,7 +183,8 @@ async fn bounces_hold_the_class_queued_mail_waits_and_release_survives_a_reopen(
     // Mail of the class already queued is held, not sent into the account under review.
     let waiting = queue(&spool, &clock, MessageClass::Bulk, "w@example.net").await;
     let hold = rep.hold_for("news", MessageClass::Bulk).unwrap();
-    rep.park(waiting, &hold).await.unwrap();
+    let job = spool.ledger.get(waiting).await.unwrap().unwrap().job;
+    rep.park(&job, &hold).await.unwrap();
     let held = spool.ledger.get(waiting).await.unwrap().unwrap();
     assert_eq!(held.state, State::Held);
 

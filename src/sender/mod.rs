@@ -153,7 +153,7 @@ async fn park_if_held(sender: &Sender, lease: &Lease) -> bool {
     let Some(hold) = reputation.hold_for(&job.identity_id, job.message_class) else {
         return false;
     };
-    match reputation.park(job.id, &hold).await {
+    match reputation.park(job, &hold).await {
         Ok(()) => true,
         Err(e) => {
             // Left leased: it is visible again when the lease expires, and judged again then.

@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 from conftest import (
-    DELIVERY_TIMEOUT, PASSWORDS, cli, make_message, submit_as_alice, wait_record,
+    DELIVERY_TIMEOUT, PASSWORDS, cli, make_message, queue_id_of, submit_as_alice, wait_record,
 )
 from test_feedback import make_feedback, ses_event  # noqa: F401  (fixture re-used)
 
@@ -183,3 +183,30 @@ def test_signed_complaints_hold_bulk_and_release_lets_it_through(make_feedback):
     cli(server, "reputation", "release", "bulk")
     code, reply = submit(server, "someone@example.net", "bulk")
     assert code == 250, reply
+
+
+def test_queued_mail_of_a_held_class_is_held_and_released_with_it(start_server):
+    server = start_server(SMALL)
+    # Queued before the hold, due in a few seconds (FUTURERELEASE).
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com", ["HOLDFOR=8"])
+        client.rcpt(f"success+later@{SIM}")
+        code, reply = client.data(
+            make_message("later", to=f"success+later@{SIM}", extra_headers="X-Outbox-Class: bulk\r\n")
+        )
+    assert code == 250, reply
+    later = queue_id_of(reply)
+    rcpts = [f"success+{i}@{SIM}" for i in range(3)] + [f"bounce@{SIM}"]
+    send_bulk(server, rcpts, lambda r: "bounced" if r.startswith("bounce@") else "delivered")
+    wait_holds(server, lambda h: len(h) == 1)
+    # Due now, but its class is held: held in the queue, not sent.
+    rec = wait_record(server, later, lambda r: r["state"] == "held", timeout=30)
+    assert rec["history"][-1]["detail"].startswith("held by the reputation guard: bulk mail is held")
+    assert rec["provider_id"] is None
+    assert 'outbox_reputation_parked_total{identity="alice",class="bulk"} 1' in scrape(server)
+    # The release lets it go.
+    cli(server, "reputation", "release", "bulk")
+    rec = wait_record(server, later, lambda r: r["state"] == "delivered")
+    assert any(t.get("detail") == "released: the reputation guard's hold ended" for t in rec["history"])
