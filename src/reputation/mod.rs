@@ -354,9 +354,13 @@ impl Reputation {
     pub fn report(&self) -> ReputationReport {
         let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
         let t = self.config.thresholds();
-        let now = snapshot.read_ms;
+        // Before the first read the figures are empty; the series still ends at the present.
+        let now = match snapshot.read_ms {
+            0 => self.clock.now_ms(),
+            read => read,
+        };
         ReputationReport {
-            generated_ms: now,
+            generated_ms: snapshot.read_ms,
             guard_enabled: self.config.guard,
             hold_classes: self.config.hold_classes.clone(),
             thresholds: t,
@@ -378,7 +382,11 @@ impl Reputation {
     /// The hourly series of the last 7 days for one scope (the report carries the account's).
     pub fn series(&self, scope: &Scope) -> Vec<HourlyPoint> {
         let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
-        rates::series(&snapshot.rows, scope, snapshot.read_ms)
+        let now = match snapshot.read_ms {
+            0 => self.clock.now_ms(),
+            read => read,
+        };
+        rates::series(&snapshot.rows, scope, now)
     }
 
     /// Moves whenever the guard takes a decision (the number taken since the service opened):
