@@ -47,6 +47,9 @@ pub struct Config {
     /// SES feedback (bounces, complaints, deliveries) over SNS, and the suppression policy.
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// Bounce and complaint rates, and the guard that holds a class (see README "Reputation").
+    #[serde(default)]
+    pub reputation: crate::reputation::ReputationConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
@@ -678,6 +681,18 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("submit.sock"))
     }
 
+    /// Every configured identity's id (reputation figures are reported per identity).
+    pub fn identity_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .accounts
+            .iter()
+            .flat_map(|a| a.identities.iter().map(|i| i.id.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Where the admin socket lives (resolved at load).
     pub fn admin_socket(&self) -> PathBuf {
         self.admin_socket
@@ -777,6 +792,9 @@ impl Config {
         let mut problems: Vec<String> = Vec::new();
         macro_rules! problem {
             ($($arg:tt)*) => { problems.push(format!($($arg)*)) };
+        }
+        if let Err(e) = self.reputation.validate() {
+            problem!("{e}");
         }
         let smtp = &self.smtp;
         if smtp.submission_listen.is_empty() && smtp.submissions_listen.is_empty() {
