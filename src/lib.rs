@@ -16,7 +16,8 @@
 //! - [`state_files`]: modes of the state folder and its databases, whatever the umask.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
-//! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
+//! - [`http`]: the HTTPS listener (JMAP, SNS feedback, the console).
+//! - [`console`]: the operator console: server-rendered pages, own admin accounts, CSRF.
 //! - [`jmap`]: the JMAP bridge (RFC 8620/8621): drafts, identities, EmailSubmission, push.
 //! - [`feedback`]: SES events over SNS (HTTPS or an SQS queue) → submission status, suppressions.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod attachments;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod feedback;
 #[doc(hidden)]
