@@ -47,6 +47,9 @@ pub struct Config {
     /// SES feedback (bounces, complaints, deliveries) over SNS, and the suppression policy.
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// Bounce and complaint rates, and the guard that holds a class (see README "Reputation").
+    #[serde(default)]
+    pub reputation: crate::reputation::ReputationConfig,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
@@ -783,6 +786,9 @@ impl Config {
         let mut problems: Vec<String> = Vec::new();
         macro_rules! problem {
             ($($arg:tt)*) => { problems.push(format!($($arg)*)) };
+        }
+        if let Err(e) = self.reputation.validate() {
+            problem!("{e}");
         }
         let smtp = &self.smtp;
         if smtp.submission_listen.is_empty() && smtp.submissions_listen.is_empty() {

@@ -15,6 +15,8 @@
 //! - [`spool`]: the storage seams (Queue, Blobs, Ledger) and their embedded redb backend.
 //! - [`state_files`]: modes of the state folder and its databases, whatever the umask.
 //! - [`sender`]: workers that lease, prepare and hand messages to a [`transport`].
+//! - [`activity`]: hourly sends, deliveries, bounces and complaints per identity and class.
+//! - [`reputation`]: bounce and complaint rates per window, and the guard that holds a class.
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`http`]: the HTTPS listener (JMAP, SNS feedback, the console).
 //! - [`console`]: the operator console: server-rendered pages, own admin accounts, CSRF.
@@ -29,6 +31,7 @@
 //! - `fuzzing` (hidden): the fuzz targets, shared by `fuzz/` and `tests/fuzz_corpus.rs`.
 
 pub mod accounts;
+pub mod activity;
 pub mod address;
 pub mod admin;
 pub mod attachments;
@@ -45,6 +48,7 @@ pub mod live;
 pub mod message;
 pub mod metrics;
 pub mod redb_file;
+pub mod reputation;
 pub mod sender;
 pub mod sendmail;
 pub mod server;

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::activity::ActivityRow;
 use crate::config::SpoolConfig;
 use crate::domain::{
     FeedbackApplied, FeedbackEvent, Job, QueueId, State, SubmissionRecord, Suppression,
@@ -121,6 +122,11 @@ pub enum Action {
     Hold,
     /// Put a held message back in the queue, due now.
     Release,
+    /// Hold, for a reason other than an operator's (the reputation guard's), recorded in the
+    /// history so a later [`Action::Unpark`] can tell these holds from an operator's.
+    Park { reason: String },
+    /// Release a held message, for a reason other than an operator's.
+    Unpark { reason: String },
     /// Try a queued message now, whatever its backoff said.
     RetryNow,
     /// Move a dead letter back into the queue with a fresh attempt budget.
@@ -233,6 +239,8 @@ pub struct Purged {
     pub suppressions: u64,
     pub feedback_ids: u64,
     pub changes: u64,
+    /// Hourly activity rows older than [`crate::activity::ACTIVITY_RETENTION_MS`].
+    pub activity: u64,
 }
 
 /// What a compaction did to the storage file.
@@ -288,6 +296,16 @@ pub trait Ledger: Send + Sync {
     /// (with their indexes and provider ids), expired dead letters and suppressions,
     /// remembered feedback ids and old change-feed entries.
     fn purge(&self) -> Fut<'_, Purged>;
+    /// Hourly sends, deliveries, bounces and complaints per identity and class (see
+    /// [`crate::activity`]) for the hours starting at or after `since_ms`, oldest first. The
+    /// backend keeps them as it writes records, in the same write, and for
+    /// [`crate::activity::ACTIVITY_RETENTION_MS`] whatever the record retention is.
+    fn activity(&self, since_ms: u64) -> Fut<'_, Vec<ActivityRow>>;
+    /// The reputation guard's state as last saved (JSON the guard owns), None before the first
+    /// save.
+    fn guard_state(&self) -> Fut<'_, Option<serde_json::Value>>;
+    /// Replaces the reputation guard's saved state; durable when it returns.
+    fn save_guard_state(&self, state: serde_json::Value) -> Fut<'_, ()>;
     /// Gives the storage file's free space back to the filesystem: always when `force`d,
     /// otherwise only when much of it is free. None where there is no file (AWS).
     fn compact(&self, _force: bool) -> Fut<'_, Option<Compacted>> {

@@ -176,21 +176,29 @@ pub(crate) fn act(
 ) -> Result<bool, SpoolError> {
     let refuse = Err(SpoolError::NotFound(record.id()));
     match action {
-        Action::Hold => {
+        Action::Hold | Action::Park { .. } => {
             if record.state != State::Queued {
                 return refuse;
             }
+            let why = match action {
+                Action::Park { reason } => reason,
+                _ => "held by the operator".into(),
+            };
             // Out of the queue (a lease in progress finds it changed), bytes kept.
             dequeue(record);
-            record.transition(now, State::Held, Some("held by the operator".into()));
+            record.transition(now, State::Held, Some(why));
         }
-        Action::Release => {
+        Action::Release | Action::Unpark { .. } => {
             if record.state != State::Held {
                 return refuse;
             }
+            let why = match action {
+                Action::Unpark { reason } => reason,
+                _ => "released by the operator".into(),
+            };
             dequeue(record);
             record.due_ms = Some(now);
-            record.transition(now, State::Queued, Some("released by the operator".into()));
+            record.transition(now, State::Queued, Some(why));
         }
         Action::RetryNow => {
             let Some(due) = record.due_ms.filter(|_| record.state == State::Queued) else {

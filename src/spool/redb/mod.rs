@@ -11,7 +11,9 @@
 //! `queue` (due or lease deadline, id); `held` id; `dead` (dead since, id);
 //! `suppressions` (address, account, class) → JSON; `provider_ids` SES id → id;
 //! `feedback_seen` message id → when; `feed` seq → JSON [`Change`]; `usage` the stored MIME's
-//! message count and bytes; `unclaimed_blobs` ids stored but not yet enqueued.
+//! message count and bytes; `unclaimed_blobs` ids stored but not yet enqueued; `activity`
+//! (hour, identity, class) → sends, deliveries, bounces, complaints; `guard_state` the
+//! reputation guard's JSON.
 
 mod writer;
 
@@ -30,9 +32,10 @@ use super::{
     Action, Blobs, Change, Changes, Compacted, Depth, Fut, Lease, Ledger, Listing, Purged, Queue,
     Settled, Settlement, Spool, SpoolError, SpoolOptions,
 };
+use crate::activity::{ActivityRow, Counts};
 use crate::clock::Clock;
 use crate::domain::{
-    FeedbackApplied, FeedbackEvent, QueueId, State, SubmissionRecord, Suppression,
+    FeedbackApplied, FeedbackEvent, MessageClass, QueueId, State, SubmissionRecord, Suppression,
 };
 use crate::redb_file::{Reading, RedbFile};
 use writer::Op;
@@ -53,6 +56,12 @@ const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
 /// Ids whose MIME is stored but not yet claimed by an enqueue; what is left here at start-up
 /// is a put whose enqueue never committed, and its bytes are dropped.
 const UNCLAIMED: TableDefinition<u128, ()> = TableDefinition::new("unclaimed_blobs");
+/// Sends, deliveries, bounces and complaints per (hour start, identity id, class name), see
+/// [`crate::activity`]; kept [`crate::activity::ACTIVITY_RETENTION_MS`].
+const ACTIVITY: TableDefinition<(u64, &str, &str), (u64, u64, u64, u64)> =
+    TableDefinition::new("activity");
+/// Small documents owned by one consumer: "reputation" → the guard's JSON state.
+const GUARD: TableDefinition<&str, &[u8]> = TableDefinition::new("guard_state");
 /// The queue of the format before queue ids were 128-bit; only looked at to warn.
 const OLD_QUEUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("queue");
 
@@ -589,6 +598,55 @@ impl Ledger for RedbSpool {
         let mut feed = self.feed.clone();
         Box::pin(async move {
             let _ = tokio::time::timeout(wait, feed.wait_for(|seq| *seq > cursor)).await;
+        })
+    }
+
+    fn activity(&self, since_ms: u64) -> Fut<'_, Vec<ActivityRow>> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let table = txn.open_table(ACTIVITY).map_err(SpoolError::storage)?;
+            let mut out = Vec::new();
+            for entry in table
+                .range((since_ms, "", "")..)
+                .map_err(SpoolError::storage)?
+            {
+                let (k, v) = entry.map_err(SpoolError::storage)?;
+                let (hour_ms, identity_id, class) = k.value();
+                let Some(class) = MessageClass::parse(class) else {
+                    continue;
+                };
+                let (sends, deliveries, bounces, complaints) = v.value();
+                out.push(ActivityRow {
+                    hour_ms,
+                    identity_id: identity_id.to_string(),
+                    class,
+                    counts: Counts {
+                        sends,
+                        deliveries,
+                        bounces,
+                        complaints,
+                    },
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn guard_state(&self) -> Fut<'_, Option<serde_json::Value>> {
+        Box::pin(async move {
+            let txn = self.read()?;
+            let table = txn.open_table(GUARD).map_err(SpoolError::storage)?;
+            let value = table.get("reputation").map_err(SpoolError::storage)?;
+            value
+                .map(|v| serde_json::from_slice(v.value()).map_err(SpoolError::storage))
+                .transpose()
+        })
+    }
+
+    fn save_guard_state(&self, state: serde_json::Value) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let state = serde_json::to_vec(&state).map_err(SpoolError::storage)?;
+            self.call(|reply| Op::SaveGuard { state, reply }).await
         })
     }
 

@@ -29,8 +29,8 @@ mod ledger;
 mod queue;
 
 use super::{
-    decode, encode, Usage, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, HELD, OLD_QUEUE, PROVIDER_IDS,
-    QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
+    decode, encode, Usage, ACTIVITY, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, GUARD, HELD,
+    OLD_QUEUE, PROVIDER_IDS, QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
 use crate::spool::{
@@ -110,6 +110,10 @@ pub(super) enum Op {
         events: Vec<FeedbackEvent>,
         reply: Reply<FeedbackApplied>,
     },
+    SaveGuard {
+        state: Vec<u8>,
+        reply: Reply<()>,
+    },
     /// Run between transactions, never in one (redb compacts only with none open).
     Compact {
         force: bool,
@@ -181,6 +185,9 @@ fn fail(op: Op, e: SpoolError) {
         Op::Compact { reply, .. } => {
             let _ = reply.send(Err(e));
         }
+        Op::SaveGuard { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
     }
 }
 
@@ -212,6 +219,8 @@ pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
         txn.open_table(SUPPRESSIONS).map_err(SpoolError::storage)?;
         txn.open_table(PROVIDER_IDS).map_err(SpoolError::storage)?;
         txn.open_table(FEEDBACK_SEEN).map_err(SpoolError::storage)?;
+        txn.open_table(ACTIVITY).map_err(SpoolError::storage)?;
+        txn.open_table(GUARD).map_err(SpoolError::storage)?;
         last_seq = last_seq_in(&txn)?;
         if let Ok(old) = txn.open_table(OLD_QUEUE) {
             old_format_queued = old.len().unwrap_or(0);
@@ -588,6 +597,7 @@ impl Writer {
             Op::PutBlob { .. }
             | Op::DeleteBlob { .. }
             | Op::Suppress { .. }
+            | Op::SaveGuard { .. }
             | Op::Compact { .. } => self.now,
         };
         match op {
@@ -631,7 +641,10 @@ impl Writer {
                 action,
                 reply,
             } => {
-                *wake |= matches!(action, Action::Release | Action::RetryNow | Action::Redrive);
+                *wake |= matches!(
+                    action,
+                    Action::Release | Action::Unpark { .. } | Action::RetryNow | Action::Redrive
+                );
                 done(reply, self.act(txn, now, id, action))
             }
             Op::Purge { now, reply } => done(reply, self.purge(txn, now)),
@@ -646,6 +659,7 @@ impl Writer {
                 remove,
                 reply,
             } => done(reply, ledger::suppress(txn, &entry, remove)),
+            Op::SaveGuard { state, reply } => done(reply, ledger::save_guard(txn, &state)),
             // `transaction` sets it aside before it gets here.
             Op::Compact { reply, .. } => done(
                 reply,
@@ -776,9 +790,15 @@ impl Writer {
     ) -> Result<(), SpoolError> {
         let id = record.job.id;
         let mut records = txn.open_table(RECORDS).map_err(table_err)?;
-        records
+        let old = records
             .insert(id.0, encode(record).as_slice())
             .map_err(table_err)?;
+        // Only a record with a provider id can count toward the activity figures: a lease or
+        // a retry of an unsent message costs no decode.
+        if record.provider_id.is_some() {
+            let old = old.map(|v| decode(v.value())).transpose()?;
+            ledger::count_activity(txn, old.as_ref(), record)?;
+        }
         Ok(())
     }
 

@@ -4,10 +4,13 @@
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::{table_err, Writer};
+use crate::activity::{self, Counts, ACTIVITY_RETENTION_MS};
 use crate::domain::{
     FeedbackApplied, FeedbackEvent, QueueId, State, SubmissionRecord, Suppression,
 };
-use crate::spool::redb::{decode, DEAD, FEED, FEEDBACK_SEEN, PROVIDER_IDS, RECORDS, SUPPRESSIONS};
+use crate::spool::redb::{
+    decode, ACTIVITY, DEAD, FEED, FEEDBACK_SEEN, GUARD, PROVIDER_IDS, RECORDS, SUPPRESSIONS,
+};
 use crate::spool::rules::{self, Target};
 use crate::spool::{Change, Purged, SpoolError, CHANGE_FEED_RETENTION_MS, FEEDBACK_DEDUPE_MS};
 
@@ -97,6 +100,16 @@ impl Writer {
             let Some(seq) = old else { break };
             feed.remove(seq).map_err(table_err)?;
             purged.changes += 1;
+        }
+        // Activity is keyed by hour first: drop whole old hours from the front.
+        let keep_from = activity::hour_of(now.saturating_sub(ACTIVITY_RETENTION_MS));
+        let mut rows = txn.open_table(ACTIVITY).map_err(table_err)?;
+        for entry in rows
+            .extract_from_if(..(keep_from, "", ""), |_, _| true)
+            .map_err(table_err)?
+        {
+            entry.map_err(table_err)?;
+            purged.activity += 1;
         }
         Ok(purged)
     }
@@ -189,4 +202,55 @@ pub(super) fn suppress(
     let json = serde_json::to_vec(entry).map_err(table_err)?;
     table.insert(key, json.as_slice()).map_err(table_err)?;
     Ok(true)
+}
+
+/// Adds what changed between `old` and `new` to the hourly activity of `new`'s identity and
+/// class (see [`activity::delta`]), in the transaction that writes `new`.
+pub(super) fn count_activity(
+    txn: &WriteTransaction,
+    old: Option<&SubmissionRecord>,
+    new: &SubmissionRecord,
+) -> Result<(), SpoolError> {
+    let changes = activity::delta(old, new);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut rows = txn.open_table(ACTIVITY).map_err(table_err)?;
+    let (identity, class) = (new.job.identity_id.as_str(), new.job.message_class.as_str());
+    for (hour, change) in changes {
+        let key = (hour, identity, class);
+        let mut counts = match rows.get(key).map_err(table_err)? {
+            Some(v) => {
+                let (sends, deliveries, bounces, complaints) = v.value();
+                Counts {
+                    sends,
+                    deliveries,
+                    bounces,
+                    complaints,
+                }
+            }
+            None => Counts::default(),
+        };
+        counts.apply(&change);
+        rows.insert(
+            key,
+            (
+                counts.sends,
+                counts.deliveries,
+                counts.bounces,
+                counts.complaints,
+            ),
+        )
+        .map_err(table_err)?;
+    }
+    Ok(())
+}
+
+/// Replaces the reputation guard's saved state.
+pub(super) fn save_guard(txn: &WriteTransaction, state: &[u8]) -> Result<(), SpoolError> {
+    txn.open_table(GUARD)
+        .map_err(table_err)?
+        .insert("reputation", state)
+        .map_err(table_err)?;
+    Ok(())
 }
