@@ -1,15 +1,15 @@
 //! The mail-flow chart: sends, deliveries, bounces and complaints per hour, drawn on the
 //! server as inline SVG (no script, no chart library, nothing for the CSP to allow). Colours
-//! come from the console's stylesheet through classes.
+//! come from the console's stylesheet through classes. The figures are the reputation
+//! service's hourly series (recipients sent to, delivered, hard-bounced, complained about).
 
 use std::fmt::Write;
 
-use crate::domain::{Outcome, State};
-use crate::spool::{Ledger, SpoolError};
+use crate::reputation::HourlyPoint;
 
 use super::html::esc;
 
-pub const HOUR_MS: u64 = 3_600_000;
+use crate::activity::HOUR_MS;
 
 /// Counts per hour, oldest first; bucket `i` covers `[start_ms + i h, start_ms + (i+1) h)`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -22,21 +22,16 @@ pub struct HourlySeries {
 }
 
 impl HourlySeries {
-    /// `hours` empty buckets ending with the hour that holds `now_ms`.
-    pub fn empty(now_ms: u64, hours: usize) -> HourlySeries {
-        let end = now_ms / HOUR_MS * HOUR_MS + HOUR_MS;
+    /// The last `hours` points of the reputation service's hourly series (oldest first).
+    pub fn from_points(points: &[HourlyPoint], hours: usize) -> HourlySeries {
+        let points = &points[points.len().saturating_sub(hours)..];
         HourlySeries {
-            start_ms: end.saturating_sub(hours as u64 * HOUR_MS),
-            sent: vec![0; hours],
-            delivered: vec![0; hours],
-            bounced: vec![0; hours],
-            complained: vec![0; hours],
+            start_ms: points.first().map_or(0, |p| p.hour_ms),
+            sent: points.iter().map(|p| p.counts.sends).collect(),
+            delivered: points.iter().map(|p| p.counts.deliveries).collect(),
+            bounced: points.iter().map(|p| p.counts.bounces).collect(),
+            complained: points.iter().map(|p| p.counts.complaints).collect(),
         }
-    }
-
-    fn bucket(&self, at_ms: u64) -> Option<usize> {
-        let i = at_ms.checked_sub(self.start_ms)? / HOUR_MS;
-        usize::try_from(i).ok().filter(|&i| i < self.sent.len())
     }
 
     fn series(&self) -> [(&'static str, &'static str, &[u64]); 4] {
@@ -47,50 +42,6 @@ impl HourlySeries {
             ("complained", "Complained", &self.complained),
         ]
     }
-}
-
-/// Most finished records read per state for the chart (the ledger's listing bound).
-const MAX_RECORDS_PER_STATE: usize = 10_000;
-
-/// The chart's data read straight from the ledger: each record's `sent` transition and each
-/// recipient's reported outcome, bucketed by the hour it happened. A stop-gap until the
-/// reputation module's own hourly series is merged in (issue 17 items 1–2): this is the one
-/// function to swap for it.
-pub async fn hourly_series_from_ledger(
-    ledger: &dyn Ledger,
-    now_ms: u64,
-    hours: usize,
-) -> Result<HourlySeries, SpoolError> {
-    let mut series = HourlySeries::empty(now_ms, hours);
-    for state in [
-        State::Sent,
-        State::Delivered,
-        State::Bounced,
-        State::Complained,
-    ] {
-        for record in ledger.in_state(state, MAX_RECORDS_PER_STATE).await? {
-            if let Some(i) = record
-                .history
-                .iter()
-                .find(|t| t.state == State::Sent)
-                .and_then(|t| series.bucket(t.at_ms))
-            {
-                series.sent[i] += 1;
-            }
-            for status in record.delivery.values() {
-                let Some(i) = series.bucket(status.at_ms) else {
-                    continue;
-                };
-                match status.outcome {
-                    Outcome::Delivered | Outcome::NotSpam => series.delivered[i] += 1,
-                    Outcome::Bounced | Outcome::Rejected => series.bounced[i] += 1,
-                    Outcome::Complained => series.complained[i] += 1,
-                    Outcome::Delayed | Outcome::Suppressed => {}
-                }
-            }
-        }
-    }
-    Ok(series)
 }
 
 const WIDTH: u64 = 720;
@@ -174,23 +125,31 @@ pub fn svg(series: &HourlySeries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activity::Counts;
+
+    fn point(hour: u64, sends: u64, bounces: u64) -> HourlyPoint {
+        HourlyPoint {
+            hour_ms: hour * HOUR_MS,
+            counts: Counts {
+                sends,
+                bounces,
+                ..Counts::default()
+            },
+        }
+    }
 
     #[test]
-    fn buckets_cover_the_last_hours_up_to_now() {
-        let now = 10 * HOUR_MS + 1234;
-        let s = HourlySeries::empty(now, 4);
-        assert_eq!(s.start_ms, 7 * HOUR_MS);
-        assert_eq!(s.bucket(now), Some(3));
-        assert_eq!(s.bucket(7 * HOUR_MS), Some(0));
-        assert_eq!(s.bucket(7 * HOUR_MS - 1), None);
-        assert_eq!(s.bucket(11 * HOUR_MS), None);
+    fn the_chart_takes_the_last_hours_of_the_series() {
+        let points: Vec<_> = (0..10).map(|h| point(h, h, 0)).collect();
+        let s = HourlySeries::from_points(&points, 4);
+        assert_eq!(s.start_ms, 6 * HOUR_MS);
+        assert_eq!(s.sent, vec![6, 7, 8, 9]);
+        assert_eq!(HourlySeries::from_points(&points[..2], 4).sent, vec![0, 1]);
     }
 
     #[test]
     fn the_svg_carries_each_series_total_and_scales_to_the_peak() {
-        let mut s = HourlySeries::empty(5 * HOUR_MS, 3);
-        s.sent = vec![0, 4, 2];
-        s.bounced = vec![0, 1, 0];
+        let s = HourlySeries::from_points(&[point(3, 0, 0), point(4, 4, 1), point(5, 2, 0)], 3);
         let svg = svg(&s);
         assert!(
             svg.contains("data-series=\"sent\" data-total=\"6\""),

@@ -1,8 +1,10 @@
 //! The operator console: server-rendered pages under `/console` on the HTTPS listener, for
 //! the console's own admin accounts (`[[console.admin]]`, argon2id, role `viewer` or `admin`).
 //!
-//! - Reading (every role): queue depth and age, the hourly mail-flow chart, the queue, held
-//!   mail, dead letters, suppressions, and one submission's whole record.
+//! - Reading (every role): queue depth and age, the hourly mail-flow chart and the rates
+//!   against the guard's thresholds (both from [`Reputation::report`], the one source of
+//!   those figures), the queue, held mail, dead letters, suppressions, and one submission's
+//!   whole record.
 //! - Acting (role `admin` only): retry, hold, release, delete, redrive, remove a suppression.
 //!   Every action is an [`admin::Request`](crate::admin::Request) handled by
 //!   [`admin::handle`](crate::admin::handle), the code behind `outbox queue …` — there is no
@@ -20,6 +22,7 @@ mod auth;
 mod chart;
 mod html;
 mod pages;
+mod reputation;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +45,7 @@ use auth::{Admins, Session, SessionLimits, Sessions, LOGIN_COOKIE, SESSION_COOKI
 
 use crate::admin::Request;
 use crate::clock::Clock;
+use crate::reputation::Reputation;
 use crate::smtp::guard::AuthThrottle;
 use crate::spool::Spool;
 
@@ -155,6 +159,8 @@ impl ConsoleConfig {
 /// What the console needs from the composition root.
 pub struct Parts {
     pub spool: Spool,
+    /// The figures behind the chart and the reputation panel.
+    pub reputation: Arc<Reputation>,
     /// The per-address login failure budget, shared with SMTP AUTH and JMAP.
     pub throttle: Arc<AuthThrottle>,
     pub clock: Arc<dyn Clock>,
@@ -162,6 +168,7 @@ pub struct Parts {
 
 pub struct Console {
     spool: Spool,
+    reputation: Arc<Reputation>,
     admins: Arc<Admins>,
     sessions: Sessions,
     throttle: Arc<AuthThrottle>,
@@ -174,6 +181,7 @@ impl Console {
     pub fn new(config: &ConsoleConfig, parts: Parts) -> Result<Arc<Console>> {
         Ok(Arc::new(Console {
             spool: parts.spool,
+            reputation: parts.reputation,
             admins: Arc::new(Admins::new(&config.admins)?),
             sessions: Sessions::new(SessionLimits {
                 idle: Duration::from_secs(config.session_idle_secs),

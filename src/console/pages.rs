@@ -110,16 +110,16 @@ pub async fn overview(
         );
     }
     body.push_str("</section>");
-    match chart::hourly_series_from_ledger(console.spool.ledger.as_ref(), now, CHART_HOURS).await {
-        Ok(series) => {
-            let _ = write!(
-                body,
-                "<section><h2>Mail flow, last {CHART_HOURS} hours (UTC)</h2>{}</section>",
-                chart::svg(&series)
-            );
-        }
-        Err(e) => return failed(&session, e),
-    }
+    let report = console.reputation.report();
+    let _ = write!(
+        body,
+        "<section><h2>Mail flow, last {CHART_HOURS} hours (UTC)</h2>{}</section>{}",
+        chart::svg(&chart::HourlySeries::from_points(
+            &report.series,
+            CHART_HOURS
+        )),
+        super::reputation::panel(&report, now)
+    );
     ok("Overview", &session, &body)
 }
 

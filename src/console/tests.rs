@@ -50,10 +50,18 @@ fn fixture() -> Fixture {
             admin("watch", "watch-secret", Role::Viewer),
         ],
     };
+    let reputation = futures_util::FutureExt::now_or_never(crate::reputation::Reputation::open(
+        Default::default(),
+        vec![],
+        spool.clone(),
+        clock.clone(),
+    ))
+    .expect("opening reads the saved state at once");
     let console = Console::new(
         &config,
         Parts {
             spool: spool.clone(),
+            reputation,
             throttle: Arc::new(AuthThrottle::new(
                 3,
                 Duration::from_secs(60),
