@@ -49,9 +49,10 @@ const HEIGHT: u64 = 220;
 const LEFT: u64 = 40;
 const BOTTOM: u64 = 24;
 const TOP: u64 = 10;
+const RIGHT: u64 = 16;
 
-/// The series as an SVG line chart with a legend; each line carries its total in
-/// `data-total`, which the legend also shows.
+/// The series as an SVG bar chart (four bars per hour) with a legend; each series is a group
+/// carrying its total in `data-total`, which the legend also shows.
 pub fn svg(series: &HourlySeries) -> String {
     let hours = series.sent.len().max(1) as u64;
     let max = series
@@ -61,10 +62,12 @@ pub fn svg(series: &HourlySeries) -> String {
         .max()
         .unwrap_or(0)
         .max(1);
-    let plot_w = WIDTH - LEFT - 10;
+    let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let x = |i: u64| LEFT + i * plot_w / hours.saturating_sub(1).max(1);
-    let y = |v: u64| TOP + plot_h - v * plot_h / max;
+    let base = TOP + plot_h;
+    // Each hour is a slot of four bars (sent, delivered, bounced, complained) and a gap.
+    let slot = plot_w as f64 / hours as f64;
+    let bar = slot / 5.0;
     let mut out = format!(
         "<svg class=\"chart\" id=\"flow-chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" \
          aria-label=\"Sends, deliveries, bounces and complaints per hour\" \
@@ -73,12 +76,11 @@ pub fn svg(series: &HourlySeries) -> String {
     // Axes, the top value, and an hour label every six hours (UTC).
     let _ = write!(
         out,
-        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\"/>\
-         <line class=\"axis\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{0}\"/>\
-         <text class=\"tick\" x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{max}</text>\
-         <text class=\"tick\" x=\"{2}\" y=\"{0}\" text-anchor=\"end\">0</text>",
-        TOP + plot_h,
-        WIDTH - 10,
+        "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{base}\" x2=\"{0}\" y2=\"{base}\"/>\
+         <line class=\"axis\" x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{base}\"/>\
+         <text class=\"tick\" x=\"{1}\" y=\"{2}\" text-anchor=\"end\">{max}</text>\
+         <text class=\"tick\" x=\"{1}\" y=\"{base}\" text-anchor=\"end\">0</text>",
+        WIDTH - RIGHT,
         LEFT - 4,
         TOP + 8,
     );
@@ -88,26 +90,32 @@ pub fn svg(series: &HourlySeries) -> String {
             let label = &crate::clock::rfc3339(at)[11..16];
             let _ = write!(
                 out,
-                "<text class=\"tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
-                x(i),
-                HEIGHT - 6
+                "<line class=\"grid\" x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{base}\"/>\
+                 <text class=\"tick\" x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+                HEIGHT - 6,
+                x = LEFT as f64 + i as f64 * slot,
             );
         }
     }
-    for (key, label, values) in series.series() {
+    for (k, (key, label, values)) in series.series().into_iter().enumerate() {
         let total: u64 = values.iter().sum();
-        let points: Vec<String> = values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| format!("{},{}", x(i as u64), y(v)))
-            .collect();
         let _ = write!(
             out,
-            "<polyline class=\"series {key}\" data-series=\"{key}\" data-total=\"{total}\" \
-             points=\"{}\"><title>{} ({total})</title></polyline>",
-            points.join(" "),
-            esc(label)
+            "<g class=\"series {key}\" data-series=\"{key}\" data-total=\"{total}\">"
         );
+        for (i, &v) in values.iter().enumerate().filter(|(_, &v)| v > 0) {
+            let h = (v * plot_h / max).max(1);
+            let _ = write!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{}\" width=\"{:.1}\" height=\"{h}\"><title>{} {}: {v}</title></rect>",
+                LEFT as f64 + i as f64 * slot + (k as f64 + 0.5) * bar,
+                base - h,
+                bar,
+                &crate::clock::rfc3339(series.start_ms + i as u64 * HOUR_MS)[..16],
+                esc(label)
+            );
+        }
+        out.push_str("</g>");
     }
     out.push_str("</svg><ul class=\"legend\">");
     for (key, label, values) in series.series() {
@@ -157,7 +165,10 @@ mod tests {
         );
         assert!(svg.contains("data-series=\"bounced\" data-total=\"1\""));
         assert!(svg.contains("data-series=\"complained\" data-total=\"0\""));
-        // The peak (4) is drawn at the top of the plot.
-        assert!(svg.contains(&format!("{},{TOP}", LEFT + (WIDTH - LEFT - 10) / 2)));
+        // The peak (4) reaches the top of the plot; the single bounce a quarter of it.
+        let plot_h = HEIGHT - TOP - BOTTOM;
+        assert!(svg.contains(&format!("y=\"{TOP}\" width")), "{svg}");
+        assert!(svg.contains(&format!("height=\"{}\"", plot_h / 4)), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 3, "no bars for zeros");
     }
 }

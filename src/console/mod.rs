@@ -225,7 +225,8 @@ async fn security_headers(mut response: Response) -> Response {
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the console's own POSTs.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -280,6 +281,13 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let site_ok = headers
         .get("sec-fetch-site")
         .is_none_or(|v| v.as_bytes() == b"same-origin");
+    if !(origin_ok && site_ok) {
+        tracing::warn!(
+            origin = ?headers.get(header::ORIGIN),
+            host,
+            "console POST refused: not same-origin"
+        );
+    }
     origin_ok && site_ok
 }
 
