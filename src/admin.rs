@@ -5,6 +5,7 @@
 //! socket's file mode (0660: the service user and its group), like Postfix's `postqueue`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::domain::{MessageClass, QueueId, State, SubmissionRecord, Suppression, ALL_CLASSES};
+use crate::reputation::{Decision, HoldTarget, Reputation, ReputationReport};
 use crate::spool::{Action, Compacted, Listing, Spool, SpoolError};
 
 /// Longest request line accepted.
@@ -88,6 +90,14 @@ pub enum Request {
         #[serde(default = "all_classes")]
         account: String,
     },
+    /// Bounce and complaint rates, the guard's holds and decisions.
+    Reputation,
+    /// End the guard's hold on a class, for the whole account or one identity.
+    ReputationRelease {
+        class: String,
+        #[serde(default)]
+        identity: Option<String>,
+    },
 }
 
 fn all_classes() -> String {
@@ -108,6 +118,11 @@ pub struct Response {
     pub suppressions: Vec<Suppression>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted: Option<Compacted>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<ReputationReport>,
+    /// What `reputation release` decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 impl Response {
@@ -120,7 +135,12 @@ impl Response {
 }
 
 /// Serves the socket until shutdown. A stale socket file from a previous run is replaced.
-pub async fn serve(path: PathBuf, spool: Spool, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    spool: Spool,
+    reputation: Option<Arc<Reputation>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
@@ -142,8 +162,9 @@ pub async fn serve(path: PathBuf, spool: Spool, mut shutdown: watch::Receiver<bo
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
             let spool = spool.clone();
+            let reputation = reputation.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &spool).await {
+                if let Err(e) = answer(stream, &spool, reputation.as_deref()).await {
                     tracing::debug!(error = %e, "admin connection ended");
                 }
             });
@@ -153,7 +174,7 @@ pub async fn serve(path: PathBuf, spool: Spool, mut shutdown: watch::Receiver<bo
     Ok(())
 }
 
-async fn answer(stream: UnixStream, spool: &Spool) -> Result<()> {
+async fn answer(stream: UnixStream, spool: &Spool, reputation: Option<&Reputation>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
@@ -161,7 +182,12 @@ async fn answer(stream: UnixStream, spool: &Spool) -> Result<()> {
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             tracing::info!(?request, "admin request");
-            handle(spool, request).await.unwrap_or_else(Response::error)
+            match request {
+                Request::Reputation | Request::ReputationRelease { .. } => {
+                    reputation_request(reputation, request).await
+                }
+                request => handle(spool, request).await.unwrap_or_else(Response::error),
+            }
         }
         Err(e) => Response::error(format!("bad request: {e}")),
     };
@@ -258,8 +284,34 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
         } => {
             response.changed = u64::from(ledger.unsuppress(address, account, class).await?);
         }
+        Request::Reputation | Request::ReputationRelease { .. } => {
+            return Err(SpoolError::Storage("not a spool request".into()))
+        }
     }
     Ok(response)
+}
+
+/// `outbox reputation …`.
+async fn reputation_request(reputation: Option<&Reputation>, request: Request) -> Response {
+    let Some(reputation) = reputation else {
+        return Response::error("reputation figures are not available on this server");
+    };
+    let mut response = Response::default();
+    match request {
+        Request::ReputationRelease { class, identity } => {
+            let Some(class) = MessageClass::parse(&class) else {
+                return Response::error(format!(
+                    "unknown class {class}: transactional, mailing_list or bulk"
+                ));
+            };
+            match reputation.release(HoldTarget { identity, class }).await {
+                Ok(decision) => response.decision = Some(decision),
+                Err(e) => return Response::error(e),
+            }
+        }
+        _ => response.reputation = Some(reputation.report()),
+    }
+    response
 }
 
 /// The ids a command applies to: the one given, or every one in `all`'s listing.

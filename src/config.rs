@@ -684,6 +684,18 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("submit.sock"))
     }
 
+    /// Every configured identity's id (reputation figures are reported per identity).
+    pub fn identity_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .accounts
+            .iter()
+            .flat_map(|a| a.identities.iter().map(|i| i.id.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     /// Where the admin socket lives (resolved at load).
     pub fn admin_socket(&self) -> PathBuf {
         self.admin_socket

@@ -68,6 +68,16 @@ enum Command {
         #[command(subcommand)]
         command: SuppressionCommand,
     },
+    /// Bounce and complaint rates (last 24 h and 7 days) per account, identity and class, and
+    /// the guard that holds a class before SES reviews the account.
+    Reputation {
+        #[arg(long, default_value = "config/outbox.toml", global = true)]
+        config: PathBuf,
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<ReputationCommand>,
+    },
     /// The dead-letter queue: messages whose attempts ran out (kept 14 days).
     Dlq {
         #[arg(long, default_value = "config/outbox.toml", global = true)]
@@ -142,6 +152,19 @@ enum SuppressionCommand {
         class: String,
         #[arg(long, default_value = "*")]
         account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReputationCommand {
+    /// End the guard's hold on a class (and release the queued mail it held); the guard holds
+    /// it again only on new bounces or complaints.
+    Release {
+        /// transactional, mailing_list or bulk.
+        class: String,
+        /// Only this identity's hold (default: the account-wide hold).
+        #[arg(long)]
+        identity: Option<String>,
     },
 }
 
@@ -241,6 +264,19 @@ fn main() -> ExitCode {
                 DlqCommand::List => Request::DlqList,
                 DlqCommand::Redrive { id, all } => Request::DlqRedrive { id, all },
                 DlqCommand::Purge => Request::DlqPurge,
+            };
+            admin(&config, &request, json)
+        }
+        Command::Reputation {
+            config,
+            json,
+            command,
+        } => {
+            let request = match command {
+                None => Request::Reputation,
+                Some(ReputationCommand::Release { class, identity }) => {
+                    Request::ReputationRelease { class, identity }
+                }
             };
             admin(&config, &request, json)
         }
@@ -380,6 +416,16 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
         Request::QueueCompact => {
             if let Some(c) = response.compacted {
                 println!("spool file: {} -> {} bytes", c.before_bytes, c.after_bytes);
+            }
+        }
+        Request::Reputation => {
+            if let Some(report) = &response.reputation {
+                print!("{}", outbox::reputation::text::render(report, rfc3339));
+            }
+        }
+        Request::ReputationRelease { .. } => {
+            if let Some(d) = &response.decision {
+                println!("{}", outbox::reputation::text::decision(d, rfc3339));
             }
         }
         _ => println!("{} message(s) changed", response.changed),

@@ -62,6 +62,8 @@ pub struct Metrics {
     spool_messages: Gauge,
     spool_bytes: Gauge,
     ready: AtomicBool,
+    /// The reputation figures, registered at each scrape (see [`crate::reputation`]).
+    pub reputation: std::sync::OnceLock<Arc<crate::reputation::Reputation>>,
 }
 
 impl Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             ready: AtomicBool::new(false),
+            reputation: std::sync::OnceLock::new(),
         })
     }
 
@@ -125,6 +128,9 @@ impl Metrics {
             self.spool_bytes.set(depth.stored_bytes as i64);
         }
         let mut registry = Registry::with_prefix("outbox");
+        if let Some(reputation) = self.reputation.get() {
+            reputation.register_metrics(&mut registry);
+        }
         let m = self;
         registry.register(
             "smtp_connections",

@@ -368,6 +368,8 @@ async fn submit(
         // sysexits.h: EX_NOUSER for an address that cannot be used.
         Err(e @ SubmitError::Address(_)) => LocalAnswer::new(exit::NOUSER, e.to_string()),
         Err(e @ SubmitError::Attachment(_)) => LocalAnswer::new(exit::DATAERR, e.to_string()),
+        // EX_TEMPFAIL: the class is held for now; the caller's queue tries again later.
+        Err(SubmitError::Held(m)) => LocalAnswer::new(exit::TEMPFAIL, m),
     }
 }
 

@@ -91,9 +91,17 @@ pub async fn run(
         )
         .context("opening the spool")?,
     };
+    let reputation = crate::reputation::Reputation::open(
+        config.reputation.clone(),
+        config.identity_ids(),
+        spool.clone(),
+        clock.clone(),
+    )
+    .await;
     let submitter = Arc::new(
         Submitter::new(spool.clone(), config.hostname.clone(), clock.clone())
-            .for_transport(&config.sender.transport),
+            .for_transport(&config.sender.transport)
+            .with_reputation(reputation.clone()),
     );
     let (transport, send_rate): (Arc<dyn Transport>, f64) = match &config.sender.transport {
         TransportConfig::Dir { path } => (Arc::new(DirTransport::new(path.clone())), 0.0),
@@ -133,7 +141,9 @@ pub async fn run(
     sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
     sender.dkim = DkimKeys::load(&config.dkim)?;
     let metrics = Metrics::new();
+    let _ = metrics.reputation.set(reputation.clone());
     sender.metrics = metrics.clone();
+    sender.reputation = Some(reputation.clone());
     sender.signatures = Some(jmap_store.clone());
     let feedback = crate::feedback::service::FeedbackService::new(
         &config.feedback,
@@ -206,7 +216,14 @@ pub async fn run(
         )));
     }
     std::fs::create_dir_all(&config.state_dir)?;
-    crate::admin::serve(config.admin_socket(), spool.clone(), stop_rx.clone()).await?;
+    crate::admin::serve(
+        config.admin_socket(),
+        spool.clone(),
+        Some(reputation.clone()),
+        stop_rx.clone(),
+    )
+    .await?;
+    workers.push(tokio::spawn(reputation.clone().run(stop_rx.clone())));
     crate::sendmail::serve(
         config.submit_socket(),
         directory.clone(),

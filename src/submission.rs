@@ -43,6 +43,10 @@ pub enum SubmitError {
     /// An attachment type the SES-bound transport would refuse.
     #[error(transparent)]
     Attachment(#[from] RefusedAttachment),
+    /// The reputation guard holds this identity's mail of this class; temporary. The text
+    /// names the class and the rate and is safe to show the client.
+    #[error("{0}")]
+    Held(String),
     #[error("spool full")]
     SpoolFull,
     #[error("storage failure")]
@@ -77,6 +81,8 @@ pub struct Submitter {
     addresses: AddressPolicy,
     /// Refuse attachment types SES refuses (the transport ends at SES).
     ses_attachments: bool,
+    /// Refuse classes the reputation guard holds.
+    reputation: Option<Arc<crate::reputation::Reputation>>,
 }
 
 impl Submitter {
@@ -87,7 +93,14 @@ impl Submitter {
             clock,
             addresses: AddressPolicy::default(),
             ses_attachments: false,
+            reputation: None,
         }
+    }
+
+    /// Refuses new mail of the classes `reputation`'s guard holds.
+    pub fn with_reputation(mut self, reputation: Arc<crate::reputation::Reputation>) -> Self {
+        self.reputation = Some(reputation);
+        self
     }
 
     /// The rules of the transport messages leave by: envelope addresses it can carry, and
@@ -144,6 +157,13 @@ impl Submitter {
             Some(c) => c,
             None => message_class(&req.mime)?,
         };
+        // An in-memory look-up: the guard's holds are kept current by its own task.
+        if let Some(reputation) = &self.reputation {
+            if let Err(refusal) = reputation.check(&identity.id, message_class) {
+                tracing::info!(identity = %identity.id, class = %message_class, "refused: {refusal}");
+                return Err(SubmitError::Held(refusal.to_string()));
+            }
+        }
         // Refused up front, with the reason, rather than accepted and dropped at send time.
         match self
             .spool

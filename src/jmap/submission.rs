@@ -321,6 +321,9 @@ async fn create_one(ctx: &mut Ctx<'_>, obj: &Map<String, Value>) -> Result<(Stri
             ))
         }
         Err(SubmitError::BadMessage(m)) => return Err(set_error("invalidEmail", m)),
+        // RFC 8621 §7.5 forbiddenToSend: "does not have permission to send at all right now";
+        // the description names the held class and rate.
+        Err(SubmitError::Held(m)) => return Err(set_error("forbiddenToSend", m)),
         Err(e @ SubmitError::Suppressed { .. }) => {
             return Err(set_error("forbiddenToSend", e.to_string()))
         }

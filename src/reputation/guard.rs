@@ -392,3 +392,244 @@ impl GuardState {
         Ok(decision)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reputation::ReputationConfig;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn rules() -> Rules {
+        let mut config = ReputationConfig::default();
+        config.min_sends_bounce = 100;
+        config.min_sends_complaint = 1000;
+        Rules {
+            thresholds: config.thresholds(),
+            hold_classes: config.hold_classes,
+            per_identity: true,
+        }
+    }
+
+    /// (identity, class, sends, bounces, complaints)
+    fn table(cells: &[(&str, MessageClass, u64, u64, u64)]) -> Table {
+        cells
+            .iter()
+            .map(|&(i, c, sends, bounces, complaints)| {
+                (
+                    (i.to_string(), c),
+                    Counts {
+                        sends,
+                        deliveries: sends - bounces,
+                        bounces,
+                        complaints,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn account(class: MessageClass) -> HoldTarget {
+        HoldTarget {
+            identity: None,
+            class,
+        }
+    }
+
+    fn kinds(d: &[Decision]) -> Vec<(DecisionKind, HoldTarget)> {
+        d.iter().map(|d| (d.kind, d.target.clone())).collect()
+    }
+
+    use MessageClass::{Bulk, MailingList, Transactional};
+
+    #[test]
+    fn quiet_figures_hold_nothing_and_small_volumes_do_not_count() {
+        let mut g = GuardState::default();
+        let t = table(&[
+            ("news", Bulk, 1000, 10, 0),
+            // 50 % bounces, but 20 sends: below the minimum volume.
+            ("app", Bulk, 20, 10, 0),
+        ]);
+        assert!(g.evaluate(&t, &rules(), NOW).is_empty());
+        assert!(g.holds.is_empty() && g.decisions.is_empty());
+    }
+
+    #[test]
+    fn a_class_over_the_bounce_level_is_held_with_its_figures_for_account_and_identity() {
+        let mut g = GuardState::default();
+        let t = table(&[
+            ("news", Bulk, 1000, 30, 0),
+            ("app", Transactional, 5000, 10, 0),
+        ]);
+        let d = g.evaluate(&t, &rules(), NOW);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                (DecisionKind::Hold, account(Bulk)),
+                (
+                    DecisionKind::Hold,
+                    HoldTarget {
+                        identity: Some("news".into()),
+                        class: Bulk
+                    }
+                )
+            ]
+        );
+        let f = &d[0].figures;
+        assert_eq!(d[0].metric, Metric::Bounce);
+        assert_eq!((f.counts.sends, f.counts.bounces), (1000, 30));
+        assert!((f.rate - 0.03).abs() < 1e-12 && (f.threshold - 0.02).abs() < 1e-12);
+        assert_eq!(f.scope, Scope::Class { class: Bulk });
+        assert!(g.hold_for("news", Bulk).is_some());
+        assert!(g.hold_for("other", Bulk).is_some(), "account-wide hold");
+        assert!(g.hold_for("news", Transactional).is_none());
+        assert!(g.hold_for("news", MailingList).is_none());
+        assert_eq!(g.decisions.len(), 2);
+        // The same figures again decide nothing new.
+        assert!(g.evaluate(&t, &rules(), NOW + 1).is_empty());
+    }
+
+    #[test]
+    fn complaints_are_judged_first_and_at_their_own_level() {
+        let mut g = GuardState::default();
+        // 0.1 % complaints, 2.5 % bounces: both over; the complaint is named.
+        let t = table(&[("news", MailingList, 2000, 50, 2)]);
+        let d = g.evaluate(&t, &rules(), NOW);
+        assert_eq!(d[0].metric, Metric::Complaint);
+        assert_eq!(d[0].target, account(MailingList));
+    }
+
+    #[test]
+    fn an_account_rate_holds_bulk_first_then_mailing_list_never_transactional() {
+        let mut r = rules();
+        r.per_identity = false;
+        // Every class at 1.5 %: nothing held.
+        let mut g = GuardState::default();
+        let calm = table(&[
+            ("a", Bulk, 1000, 15, 0),
+            ("a", MailingList, 1000, 15, 0),
+            ("a", Transactional, 1000, 15, 0),
+        ]);
+        assert!(g.evaluate(&calm, &r, NOW).is_empty());
+        // Transactional mail bounces hard: the account is over. Bulk goes first (it
+        // contributes bounces); the rest is still over, so mailing_list too; transactional is
+        // not holdable by default, so that is where it stops.
+        let bad = table(&[
+            ("a", Bulk, 1000, 15, 0),
+            ("a", MailingList, 1000, 15, 0),
+            ("a", Transactional, 1000, 100, 0),
+        ]);
+        let d = g.evaluate(&bad, &r, NOW);
+        assert_eq!(
+            kinds(&d),
+            vec![
+                (DecisionKind::Hold, account(Bulk)),
+                (DecisionKind::Hold, account(MailingList))
+            ]
+        );
+        assert_eq!(d[0].figures.scope, Scope::Account);
+        assert_eq!(d[0].figures.counts.sends, 3000);
+        // Mailing list was judged on what was left once bulk was held.
+        assert_eq!(d[1].figures.counts.sends, 2000);
+        assert!(g.hold_for("a", Transactional).is_none());
+        // Only the explicit configuration lets the guard hold transactional mail.
+        let mut g = GuardState::default();
+        r.hold_classes = vec![Bulk, MailingList, Transactional];
+        let d = g.evaluate(&bad, &r, NOW);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[2].target, account(Transactional));
+    }
+
+    #[test]
+    fn escalation_stops_once_the_rest_is_below_the_level() {
+        let mut r = rules();
+        r.per_identity = false;
+        let mut g = GuardState::default();
+        // Bulk at 4 % is held on its own figures; what is left (mailing_list, 0.5 %) is
+        // under the level, so mailing_list is not held although it has bounces.
+        let t = table(&[("a", Bulk, 1000, 40, 0), ("a", MailingList, 1000, 5, 0)]);
+        let d = g.evaluate(&t, &r, NOW);
+        assert_eq!(kinds(&d), vec![(DecisionKind::Hold, account(Bulk))]);
+    }
+
+    #[test]
+    fn a_hold_resumes_only_below_the_resume_level() {
+        let mut r = rules();
+        r.per_identity = false;
+        let mut g = GuardState::default();
+        g.evaluate(&table(&[("a", Bulk, 1000, 30, 0)]), &r, NOW);
+        assert_eq!(g.holds.len(), 1);
+        // 1.5 %: under the hold level, over the resume level (1 %): still held.
+        assert!(g
+            .evaluate(&table(&[("a", Bulk, 2000, 30, 0)]), &r, NOW + 1)
+            .is_empty());
+        assert_eq!(g.holds.len(), 1);
+        // 0.75 %: resumes, with the figures it resumed on.
+        let d = g.evaluate(&table(&[("a", Bulk, 4000, 30, 0)]), &r, NOW + 2);
+        assert_eq!(kinds(&d), vec![(DecisionKind::Resume, account(Bulk))]);
+        assert_eq!(d[0].by, Actor::Guard);
+        assert!((d[0].figures.threshold - 0.01).abs() < 1e-12);
+        assert!(g.holds.is_empty());
+        // When the window no longer has enough volume, the rate does not count: resumed too.
+        g.evaluate(&table(&[("a", Bulk, 1000, 30, 0)]), &r, NOW + 3);
+        let d = g.evaluate(&table(&[("a", Bulk, 50, 30, 0)]), &r, NOW + 4);
+        assert_eq!(kinds(&d), vec![(DecisionKind::Resume, account(Bulk))]);
+        assert_eq!(g.decisions.len(), 4);
+    }
+
+    #[test]
+    fn an_operator_release_sticks_until_new_evidence() {
+        let mut r = rules();
+        r.per_identity = false;
+        let mut g = GuardState::default();
+        let t = table(&[("a", Bulk, 1000, 30, 0)]);
+        g.evaluate(&t, &r, NOW);
+        let d = g
+            .release(&account(Bulk), &t, &r.thresholds, NOW + 1)
+            .unwrap();
+        assert_eq!((d.kind, d.by), (DecisionKind::Release, Actor::Operator));
+        assert_eq!(d.figures.counts.bounces, 30);
+        assert!(g.holds.is_empty());
+        assert_eq!(
+            g.release(&account(Bulk), &t, &r.thresholds, NOW + 1),
+            Err(NotHeld(account(Bulk)))
+        );
+        // Same figures: not held again, and the released class does not push the next one
+        // into a hold either.
+        let t2 = table(&[("a", Bulk, 1000, 30, 0), ("a", MailingList, 100, 1, 0)]);
+        assert!(g.evaluate(&t2, &r, NOW + 2).is_empty());
+        // New bounces while still over the level: held again.
+        let d = g.evaluate(&table(&[("a", Bulk, 1100, 40, 0)]), &r, NOW + 3);
+        assert_eq!(kinds(&d), vec![(DecisionKind::Hold, account(Bulk))]);
+        // Once the class is below its resume level the release marker is forgotten.
+        g.release(&account(Bulk), &t, &r.thresholds, NOW + 4)
+            .unwrap();
+        g.evaluate(&table(&[("a", Bulk, 10_000, 40, 0)]), &r, NOW + 5);
+        assert!(g.released.is_empty());
+    }
+
+    #[test]
+    fn decisions_are_capped_and_the_state_round_trips_as_json() {
+        let mut r = rules();
+        r.per_identity = false;
+        let mut g = GuardState::default();
+        let (bad, good) = (
+            table(&[("a", Bulk, 1000, 30, 0)]),
+            table(&[("a", Bulk, 1000, 0, 0)]),
+        );
+        for i in 0..MAX_DECISIONS as u64 {
+            g.evaluate(&bad, &r, NOW + 2 * i);
+            g.evaluate(&good, &r, NOW + 2 * i + 1);
+        }
+        assert_eq!(g.decisions.len(), MAX_DECISIONS);
+        assert_eq!(
+            g.decisions.last().unwrap().at_ms,
+            NOW + 2 * MAX_DECISIONS as u64 - 1
+        );
+        g.evaluate(&bad, &r, NOW + 10_000);
+        let json = serde_json::to_value(&g).unwrap();
+        let back: GuardState = serde_json::from_value(json).unwrap();
+        assert_eq!(back, g);
+        assert!(back.hold_for("x", Bulk).is_some());
+    }
+}

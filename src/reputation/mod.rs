@@ -28,11 +28,12 @@ mod metrics;
 pub mod rates;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use crate::activity::ActivityRow;
@@ -65,7 +66,7 @@ pub struct Refusal {
 }
 
 /// Everything the CLI, `/metrics` and the console show. Rates are ratios (0.02 is 2 %).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReputationReport {
     /// When the figures were read (ms since the Unix epoch); 0 before the first read.
     pub generated_ms: u64,
@@ -110,6 +111,8 @@ pub struct Reputation {
     /// One refresh or release at a time (each reads, decides and saves).
     writing: Mutex<()>,
     metrics: metrics::Counters,
+    /// Decisions taken since the service opened; moves with each one.
+    decided: watch::Sender<u64>,
 }
 
 impl Reputation {
@@ -144,6 +147,7 @@ impl Reputation {
             snapshot: RwLock::new(snapshot),
             writing: Mutex::new(()),
             metrics: metrics::Counters::default(),
+            decided: watch::channel(0).0,
         })
     }
 
@@ -222,6 +226,7 @@ impl Reputation {
             self.save(&state).await;
         }
         self.unpark_resumed(&decisions).await;
+        self.decided.send_modify(|n| *n += decisions.len() as u64);
         Ok(decisions)
     }
 
@@ -242,6 +247,7 @@ impl Reputation {
             return Err(ReleaseError::Storage);
         }
         self.unpark_resumed(std::slice::from_ref(&decision)).await;
+        self.decided.send_modify(|n| *n += 1);
         Ok(decision)
     }
 
@@ -358,6 +364,12 @@ impl Reputation {
     pub fn series(&self, scope: &Scope) -> Vec<HourlyPoint> {
         let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
         rates::series(&snapshot.rows, scope, snapshot.read_ms)
+    }
+
+    /// Moves whenever the guard takes a decision (the number taken since the service opened):
+    /// a console can wait on it instead of polling.
+    pub fn watch_decisions(&self) -> watch::Receiver<u64> {
+        self.decided.subscribe()
     }
 
     /// Every guard decision kept (up to [`guard::MAX_DECISIONS`]), newest first.

@@ -54,6 +54,8 @@ pub struct Sender {
     pub signatures: Option<Arc<dyn SignatureSource>>,
     /// Told about every message the transport accepted (after the spool recorded it).
     pub on_sent: Option<Arc<dyn Fn(SentNotice) + Send + Sync>>,
+    /// Holds queued mail of a class the reputation guard holds instead of sending it.
+    pub reputation: Option<Arc<crate::reputation::Reputation>>,
 }
 
 /// A message the transport accepted, as it went out.
@@ -89,6 +91,7 @@ impl Sender {
             metrics: Metrics::new(),
             signatures: None,
             on_sent: None,
+            reputation: None,
         }
     }
 }
@@ -132,7 +135,30 @@ pub async fn run_worker(sender: Arc<Sender>, mut shutdown: watch::Receiver<bool>
                 }
                 continue;
             }
+            if park_if_held(&sender, &lease).await {
+                continue;
+            }
             deliver(&sender, lease).await;
+        }
+    }
+}
+
+/// Holds a leased message whose class the reputation guard holds (`hold_queued`): sending it
+/// into an account under review is what the hold is for. True when it was held.
+async fn park_if_held(sender: &Sender, lease: &Lease) -> bool {
+    let Some(reputation) = sender.reputation.as_ref().filter(|r| r.holds_queued()) else {
+        return false;
+    };
+    let job = &lease.job;
+    let Some(hold) = reputation.hold_for(&job.identity_id, job.message_class) else {
+        return false;
+    };
+    match reputation.park(job.id, &hold).await {
+        Ok(()) => true,
+        Err(e) => {
+            // Left leased: it is visible again when the lease expires, and judged again then.
+            tracing::warn!(id = %job.id, error = %e, "holding a message of a held class failed");
+            true
         }
     }
 }

@@ -451,6 +451,7 @@ impl Conn {
                 SubmitError::Suppressed { .. } => "suppressed",
                 SubmitError::Address(_) => "address",
                 SubmitError::Attachment(_) => "attachment",
+                SubmitError::Held(_) => "reputation_hold",
             }),
         }
         match &result {

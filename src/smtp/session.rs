@@ -664,6 +664,9 @@ impl Session {
             Err(SubmitError::BadMessage(text)) => self.error(Reply::new(550, 6, 0, text)),
             Err(SubmitError::SpoolFull) => Self::reply(reply::spool_full()),
             Err(SubmitError::Storage) => Self::reply(reply::local_error()),
+            // RFC 3463 X.7.1 (delivery not authorized), temporary: the class is held until
+            // its bounce or complaint rate recovers or an operator releases it.
+            Err(SubmitError::Held(text)) => Self::reply(Reply::new(451, 7, 1, text)),
             // RFC 3463 X.7.1: delivery not authorized; the whole message, naming the address.
             Err(e @ SubmitError::Suppressed { .. }) => {
                 Self::reply(Reply::new(550, 7, 1, e.to_string()))

@@ -918,6 +918,103 @@ pub(crate) async fn the_change_feed_resumes_from_a_cursor(b: &impl Backend) {
     assert!(!ledger.changes(behind.next, 100).await.unwrap().truncated);
 }
 
+/// Sends, deliveries, hard bounces and complaints per hour, identity and class are counted
+/// as records change — each change once, whatever else rewrites the record — and outlive the
+/// records' own retention, so a 7-day window stays true when records are kept for less.
+pub(crate) async fn activity_is_counted_once_and_outlives_record_retention(b: &impl Backend) {
+    use crate::activity::{Counts, ACTIVITY_RETENTION_MS, HOUR_MS};
+    let clock = ManualClock::new(START);
+    let mut options = b.options();
+    options.retention_ms = DAY;
+    let spool = b.open(options.clone(), clock.clone());
+    let ledger = &spool.ledger;
+    assert!(ledger.activity(0).await.unwrap().is_empty());
+    let id = sent_submission(&spool, &clock, "ses-1").await;
+    // Queued but not sent: counts nothing.
+    submit(&spool, &clock, "waiting").await;
+    let bounce = vec![event(Outcome::Bounced, &["bob@example.net"], START + 10)];
+    for _ in 0..2 {
+        ledger
+            .apply_feedback(Some("sns-1".into()), bounce.clone())
+            .await
+            .unwrap();
+    }
+    // A transient bounce is SES still trying: not a bounce for the rates.
+    let mut soft = event(Outcome::Bounced, &["carol@example.net"], START + 20);
+    soft.detail = Some("Transient/MailboxFull".into());
+    ledger
+        .apply_feedback(Some("sns-2".into()), vec![soft])
+        .await
+        .unwrap();
+    let complaint = vec![event(
+        Outcome::Complained,
+        &["carol@example.net"],
+        START + HOUR_MS + 5,
+    )];
+    ledger
+        .apply_feedback(Some("sns-3".into()), complaint)
+        .await
+        .unwrap();
+    assert_eq!(record(&spool, id).await.state, State::Complained);
+    let counts = |rows: &[crate::activity::ActivityRow]| {
+        rows.iter()
+            .map(|r| {
+                assert_eq!((r.identity_id.as_str(), r.class), ("i", MessageClass::Bulk));
+                (r.hour_ms, r.counts)
+            })
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (
+            START,
+            Counts {
+                sends: 2,
+                bounces: 1,
+                ..Counts::default()
+            },
+        ),
+        (
+            START + HOUR_MS,
+            Counts {
+                deliveries: 1,
+                complaints: 1,
+                ..Counts::default()
+            },
+        ),
+    ];
+    assert_eq!(counts(&ledger.activity(0).await.unwrap()), expected);
+    assert_eq!(
+        counts(&ledger.activity(START + HOUR_MS).await.unwrap()),
+        expected[1..]
+    );
+    // The record goes with retention; its counts stay, and survive a reopen.
+    clock.advance_ms(3 * DAY);
+    assert_eq!(ledger.purge().await.unwrap().finished, 1);
+    assert!(ledger.get(id).await.unwrap().is_none());
+    drop(spool);
+    let spool = b.open(options, clock.clone());
+    let ledger = &spool.ledger;
+    assert_eq!(counts(&ledger.activity(0).await.unwrap()), expected);
+    // Counts go once they are older than any window needs.
+    clock.set_ms(START + HOUR_MS + ACTIVITY_RETENTION_MS);
+    assert_eq!(ledger.purge().await.unwrap().activity, 1);
+    assert_eq!(counts(&ledger.activity(0).await.unwrap()), expected[1..]);
+}
+
+/// The reputation guard's state is stored as given and survives a reopen.
+pub(crate) async fn guard_state_round_trips_and_survives_a_reopen(b: &impl Backend) {
+    let clock = ManualClock::new(START);
+    let spool = b.open(b.options(), clock.clone());
+    assert_eq!(spool.ledger.guard_state().await.unwrap(), None);
+    let first = serde_json::json!({"holds": [{"class": "bulk"}], "decisions": []});
+    spool.ledger.save_guard_state(first).await.unwrap();
+    let second = serde_json::json!({"holds": [], "decisions": [{"kind": "release"}]});
+    spool.ledger.save_guard_state(second.clone()).await.unwrap();
+    drop(spool);
+    let spool = b.open(b.options(), clock.clone());
+    assert_eq!(spool.ledger.guard_state().await.unwrap(), Some(second));
+}
+
 /// One test per contract check, for the backend `$backend` makes.
 macro_rules! contract_suite {
     ($backend:expr; $($check:ident),* $(,)?) => {
@@ -970,5 +1067,7 @@ mod redb {
         retention_purges_exactly_what_is_due,
         dead_letters_are_purged_after_their_retention,
         the_change_feed_resumes_from_a_cursor,
+        activity_is_counted_once_and_outlives_record_retention,
+        guard_state_round_trips_and_survives_a_reopen,
     );
 }
