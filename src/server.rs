@@ -279,19 +279,6 @@ pub async fn run(
             stop: stop_rx.clone(),
         },
     )));
-    // The reputation figures (issue 17): one service, refreshed as the ledger changes.
-    let reputation = crate::reputation::Reputation::open(
-        config.reputation.clone(),
-        config
-            .accounts
-            .iter()
-            .flat_map(|a| a.identities.iter().map(|i| i.id.clone()))
-            .collect(),
-        spool.clone(),
-        clock.clone(),
-    )
-    .await;
-    workers.push(tokio::spawn(reputation.clone().run(stop_rx.clone())));
     let router = match &config.console {
         Some(console) => router.merge(crate::console::router(crate::console::Console::new(
             console,
