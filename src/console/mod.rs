@@ -5,7 +5,8 @@
 //!   against the guard's thresholds (both from [`Reputation::report`], the one source of
 //!   those figures), the queue, held mail, dead letters, suppressions, and one submission's
 //!   whole record.
-//! - Acting (role `admin` only): retry, hold, release, delete, redrive, remove a suppression.
+//! - Acting (role `admin` only): retry, hold, release, delete, redrive, remove a suppression,
+//!   end a reputation guard hold.
 //!   Every action is an [`admin::Request`](crate::admin::Request) handled by
 //!   [`admin::handle`](crate::admin::handle), the code behind `outbox queue …` — there is no
 //!   second implementation here.
@@ -501,6 +502,12 @@ async fn action(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
             Some(&session),
         );
     }
+    if fields
+        .get("op")
+        .is_some_and(|op| op == "reputation_release")
+    {
+        return reputation_release(&console, &session, &fields).await;
+    }
     let request = match request_for(&fields) {
         Ok(request) => request,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, &why, Some(&session)),
@@ -523,5 +530,27 @@ async fn action(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
             };
             refuse(status, &format!("{op}: {e}"), Some(&session))
         }
+    }
+}
+
+/// Ends a reputation guard hold, as `outbox reputation release` does (through
+/// [`Reputation::release`], the code behind that command).
+async fn reputation_release(
+    console: &Console,
+    session: &Session,
+    fields: &std::collections::HashMap<String, String>,
+) -> Response {
+    let Some(class) = fields
+        .get("class")
+        .and_then(|c| crate::domain::MessageClass::parse(c))
+    else {
+        return refuse(StatusCode::BAD_REQUEST, "no such class", Some(session));
+    };
+    let identity = fields.get("identity").filter(|i| !i.is_empty()).cloned();
+    let target = crate::reputation::HoldTarget { identity, class };
+    tracing::info!(login = %session.login, %target, "console reputation release");
+    match console.reputation.release(target).await {
+        Ok(_) => see_other("/console?done=reputation_release&changed=1"),
+        Err(e) => refuse(StatusCode::CONFLICT, &e.to_string(), Some(session)),
     }
 }

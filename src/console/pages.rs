@@ -32,6 +32,7 @@ fn notice(q: &std::collections::HashMap<String, String>) -> String {
         "delete",
         "redrive",
         "unsuppress",
+        "reputation_release",
     ];
     match (
         q.get("done"),
@@ -118,7 +119,7 @@ pub async fn overview(
             &report.series,
             CHART_HOURS
         )),
-        super::reputation::panel(&report, now)
+        super::reputation::panel(&session, &report, now)
     );
     ok("Overview", &session, &body)
 }

@@ -236,3 +236,10 @@ def test_viewer_is_refused_and_the_csrf_token_is_enforced(console, browser):
     browser.find_element(By.CSS_SELECTOR, "button[data-action=hold]").click()
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "notice"), "hold: 1"))
     assert state_of(server, later) == "held"
+
+
+def test_the_console_is_off_unless_configured(start_server):
+    server = start_server()
+    for path in ("/console", "/console/login", "/console/static/console.css"):
+        r = requests.get(base(server) + path, verify=server.ca, allow_redirects=False, timeout=10)
+        assert r.status_code == 404, (path, r.status_code)
