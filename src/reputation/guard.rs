@@ -401,9 +401,11 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     fn rules() -> Rules {
-        let mut config = ReputationConfig::default();
-        config.min_sends_bounce = 100;
-        config.min_sends_complaint = 1000;
+        let config = ReputationConfig {
+            min_sends_bounce: 100,
+            min_sends_complaint: 1000,
+            ..ReputationConfig::default()
+        };
         Rules {
             thresholds: config.thresholds(),
             hold_classes: config.hold_classes,

@@ -9,7 +9,7 @@
 //!
 //! - [`rates`]: the maths: hourly activity summed per window (24 h, 7 d) and scope.
 //! - [`guard`]: the state machine: holds, resumes, operator releases, decisions.
-//! - [`config`]: `[reputation]`.
+//! - [`config`]: the `[reputation]` section.
 //!
 //! Where the numbers come from: the ledger counts sends, deliveries, hard bounces and
 //! complaints per hour, identity and class in the same write that changes a record (see

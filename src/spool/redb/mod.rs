@@ -58,8 +58,10 @@ const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
 const UNCLAIMED: TableDefinition<u128, ()> = TableDefinition::new("unclaimed_blobs");
 /// Sends, deliveries, bounces and complaints per (hour start, identity id, class name), see
 /// [`crate::activity`]; kept [`crate::activity::ACTIVITY_RETENTION_MS`].
-const ACTIVITY: TableDefinition<(u64, &str, &str), (u64, u64, u64, u64)> =
+const ACTIVITY: TableDefinition<(u64, &str, &str), ActivityCounts> =
     TableDefinition::new("activity");
+/// Sends, deliveries, bounces, complaints.
+type ActivityCounts = (u64, u64, u64, u64);
 /// Small documents owned by one consumer: "reputation" → the guard's JSON state.
 const GUARD: TableDefinition<&str, &[u8]> = TableDefinition::new("guard_state");
 /// The queue of the format before queue ids were 128-bit; only looked at to warn.
