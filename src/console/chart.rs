@@ -86,7 +86,7 @@ pub fn svg(series: &HourlySeries) -> String {
     );
     for i in 0..hours {
         let at = series.start_ms + i * HOUR_MS;
-        if (at / HOUR_MS) % 6 == 0 {
+        if (at / HOUR_MS).is_multiple_of(6) {
             let label = &crate::clock::rfc3339(at)[11..16];
             let _ = write!(
                 out,
