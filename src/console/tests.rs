@@ -33,6 +33,10 @@ fn admin(login: &str, password: &str, role: Role) -> ConsoleAdmin {
 }
 
 fn fixture() -> Fixture {
+    fixture_with_floor(0)
+}
+
+fn fixture_with_floor(login_min_duration_ms: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let spool = crate::spool::redb::open(
@@ -44,7 +48,7 @@ fn fixture() -> Fixture {
     let config = ConsoleConfig {
         session_idle_secs: 600,
         session_lifetime_secs: 3600,
-        login_min_duration_ms: 0,
+        login_min_duration_ms,
         admins: vec![
             admin("ops", "ops-secret", Role::Admin),
             admin("watch", "watch-secret", Role::Viewer),
@@ -388,4 +392,52 @@ fn config_needs_admins_with_argon2_hashes() {
     );
     let viewer: ConsoleConfig = toml::from_str("[[admin]]\nlogin = \"x\"\n").unwrap();
     assert_eq!(viewer.admins[0].role, Role::Viewer, "read-only by default");
+}
+
+/// Rule: every sign-in answer, right or wrong, known login or not, takes at least the floor.
+#[tokio::test]
+async fn sign_in_answers_take_at_least_the_floor() {
+    let f = fixture_with_floor(300);
+    for (login, password) in [("ops", "wrong"), ("nobody", "x"), ("watch", "watch-secret")] {
+        let started = std::time::Instant::now();
+        let _ = sign_in(&f, login, password).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{login}: {took:?}");
+    }
+}
+
+/// Rule: an admin removes a suppression through the admin handler; the entry is gone.
+#[tokio::test]
+async fn an_admin_removes_a_suppression() {
+    let f = fixture();
+    let now = SystemClock.now_ms();
+    f.spool
+        .ledger
+        .suppress(crate::domain::Suppression::new(
+            "gone@example.net",
+            "alice",
+            "bulk",
+            "complaint".into(),
+            now,
+            None,
+        ))
+        .await
+        .unwrap();
+    let (cookie, csrf) = sign_in(&f, "ops", "ops-secret").await.ok().unwrap();
+    let page = get(&f, "/console/suppressions", &cookie).await;
+    assert!(page.body.contains("gone@example.net"));
+    let form = [
+        ("op", "unsuppress"),
+        ("address", "gone@example.net"),
+        ("class", "bulk"),
+        ("account", "alice"),
+        ("csrf", csrf.as_str()),
+        ("back", "/console/suppressions"),
+    ];
+    let done = post(&f, "/console/action", &cookie, &form).await;
+    assert_eq!(
+        done.headers[header::LOCATION],
+        "/console/suppressions?done=unsuppress&changed=1"
+    );
+    assert!(f.spool.ledger.suppressions().await.unwrap().is_empty());
 }
