@@ -62,13 +62,17 @@ def browser():
     driver.quit()
 
 
+def console_config(console_hashes) -> dict:
+    return {"console": {"admin": [
+        {"login": "ops", "password_hash": console_hashes["ops"], "role": "admin"},
+        {"login": "watch", "password_hash": console_hashes["watch"]},
+    ]}}
+
+
 @pytest.fixture
 def console(start_server, console_hashes, browser):
     """A server with the console on (ops: admin, watch: viewer) and a browser with no cookies."""
-    server = start_server({"console": {"admin": [
-        {"login": "ops", "password_hash": console_hashes["ops"], "role": "admin"},
-        {"login": "watch", "password_hash": console_hashes["watch"]},
-    ]}})
+    server = start_server(console_config(console_hashes))
     browser.delete_all_cookies()
     return server
 
@@ -236,6 +240,40 @@ def test_viewer_is_refused_and_the_csrf_token_is_enforced(console, browser):
     browser.find_element(By.CSS_SELECTOR, "button[data-action=hold]").click()
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "notice"), "hold: 1"))
     assert state_of(server, later) == "held"
+
+
+def test_admin_redrives_the_dead_letter_queue(start_server, console_hashes, browser):
+    """A message whose one allowed attempt failed (the dir transport's folder is a file) is a
+    dead letter; its page shows the attempt and the error; once the cause is fixed, the admin
+    redrives the queue from the browser and the message is sent."""
+    def setup(root):
+        (root / "blocked").write_text("not a folder")
+    server = start_server({**console_config(console_hashes),
+                           "sender.transport": {"kind": "dir", "path": "blocked"},
+                           "spool.max_attempts": 1}, setup=setup)
+    browser.delete_all_cookies()
+    doomed = submit_as_alice(server, make_message("doomed"), ["rcpt@example.net"])
+    wait_record(server, doomed, lambda r: r["state"] == "dead")
+
+    sign_in(browser, server, "ops", CONSOLE_PASSWORDS["ops"])
+    WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "flow-chart")))
+    assert browser.find_element(By.ID, "depth-dead").text == "1"
+    browser.get(f"{base(server)}/console/submission/{doomed}")
+    facts = browser.find_element(By.ID, "submission").text
+    assert "Attempts 1" in facts and "blocked" in facts, facts
+    assert "dead" in browser.find_element(By.ID, "history").text
+
+    blocked = server.root / "blocked"
+    blocked.unlink()
+    blocked.mkdir()
+    browser.get(base(server) + "/console/dlq")
+    assert doomed in browser.find_element(By.CSS_SELECTOR, "table.records").text
+    # The first button is "redrive" for the whole queue.
+    browser.find_element(By.CSS_SELECTOR, "main > form button[data-action=redrive]").click()
+    notice = WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "notice")))
+    assert notice.text == "redrive: 1 changed"
+    wait_record(server, doomed, lambda r: r["state"] == "sent")
+    assert records(server, "dlq", "list") == []
 
 
 def test_the_console_is_off_unless_configured(start_server):
