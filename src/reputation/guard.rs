@@ -253,6 +253,16 @@ impl GuardState {
                 let own_scope = target.own_scope();
                 let own = sum(table, &own_scope);
                 let held = self.is_held(&target);
+                // An account-wide hold of the class already covers this identity: a second
+                // hold would only be one more thing for the operator to release.
+                let covered = identity.is_some()
+                    && wanted
+                        .iter()
+                        .any(|(t, ..)| t.identity.is_none() && t.class == class);
+                if covered && !held {
+                    remainder = remainder.minus(&own);
+                    continue;
+                }
                 if let Some(r) = self.released.iter().find(|r| r.target == target) {
                     let fresh = own.bounces > r.bounces || own.complaints > r.complaints;
                     if !fresh {
@@ -347,7 +357,9 @@ impl GuardState {
         out
     }
 
-    /// An operator ends the hold on `target`, on the window's `table`.
+    /// An operator ends the hold on `target`, on the window's `table`. An account-wide target
+    /// (`identity` None) ends every identity's hold of the class too: "release bulk" means
+    /// bulk mail goes again, from everyone.
     pub fn release(
         &mut self,
         target: &HoldTarget,
@@ -355,37 +367,70 @@ impl GuardState {
         t: &Thresholds,
         now_ms: u64,
     ) -> Result<Decision, NotHeld> {
-        let i = self
-            .holds
+        let covers =
+            |h: &HoldTarget| h == target || (target.identity.is_none() && h.class == target.class);
+        let (ended, kept): (Vec<Hold>, Vec<Hold>) = std::mem::take(&mut self.holds)
+            .into_iter()
+            .partition(|h| covers(&h.target));
+        self.holds = kept;
+        if ended.is_empty() {
+            return Err(NotHeld(target.clone()));
+        }
+        // Marked released: the target, the holds it ended, and (account-wide) every identity
+        // that sent this class, so none of them is held again on the same figures.
+        let mut marked: Vec<HoldTarget> = vec![target.clone()];
+        marked.extend(ended.iter().map(|h| h.target.clone()));
+        if target.identity.is_none() {
+            marked.extend(
+                table
+                    .keys()
+                    .filter(|(_, c)| *c == target.class)
+                    .map(|(i, c)| HoldTarget {
+                        identity: Some(i.clone()),
+                        class: *c,
+                    }),
+            );
+        }
+        marked.sort();
+        marked.dedup();
+        for m in marked {
+            let own = sum(table, &m.own_scope());
+            self.released.retain(|r| r.target != m);
+            self.released.push(Released {
+                target: m,
+                bounces: own.bounces,
+                complaints: own.complaints,
+                at_ms: now_ms,
+            });
+        }
+        let metric = ended
             .iter()
-            .position(|h| &h.target == target)
-            .ok_or_else(|| NotHeld(target.clone()))?;
-        let hold = self.holds.remove(i);
+            .find(|h| &h.target == target)
+            .unwrap_or(&ended[0])
+            .metric;
         let own_scope = target.own_scope();
         let own = sum(table, &own_scope);
-        self.released.retain(|r| &r.target != target);
-        self.released.push(Released {
-            target: target.clone(),
-            bounces: own.bounces,
-            complaints: own.complaints,
-            at_ms: now_ms,
-        });
+        let others = ended.iter().filter(|h| &h.target != target).count();
+        let with = match others {
+            0 => String::new(),
+            1 => " (and 1 identity's hold)".into(),
+            n => format!(" (and {n} identities' holds)"),
+        };
         let decision = Decision {
             at_ms: now_ms,
             kind: DecisionKind::Release,
             reason: format!(
-                "{target} released by the operator; held again only on new {}s",
-                hold.metric.as_str()
+                "{target} released by the operator{with}; held again only on new bounces or complaints"
             ),
             target: target.clone(),
             by: Actor::Operator,
-            metric: hold.metric,
+            metric,
             figures: Figures {
                 scope: own_scope,
                 window: t.window,
-                rate: ratio(hold.metric.events(&own), own.sends),
+                rate: ratio(metric.events(&own), own.sends),
                 counts: own,
-                threshold: hold.metric.levels(t).0,
+                threshold: metric.levels(t).0,
             },
         };
         self.record(decision.clone());
@@ -457,26 +502,15 @@ mod tests {
     }
 
     #[test]
-    fn a_class_over_the_bounce_level_is_held_with_its_figures_for_account_and_identity() {
+    fn a_class_over_the_bounce_level_is_held_with_its_figures() {
         let mut g = GuardState::default();
         let t = table(&[
             ("news", Bulk, 1000, 30, 0),
             ("app", Transactional, 5000, 10, 0),
         ]);
         let d = g.evaluate(&t, &rules(), NOW);
-        assert_eq!(
-            kinds(&d),
-            vec![
-                (DecisionKind::Hold, account(Bulk)),
-                (
-                    DecisionKind::Hold,
-                    HoldTarget {
-                        identity: Some("news".into()),
-                        class: Bulk
-                    }
-                )
-            ]
-        );
+        // Held account-wide; the identity needs no hold of its own on top.
+        assert_eq!(kinds(&d), vec![(DecisionKind::Hold, account(Bulk))]);
         let f = &d[0].figures;
         assert_eq!(d[0].metric, Metric::Bounce);
         assert_eq!((f.counts.sends, f.counts.bounces), (1000, 30));
@@ -486,9 +520,54 @@ mod tests {
         assert!(g.hold_for("other", Bulk).is_some(), "account-wide hold");
         assert!(g.hold_for("news", Transactional).is_none());
         assert!(g.hold_for("news", MailingList).is_none());
-        assert_eq!(g.decisions.len(), 2);
+        assert_eq!(g.decisions.len(), 1);
         // The same figures again decide nothing new.
         assert!(g.evaluate(&t, &rules(), NOW + 1).is_empty());
+    }
+
+    #[test]
+    fn one_identity_over_the_level_is_held_alone() {
+        let mut g = GuardState::default();
+        // news bounces 3 %; the account's bulk, diluted by big's, is at 0.4 %.
+        let t = table(&[("news", Bulk, 1000, 30, 0), ("big", Bulk, 9000, 10, 0)]);
+        let d = g.evaluate(&t, &rules(), NOW);
+        let news = HoldTarget {
+            identity: Some("news".into()),
+            class: Bulk,
+        };
+        assert_eq!(kinds(&d), vec![(DecisionKind::Hold, news.clone())]);
+        assert!(g.hold_for("news", Bulk).is_some());
+        assert!(g.hold_for("big", Bulk).is_none());
+        // Per-identity judging off: nothing held.
+        let mut r = rules();
+        r.per_identity = false;
+        assert!(GuardState::default().evaluate(&t, &r, NOW).is_empty());
+        // An operator releases it by its identity; another identity's release is refused.
+        let big = HoldTarget {
+            identity: Some("big".into()),
+            class: Bulk,
+        };
+        assert_eq!(g.release(&big, &t, &r.thresholds, NOW), Err(NotHeld(big)));
+        assert!(g.release(&news, &t, &r.thresholds, NOW).is_ok());
+        assert!(g.holds.is_empty());
+    }
+
+    #[test]
+    fn an_account_wide_release_ends_the_identities_holds_too() {
+        let mut g = GuardState::default();
+        let t = table(&[("news", Bulk, 1000, 30, 0), ("big", Bulk, 9000, 10, 0)]);
+        g.evaluate(&t, &rules(), NOW);
+        // Later the whole account's bulk is over too: held account-wide, news's hold stays.
+        let worse = table(&[("news", Bulk, 1000, 30, 0), ("big", Bulk, 9000, 300, 0)]);
+        g.evaluate(&worse, &rules(), NOW + 1);
+        assert_eq!(g.holds.len(), 2);
+        let d = g
+            .release(&account(Bulk), &worse, &rules().thresholds, NOW + 2)
+            .unwrap();
+        assert!(d.reason.contains("and 1 identity's hold"), "{}", d.reason);
+        assert!(g.holds.is_empty());
+        // Neither the account nor any identity is held again on the same figures.
+        assert!(g.evaluate(&worse, &rules(), NOW + 3).is_empty());
     }
 
     #[test]

@@ -139,7 +139,7 @@ async fn bounces_hold_the_class_queued_mail_waits_and_release_survives_a_reopen(
         identity: Some("news".into()),
         class: MessageClass::Bulk,
     };
-    assert_eq!(targets, vec![account_bulk.clone(), news_bulk.clone()]);
+    assert_eq!(targets, vec![account_bulk.clone()]);
     let refusal = rep.check("news", MessageClass::Bulk).unwrap_err();
     assert_eq!(
         refusal.to_string(),
@@ -162,8 +162,8 @@ async fn bounces_hold_the_class_queued_mail_waits_and_release_survives_a_reopen(
         })
         .unwrap();
     assert_eq!((bulk_day.counts.sends, bulk_day.counts.bounces), (4, 1));
-    assert_eq!(report.holds.len(), 2);
-    assert_eq!(report.decisions.len(), 2);
+    assert_eq!(report.holds.len(), 1);
+    assert_eq!(report.decisions.len(), 1);
     assert_eq!(report.series.len(), 168);
     assert_eq!(report.series[166].counts.sends, 5);
     assert_eq!(report.series[167].counts.bounces, 1);
@@ -177,7 +177,7 @@ async fn bounces_hold_the_class_queued_mail_waits_and_release_survives_a_reopen(
         ),
         "{text}"
     );
-    assert!(text.contains(r#"outbox_reputation_held{identity="news",class="bulk"} 1"#));
+    assert!(text.contains(r#"outbox_reputation_held{identity="",class="bulk"} 1"#));
     assert!(text.contains(r#"outbox_reputation_refusals_total{identity="news",class="bulk"} 1"#));
 
     // Mail of the class already queued is held, not sent into the account under review.
@@ -193,33 +193,35 @@ async fn bounces_hold_the_class_queued_mail_waits_and_release_survives_a_reopen(
     let spool = open_spool(&dir, &clock);
     let rep = Reputation::open(config(), identities, spool.clone(), clock.clone()).await;
     assert!(rep.check("news", MessageClass::Bulk).is_err());
-    assert_eq!(rep.decisions().len(), 2);
+    assert_eq!(rep.decisions().len(), 1);
     rep.refresh().await.unwrap();
 
-    // Releasing the account-wide hold leaves the identity's: still refused, still held.
-    let d = rep.release(account_bulk.clone()).await.unwrap();
-    assert_eq!((d.kind, d.by), (DecisionKind::Release, Actor::Operator));
+    // Releasing an identity that has no hold of its own changes nothing.
+    assert!(matches!(
+        rep.release(news_bulk).await,
+        Err(ReleaseError::NotHeld(_))
+    ));
     assert!(rep.check("news", MessageClass::Bulk).is_err());
-    assert!(rep.check("other", MessageClass::Bulk).is_ok());
     let state = |id| {
         let spool = spool.clone();
         async move { spool.ledger.get(id).await.unwrap().unwrap().state }
     };
     assert_eq!(state(waiting).await, State::Held);
-    assert!(matches!(
-        rep.release(account_bulk).await,
-        Err(ReleaseError::NotHeld(_))
-    ));
-    rep.release(news_bulk).await.unwrap();
+    let d = rep.release(account_bulk.clone()).await.unwrap();
+    assert_eq!((d.kind, d.by), (DecisionKind::Release, Actor::Operator));
     assert!(rep.check("news", MessageClass::Bulk).is_ok());
     assert_eq!(
         state(waiting).await,
         State::Queued,
         "released with its class"
     );
+    assert!(matches!(
+        rep.release(account_bulk).await,
+        Err(ReleaseError::NotHeld(_))
+    ));
     // Same figures at the next refresh: the operator's release sticks.
     assert!(rep.refresh().await.unwrap().is_empty());
-    assert_eq!(rep.decisions().len(), 4);
+    assert_eq!(rep.decisions().len(), 2);
     drop(rep);
     drop(spool);
     let spool = open_spool(&dir, &clock);
@@ -282,11 +284,89 @@ async fn the_refresh_task_follows_the_change_feed() {
     }
     bounce(&spool, "r0@example.net", clock.now_ms()).await;
     // A generous bound on a busy machine; the figure is MIN_REFRESH.
-    tokio::time::timeout(Duration::from_secs(30), decided.wait_for(|n| *n >= 2))
+    tokio::time::timeout(Duration::from_secs(30), decided.wait_for(|n| *n >= 1))
         .await
         .expect("the task judged the bounce")
         .unwrap();
     assert!(rep.check("news", MessageClass::Bulk).is_err());
     stop.send_replace(true);
     task.await.unwrap();
+}
+
+/// What a refresh and a check cost with a full week of rows: 20 identities × 3 classes × 192
+/// hours (11,520 rows). Run by hand: `cargo test --lib reputation::tests::cost -- --ignored
+/// --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn cost_of_refresh_and_check_with_a_week_of_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START - 192 * HOUR_MS);
+    let spool = open_spool(&dir, &clock);
+    let ids: Vec<String> = (0..20).map(|i| format!("id{i}")).collect();
+    let made = std::time::Instant::now();
+    for _hour in 0..192 {
+        for id in &ids {
+            for class in MessageClass::ALL {
+                let now = clock.now_ms();
+                let qid = QueueId::generate(now);
+                spool
+                    .blobs
+                    .put(qid, vec![Bytes::from_static(b"x")])
+                    .await
+                    .unwrap();
+                let job = Job {
+                    id: qid,
+                    login: "l".into(),
+                    tenant_id: "t".into(),
+                    account_id: "a".into(),
+                    user_id: "u".into(),
+                    identity_id: id.clone(),
+                    mail_from: "x@example.com".into(),
+                    recipients: vec!["r@example.net".into()],
+                    message_class: class,
+                    size: 1,
+                };
+                spool
+                    .queue
+                    .enqueue(SubmissionRecord::queued(job, now, now, None))
+                    .await
+                    .unwrap();
+                let lease = spool
+                    .queue
+                    .lease(1, Duration::ZERO)
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                let sent = Settlement::Sent {
+                    provider_id: format!("ses-{qid}"),
+                    message_id: None,
+                };
+                spool.queue.settle(&lease, sent).await.unwrap();
+            }
+        }
+        clock.advance_ms(HOUR_MS);
+    }
+    eprintln!("filled 11,520 sends in {:?}", made.elapsed());
+    let rep = Reputation::open(config(), ids, spool.clone(), clock.clone()).await;
+    assert_eq!(spool.ledger.activity(0).await.unwrap().len(), 192 * 20 * 3);
+    let n = 20;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        rep.refresh().await.unwrap();
+    }
+    eprintln!("refresh: {:?} each", t.elapsed() / n);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(rep.report());
+    }
+    eprintln!("report: {:?} each", t.elapsed() / n);
+    let m = 1_000_000;
+    let t = std::time::Instant::now();
+    for i in 0..m {
+        let _ = std::hint::black_box(
+            rep.check(if i % 2 == 0 { "id3" } else { "id7" }, MessageClass::Bulk),
+        );
+    }
+    eprintln!("check: {:?} each", t.elapsed() / m);
 }

@@ -7,6 +7,7 @@
 //! | provider id | `pid#<SES message id>` | `pid` | — |
 //! | feedback message seen | `fb#<SNS message id>` | `fb` | — |
 //! | suppression | `sup#<address>` | `<account> <class>` | `sup#<shard>` or `supx#<shard>` / address or expiry |
+//! | activity, guard state | see [`super::activity`] | | — |
 //!
 //! A record item holds the JSON record (`rec`), a version (`ver`) every write is conditioned
 //! on, and the nonce of the write that made it (`op`), so a write whose answer was lost is
@@ -258,6 +259,10 @@ impl AwsSpool {
                 }
             }
             let ver = loaded.as_ref().map_or(0, |(_, v, _)| *v);
+            // Only a record with a provider id counts toward activity: no clone otherwise.
+            let old = loaded
+                .as_ref()
+                .and_then(|(r, _, _)| r.provider_id.is_some().then(|| r.clone()));
             let (record, answer) = match decide(loaded.map(|(r, _, _)| r))? {
                 Change::Keep(answer) => return Ok(answer),
                 Change::Write(record, answer) => (record, answer),
@@ -271,10 +276,19 @@ impl AwsSpool {
             let announced = announce
                 .then(|| super::feed::announcement(&record, false, self.clock.now_ms()))
                 .flatten();
-            let done = match announced {
-                // A JMAP submission: the record and its feed entry in one transaction.
-                Some(change) => {
-                    let head = self.feed_head().await?;
+            let counted = super::activity::activity_updates(&self.table, old.as_ref(), &record)?;
+            let done = match (announced, counted.is_empty()) {
+                (None, true) => None,
+                (announced, _) => Some(announced),
+            };
+            let done = match done {
+                // A JMAP submission, or a change the activity counts: the record, its feed
+                // entry and the counts in one transaction.
+                Some(announced) => {
+                    let head = match announced {
+                        Some(_) => Some(self.feed_head().await?),
+                        None => None,
+                    };
                     let mut put = aws_sdk_dynamodb::types::Put::builder()
                         .table_name(&self.table)
                         .set_item(Some(item))
@@ -285,7 +299,10 @@ impl AwsSpool {
                     let mut writes = vec![aws_sdk_dynamodb::types::TransactWriteItem::builder()
                         .put(put.build().map_err(SpoolError::storage)?)
                         .build()];
-                    writes.extend(self.feed_writes(head, vec![change])?);
+                    if let (Some(head), Some(change)) = (head, announced) {
+                        writes.extend(self.feed_writes(head, vec![change])?);
+                    }
+                    writes.extend(counted);
                     match self
                         .ddb
                         .transact_write_items()

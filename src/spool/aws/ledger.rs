@@ -19,10 +19,6 @@ use crate::domain::{
 use crate::spool::rules::{self, Target};
 use crate::spool::{Changes, Fut, Ledger, Purged, SpoolError};
 
-/// What the reputation operations answer on this backend for now.
-const NOT_YET: &str =
-    "reputation figures and guard state are not supported by the aws spool backend yet";
-
 /// Feedback transactions retried when a record changed under them.
 const MAX_FEEDBACK_RACES: usize = 10;
 
@@ -175,6 +171,8 @@ impl AwsSpool {
     ) -> Result<Option<FeedbackApplied>, SpoolError> {
         let mut applied = FeedbackApplied::default();
         let mut records: HashMap<QueueId, (SubmissionRecord, u64, bool)> = HashMap::new();
+        // As loaded, for the activity counts (see `activity`).
+        let mut before: HashMap<QueueId, SubmissionRecord> = HashMap::new();
         let mut suppressions: Vec<Suppression> = Vec::new();
         for event in events {
             let id = match rules::event_target(event) {
@@ -187,6 +185,7 @@ impl AwsSpool {
             };
             if let Some(id) = id.filter(|id| !records.contains_key(id)) {
                 if let Some((record, ver, _)) = self.load(id).await? {
+                    before.insert(id, record.clone());
                     records.insert(id, (record, ver, false));
                 }
             }
@@ -237,6 +236,11 @@ impl AwsSpool {
                 writes.push(put(
                     record_item(record, ver + 1, op, &self.options),
                     Some(("ver = :v", Some((":v", items::n(*ver))))),
+                )?);
+                writes.extend(super::activity::activity_updates(
+                    &self.table,
+                    before.get(&record.job.id),
+                    record,
                 )?);
                 announced.extend(super::feed::announcement(record, false, now));
             }
@@ -463,18 +467,16 @@ impl Ledger for AwsSpool {
         Box::pin(self.feed_wait(cursor, wait))
     }
 
-    // Not yet on DynamoDB: counting needs the record's previous version in the same
-    // conditional write (an `UpdateItem ADD` per hour alongside each record put).
-    fn activity(&self, _since_ms: u64) -> Fut<'_, Vec<ActivityRow>> {
-        Box::pin(async { Err(SpoolError::Storage(NOT_YET.into())) })
+    fn activity(&self, since_ms: u64) -> Fut<'_, Vec<ActivityRow>> {
+        Box::pin(self.read_activity(since_ms))
     }
 
     fn guard_state(&self) -> Fut<'_, Option<serde_json::Value>> {
-        Box::pin(async { Err(SpoolError::Storage(NOT_YET.into())) })
+        Box::pin(self.load_guard_state())
     }
 
-    fn save_guard_state(&self, _state: serde_json::Value) -> Fut<'_, ()> {
-        Box::pin(async { Err(SpoolError::Storage(NOT_YET.into())) })
+    fn save_guard_state(&self, state: serde_json::Value) -> Fut<'_, ()> {
+        Box::pin(self.store_guard_state(state))
     }
 
     fn purge(&self) -> Fut<'_, Purged> {
@@ -543,6 +545,7 @@ impl Ledger for AwsSpool {
                 }
             }
             purged.changes = self.feed_purge(now).await?;
+            purged.activity = self.purge_activity(now).await?;
             Ok(purged)
         })
     }

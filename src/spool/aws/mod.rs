@@ -24,6 +24,7 @@
 //!
 //! An acknowledgement (SMTP 250) means: S3 PUT done, record written, SQS SendMessage done.
 
+mod activity;
 mod feed;
 mod items;
 mod ledger;

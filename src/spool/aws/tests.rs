@@ -182,9 +182,8 @@ mod contract {
         retention_purges_exactly_what_is_due,
         dead_letters_are_purged_after_their_retention,
         the_change_feed_resumes_from_a_cursor,
-        // Not yet here: activity_is_counted_once_and_outlives_record_retention and
-        // guard_state_round_trips_and_survives_a_reopen (the aws ledger answers "not
-        // supported" for the reputation operations; see README "Reputation").
+        activity_is_counted_once_and_outlives_record_retention,
+        guard_state_round_trips_and_survives_a_reopen,
     );
 }
 
