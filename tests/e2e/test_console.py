@@ -11,6 +11,7 @@ fixed sleeps; one browser serves the whole module (CI has two cores).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import smtplib
@@ -274,6 +275,37 @@ def test_admin_redrives_the_dead_letter_queue(start_server, console_hashes, brow
     assert notice.text == "redrive: 1 changed"
     wait_record(server, doomed, lambda r: r["state"] == "sent")
     assert records(server, "dlq", "list") == []
+
+
+def test_a_guard_hold_shows_and_the_admin_releases_it(start_server, console_hashes, browser):
+    """Simulated bounces push bulk mail over the guard's level (small minimum volumes for the
+    test); the overview names the hold against its figures; the admin ends it from there."""
+    server = start_server({**console_config(console_hashes),
+                           "reputation.min_sends_bounce": 4, "reputation.min_sends_complaint": 4})
+    browser.delete_all_cookies()
+    for rcpt in [f"success@{SIM}", f"success+2@{SIM}", f"bounce@{SIM}", f"bounce+2@{SIM}"]:
+        qid = submit_as_alice(server, make_message("news", to=rcpt, extra_headers="X-Outbox-Class: bulk\r\n"), [rcpt])
+        wait_record(server, qid, lambda r: r["state"] in ("delivered", "bounced"))
+
+    sign_in(browser, server, "ops", CONSOLE_PASSWORDS["ops"])
+    WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "flow-chart")))
+
+    def held(driver):
+        driver.refresh()
+        holds = driver.find_elements(By.CSS_SELECTOR, "ul#holds li")
+        return holds if holds else False
+    holds = WebDriverWait(browser, WAIT, poll_frequency=0.5).until(held)
+    assert "bulk mail is held: bounce rate 50.00%" in holds[0].text, holds[0].text
+    over = browser.find_elements(By.CSS_SELECTOR, "#reputation tr[data-scope='class bulk'] td.over")
+    assert [td.text for td in over] == ["50.00 %"] * len(over) and over
+    holds[0].find_element(By.CSS_SELECTOR, "button[data-action=reputation_release]").click()
+    notice = WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "notice")))
+    assert notice.text == "reputation_release: 1 changed"
+    assert browser.find_element(By.ID, "holds").text == "Nothing is held."
+    rep = json.loads(subprocess.run(
+        [str(server.binary), "reputation", "--json", "--config", str(server.config_path)],
+        capture_output=True, text=True, timeout=30, check=True).stdout)["reputation"]
+    assert rep["holds"] == [] and rep["decisions"][0]["kind"] == "release", rep["decisions"][:1]
 
 
 def test_the_console_is_off_unless_configured(start_server):
