@@ -116,9 +116,9 @@ pub struct Reputation {
 }
 
 impl Reputation {
-    /// Opens the service on `spool`, restoring the guard's saved state. A backend that cannot
-    /// store it (the aws spool, for now) gives a service that reports the error and holds
-    /// nothing.
+    /// Opens the service on `spool`, restoring the guard's saved state. If the state cannot
+    /// be read (storage failing), the service starts with no holds, reports the error, and
+    /// takes the stored state at the first refresh that can read it.
     pub async fn open(
         config: ReputationConfig,
         identities: Vec<String>,
@@ -204,10 +204,24 @@ impl Reputation {
                 return Err(e);
             }
         };
+        // What is stored wins over what is in memory (unless this process's last save failed):
+        // with several nodes on one store, another node's decision or an operator's release
+        // made through it reaches this one here.
+        let stored = match self.spool.ledger.guard_state().await {
+            Ok(Some(value)) => serde_json::from_value::<GuardState>(value).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the reputation guard state failed");
+                None
+            }
+        };
         let rules = self.rules();
         let table = rates::table(&rows, rules.thresholds.window, now);
         let (decisions, state, unsaved) = {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(stored) = stored.filter(|_| !snapshot.unsaved) {
+                snapshot.state = stored;
+            }
             let decisions = if self.config.guard {
                 snapshot.state.evaluate(&table, &rules, now)
             } else {
