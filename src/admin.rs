@@ -202,7 +202,9 @@ fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
         .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
 }
 
-async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
+/// Answers one request: the socket's handler, and the operator console's (one implementation of
+/// every queue, dead-letter and suppression command).
+pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
     let (queue, ledger) = (&spool.queue, &spool.ledger);
     let mut response = Response::default();
     match request {

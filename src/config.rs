@@ -55,6 +55,9 @@ pub struct Config {
     /// DKIM keys: mail whose envelope sender is at `domain` is signed at send time.
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// The operator console on the HTTPS listener; off unless given.
+    #[serde(default)]
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 /// One DKIM signing key (RFC 6376; ed25519 per RFC 8463).
@@ -767,6 +770,9 @@ impl Config {
         if let Some(o) = &mut self.feedback.test_trust_override {
             abs(&mut o.ca_file);
         }
+        if let Some(console) = &mut self.console {
+            console.resolve_paths(base)?;
+        }
         for account in &mut self.accounts {
             if let Some(file) = &mut account.password_hash_file {
                 abs(file);
@@ -872,6 +878,9 @@ impl Config {
             {
                 problem!("sender.transport.tags: {problem}");
             }
+        }
+        if let Some(console) = &self.console {
+            problems.extend(console.problems());
         }
         if self.http.max_request_size < 4096 {
             problem!("http: max_request_size must be at least 4096");

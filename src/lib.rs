@@ -18,7 +18,8 @@
 //! - [`activity`]: hourly sends, deliveries, bounces and complaints per identity and class.
 //! - [`reputation`]: bounce and complaint rates per window, and the guard that holds a class.
 //! - [`metrics`]: Prometheus metrics, `/healthz`, `/readyz`.
-//! - [`http`]: the HTTPS listener (JMAP, SNS feedback).
+//! - [`http`]: the HTTPS listener (JMAP, SNS feedback, the console).
+//! - [`console`]: the operator console: server-rendered pages, own admin accounts, CSRF.
 //! - [`jmap`]: the JMAP bridge (RFC 8620/8621): drafts, identities, EmailSubmission, push.
 //! - [`feedback`]: SES events over SNS (HTTPS or an SQS queue) → submission status, suppressions.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
@@ -36,6 +37,7 @@ pub mod admin;
 pub mod attachments;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod feedback;
 #[doc(hidden)]

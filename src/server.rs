@@ -277,6 +277,18 @@ pub async fn run(
             stop: stop_rx.clone(),
         },
     )));
+    let router = match &config.console {
+        Some(console) => router.merge(crate::console::router(crate::console::Console::new(
+            console,
+            crate::console::Parts {
+                spool: spool.clone(),
+                reputation: reputation.clone(),
+                throttle: ctx.auth_throttle.clone(),
+                clock: clock.clone(),
+            },
+        )?)),
+        None => router,
+    };
     let (https, https_tasks) =
         crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
     tasks.extend(https_tasks);
