@@ -195,7 +195,7 @@ pub enum Outcome {
     /// recipient, who evidently has the message, but no complaint: it counts as delivered,
     /// never suppresses, and ranks below a real complaint or a bounce.
     NotSpam,
-    /// Left out by Outbox at send time: on the suppression list.
+    /// Left out by Outbox at submission or send time: on the suppression list.
     Suppressed,
     /// SES rejected the message after accepting it (virus) — no recipient got it.
     Rejected,

@@ -281,11 +281,14 @@ fn sendmail(args: Vec<String>) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let (code, message) = runtime.block_on(send(&socket, args, &input));
-    if code != exit::OK {
-        eprintln!("sendmail: {message}");
+    let answer = runtime.block_on(send(&socket, args, &input));
+    if let Some(warning) = &answer.warning {
+        eprintln!("sendmail: {warning}");
     }
-    ExitCode::from(code)
+    if answer.exit != exit::OK {
+        eprintln!("sendmail: {}", answer.message);
+    }
+    ExitCode::from(answer.exit)
 }
 
 /// Where the daemon's local submission socket is: `OUTBOX_SUBMIT_SOCKET`, else the config

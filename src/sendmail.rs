@@ -121,6 +121,9 @@ pub struct LocalRequest {
 pub struct LocalAnswer {
     pub exit: u8,
     pub message: String,
+    /// Said on stderr even when the message was accepted: recipients left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl LocalAnswer {
@@ -128,6 +131,7 @@ impl LocalAnswer {
         LocalAnswer {
             exit,
             message: message.into(),
+            warning: None,
         }
     }
 }
@@ -356,8 +360,22 @@ async fn submit(
             tls: None,
         },
     };
-    match submitter.submit(request).await {
-        Ok(id) => LocalAnswer::new(exit::OK, id.to_string()),
+    match submitter.store(request, None, None).await {
+        // Accepted for the others: exit 0, as sendmail does for a recipient that will bounce
+        // (a failure code would make `mail` keep a dead.letter and a caller that retries send
+        // the others a second copy); the left-out recipients are named on stderr and recorded
+        // on the submission (`outbox queue show`).
+        Ok(done) => LocalAnswer {
+            warning: (!done.suppressed.is_empty()).then(|| {
+                let each: Vec<String> = done.suppressed.iter().map(|s| s.to_string()).collect();
+                format!(
+                    "not sent to every recipient (queued as {}): {}",
+                    done.id,
+                    each.join("; ")
+                )
+            }),
+            ..LocalAnswer::new(exit::OK, done.id.to_string())
+        },
         Err(SubmitError::NotOwner(a)) => {
             LocalAnswer::new(exit::NOPERM, format!("{a} is not this account's address"))
         }
@@ -388,8 +406,9 @@ fn header_recipients(mime: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The client side: sends one message; returns the sysexits code and the daemon's text.
-pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
+/// The client side: sends one message; returns the daemon's answer (sysexits code, text and
+/// any warning).
+pub async fn send(socket: &Path, args: Args, input: &[u8]) -> LocalAnswer {
     let mime = normalize(input, args.ignore_dots);
     let request = LocalRequest {
         from: args.from,
@@ -419,8 +438,8 @@ pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
         }
     };
     match exchange.await {
-        Ok(answer) => (answer.exit, answer.message),
-        Err(e) => (
+        Ok(answer) => answer,
+        Err(e) => LocalAnswer::new(
             exit::UNAVAILABLE,
             format!(
                 "cannot reach the Outbox daemon at {}: {e}",
@@ -481,6 +500,7 @@ mod tests {
     /// the account's `unix_users`.
     struct Local {
         socket: PathBuf,
+        spool: crate::spool::Spool,
         _stop: watch::Sender<bool>,
         _dir: tempfile::TempDir,
     }
@@ -501,7 +521,7 @@ mod tests {
             clock.clone(),
         )
         .unwrap();
-        let submitter = Arc::new(Submitter::new(spool, "mx.test".into(), clock));
+        let submitter = Arc::new(Submitter::new(spool.clone(), "mx.test".into(), clock));
         let socket = dir.path().join("submit.sock");
         let (stop, rx) = watch::channel(false);
         serve(socket.clone(), directory, submitter, limits, rx)
@@ -509,6 +529,7 @@ mod tests {
             .unwrap();
         Local {
             socket,
+            spool,
             _stop: stop,
             _dir: dir,
         }
@@ -596,7 +617,11 @@ mod tests {
             recipients: many.clone(),
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, b"Subject: x\n\nx\n").await;
         assert_eq!(code, exit::USAGE, "{text}");
         assert!(text.contains("too many recipients"), "{text}");
         let headers = format!("To: {}\nSubject: x\n\nx\n", many.join(", "));
@@ -604,7 +629,11 @@ mod tests {
             extract: true,
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, headers.as_bytes()).await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, headers.as_bytes()).await;
         assert_eq!(code, exit::DATAERR, "{text}");
         // 50, with duplicates, is fine.
         let mut fifty = many[..50].to_vec();
@@ -613,7 +642,58 @@ mod tests {
             recipients: fifty,
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, b"Subject: x\n\nx\n").await;
         assert_eq!(code, exit::OK, "{text}");
+    }
+
+    /// Issue 16: one suppressed recipient no longer costs the others the message. It is
+    /// queued for them (exit 0, as sendmail does for a recipient that will bounce: `mail` and
+    /// cron take a failure code as "not sent"), the left-out one is named on stderr and
+    /// recorded as suppressed on the submission; only when nobody is left is it EX_NOPERM.
+    #[tokio::test]
+    async fn suppressed_recipient_is_left_out_alone() {
+        let l = local(true, LIMITS).await;
+        let gone = crate::domain::Suppression::new(
+            "gone@example.net",
+            "alice",
+            crate::domain::ALL_CLASSES,
+            "bounce Permanent/General".into(),
+            0,
+            None,
+        );
+        l.spool.ledger.suppress(gone).await.unwrap();
+        let args = Args {
+            recipients: vec!["friend@example.net".into(), "Gone@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::OK, "{}", answer.message);
+        let warning = answer.warning.expect("the left-out recipient is named");
+        assert!(
+            warning.contains("Gone@example.net is suppressed for transactional mail: bounce"),
+            "{warning}"
+        );
+        let id: crate::domain::QueueId = answer.message.parse().unwrap();
+        let record = l.spool.ledger.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            record.job.recipients,
+            ["friend@example.net", "Gone@example.net"]
+        );
+        let status = &record.delivery["gone@example.net"];
+        assert_eq!(status.outcome, crate::domain::Outcome::Suppressed);
+        assert!(!record.delivery.contains_key("friend@example.net"));
+
+        let args = Args {
+            recipients: vec!["gone@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
+        assert!(answer.message.contains("suppressed"), "{}", answer.message);
+        assert!(answer.warning.is_none());
     }
 }

@@ -70,6 +70,9 @@ impl Reply {
 }
 
 // The replies the server gives, by name. Texts are safe for clients; details go to the log.
+pub fn recipient_ok() -> Reply {
+    Reply::new(250, 1, 5, "Recipient ok")
+}
 pub fn ok() -> Reply {
     Reply::new(250, 0, 0, "Ok")
 }

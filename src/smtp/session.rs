@@ -62,6 +62,11 @@ pub enum Action {
         login: String,
         password: String,
     },
+    /// Ask whether the account may send to `address` (the suppression list), then call
+    /// [`Session::recipient_checked`].
+    CheckRecipient {
+        address: String,
+    },
     /// Store the message, then call [`Session::submitted`].
     Submit {
         mail_from: String,
@@ -527,9 +532,34 @@ impl Session {
                 // that is normal, not an error to count.
                 return Self::reply(reply::too_many_recipients());
             }
-            tx.recipients.push(to);
+            // Each recipient is judged on its own (RFC 5321 §3.3): a suppressed one gets its
+            // 550 here and the others still get the message.
+            return vec![Action::CheckRecipient { address: to }];
         }
-        Self::reply(Reply::new(250, 1, 5, "Recipient ok"))
+        Self::reply(reply::recipient_ok())
+    }
+
+    /// The verdict on a recipient asked about with [`Action::CheckRecipient`].
+    pub fn recipient_checked(
+        &mut self,
+        address: String,
+        verdict: Result<(), SubmitError>,
+    ) -> Vec<Action> {
+        match verdict {
+            Ok(()) => match &mut self.transaction {
+                Some(tx) => {
+                    tx.recipients.push(address);
+                    Self::reply(reply::recipient_ok())
+                }
+                None => Self::reply(reply::local_error()),
+            },
+            // RFC 3463 X.7.1: delivery not authorized, for this recipient only. Not counted
+            // as a client error: the client cannot know the list.
+            Err(e @ SubmitError::Suppressed { .. }) => {
+                Self::reply(Reply::new(550, 7, 1, e.to_string()))
+            }
+            Err(_) => Self::reply(reply::local_error()),
+        }
     }
 
     /// An envelope address the transport cannot carry (see [`crate::address`]).
@@ -664,7 +694,8 @@ impl Session {
             Err(SubmitError::BadMessage(text)) => self.error(Reply::new(550, 6, 0, text)),
             Err(SubmitError::SpoolFull) => Self::reply(reply::spool_full()),
             Err(SubmitError::Storage) => Self::reply(reply::local_error()),
-            // RFC 3463 X.7.1: delivery not authorized; the whole message, naming the address.
+            // RFC 3463 X.7.1: delivery not authorized; every recipient left was suppressed for
+            // the class the message declared (one reply to DATA: the first is named).
             Err(e @ SubmitError::Suppressed { .. }) => {
                 Self::reply(Reply::new(550, 7, 1, e.to_string()))
             }

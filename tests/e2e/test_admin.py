@@ -112,10 +112,36 @@ def test_suppression_by_class(server):
         client.login("alice", PASSWORDS["alice"])
         return client
 
-    # At submission: refused with the address and the reason, by class.
+    # At RCPT (issue 16): the suppressed recipient alone is refused, naming it and the reason;
+    # the others get the message.
+    with session() as client:
+        refused = client.sendmail("alice@example.com", ["fan@example.net", "gone@example.net"],
+                                  make_message("to fan"))
+        assert list(refused) == ["gone@example.net"], refused
+        code, text = refused["gone@example.net"]
+        assert code == 550 and text.startswith(b"5.7.1 recipient gone@example.net is suppressed"), text
+        assert b"hard bounce" in text
+    _, envelope, _ = server.wait_for_eml_containing(b"to fan")
+    assert envelope["recipients"] == ["fan@example.net"]
+    # Suppressed for the class the message declares (known only after DATA): the one reply to
+    # DATA cannot refuse one recipient, so it is left out and recorded on the submission; the
+    # message goes to the others.
+    with session() as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        assert client.rcpt("fan@example.net")[0] == 250
+        assert client.rcpt("annoyed@example.net")[0] == 250
+        code, reply = client.data(make_message("bulk news", extra_headers="X-Outbox-Class: bulk\r\n"))
+        assert code == 250, reply
+        bulk = queue_id_of(reply)
+    _, envelope, _ = server.wait_for_eml_containing(b"bulk news")
+    assert envelope["recipients"] == ["fan@example.net"]
+    status = records(server, "queue", "show", bulk)[0]["delivery"]["annoyed@example.net"]
+    assert status["outcome"] == "suppressed" and "bulk" in status["detail"], status
+    # Nobody left: refused, naming the address.
     with session() as client:
         try:
-            client.sendmail("alice@example.com", ["fan@example.net", "annoyed@example.net"],
+            client.sendmail("alice@example.com", ["annoyed@example.net"],
                             make_message("bulk", extra_headers="X-Outbox-Class: bulk\r\n"))
             raise AssertionError("accepted a bulk mail to a bulk-suppressed address")
         except smtplib.SMTPDataError as e:

@@ -80,6 +80,22 @@ def test_s_nail_with_mta(local_server, tmp_path):
     assert b"Sent by s-nail." in eml
 
 
+def test_suppressed_recipient_is_left_out_alone(local_server):
+    """Issue 16: one suppressed recipient no longer costs the others the message (exit 0, as
+    for a recipient that will bounce: `mail` keeps a dead.letter on any other code); it is
+    named on stderr. Only when nobody is left is the message refused (EX_NOPERM)."""
+    from conftest import cli
+    cli(local_server, "suppression", "add", "gone@example.net", "--reason", "hard-bounce")
+    proc = sendmail(local_server, ["friend@example.net", "gone@example.net"], b"Subject: cron output\n\nok\n")
+    assert proc.returncode == 0, proc.stderr
+    assert b"gone@example.net is suppressed for transactional mail: hard-bounce" in proc.stderr, proc.stderr
+    envelope, _ = delivered(local_server, b"Subject: cron output")
+    assert envelope["recipients"] == ["friend@example.net"]
+    proc = sendmail(local_server, ["gone@example.net"], b"Subject: nobody\n\nx\n")
+    assert proc.returncode == 77, proc.stderr
+    assert b"suppressed" in proc.stderr
+
+
 @pytest.mark.parametrize("args,message,code,text", [
     (["-f", "ceo@bank.example", "r@example.net"], b"Subject: x\n\nx\n", 77, "not this account"),
     (["-t"], b"From: alice@example.com\nSubject: nobody\n\nx\n", 64, "no recipients"),
