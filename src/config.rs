@@ -17,6 +17,10 @@ pub struct Config {
     /// Name this server announces in the SMTP greeting and `Received` headers.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// Domain added to a bare local name from `sendmail` (`root`, cron's MAILTO) in the
+    /// envelope and the header's address fields; unset, such an address is refused.
+    #[serde(default)]
+    pub default_domain: Option<String>,
     /// Folder holding all state: the spool database (queue, submissions, blobs) and, later,
     /// the suppression list. Relative to the config file.
     pub state_dir: PathBuf,
@@ -794,6 +798,11 @@ impl Config {
                     "sender.transport: max_message_size must be at least {}",
                     2 * ADDITIONS_RESERVE
                 );
+            }
+        }
+        if let Some(domain) = &self.default_domain {
+            if domain.is_empty() || domain.contains(['@', ' ', '<', '>', ',']) {
+                problem!("default_domain: {domain:?} is not a domain (e.g. \"example.com\")");
             }
         }
         if self.spool.max_attempts == 0 {

@@ -24,6 +24,8 @@ use crate::message::header_values;
 use crate::smtp::data::LineRules;
 use crate::submission::{SubmitError, SubmitRequest, Submitter, Trace};
 
+mod qualify;
+
 /// sysexits.h codes, as programs calling sendmail expect them.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -78,11 +80,12 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             'o' if flag == "oi" => out.ignore_dots = true,
             'f' | 'r' => out.from = Some(value(&flag[1..], 'f')?),
             'F' => out.full_name = Some(value(&flag[1..], 'F')?),
-            'o' | 'b' | 'd' | 'e' | 'v' | 'm' | 'N' | 'R' | 'V' | 'X' | 'q'
+            // -B: the body type (Debian's cron passes -B8BITMIME); 8-bit bodies pass anyway.
+            'o' | 'b' | 'd' | 'e' | 'v' | 'm' | 'B' | 'N' | 'R' | 'V' | 'X' | 'q'
                 if flag != "bs" && flag != "bp" =>
             {
-                // -N/-R/-V/-X take a value.
-                if matches!(&flag[..1], "N" | "R" | "V" | "X") && flag.len() == 1 {
+                // -B/-N/-R/-V/-X take a value.
+                if matches!(&flag[..1], "B" | "N" | "R" | "V" | "X") && flag.len() == 1 {
                     it.next();
                 }
             }
@@ -139,7 +142,7 @@ impl LocalAnswer {
 /// Limits on the local submission socket. Anyone may connect (0666), so nothing is read before
 /// the caller's uid is known to belong to an account, and an allowed caller still cannot hold
 /// more than its share of memory or time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalLimits {
     /// Largest message, in octets (the SMTP `max_message_size`: SES v2's 40 MB).
     pub max_size: usize,
@@ -150,6 +153,9 @@ pub struct LocalLimits {
     pub read_deadline: std::time::Duration,
     /// Local submissions served at once; more connections are answered EX_TEMPFAIL.
     pub max_concurrent: usize,
+    /// The config's `default_domain`: a bare local name (`root`) becomes `root@` it; without
+    /// it such an envelope address is refused (see [`qualify`]).
+    pub default_domain: Option<String>,
 }
 
 /// Default [`LocalLimits::read_deadline`]: a 40 MB copy over a Unix socket takes well under a
@@ -183,6 +189,7 @@ pub async fn serve(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
+    let limits = Arc::new(limits);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -192,11 +199,15 @@ pub async fn serve(
                 },
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (directory, submitter, slots) =
-                (directory.clone(), submitter.clone(), slots.clone());
+            let (directory, submitter, slots, limits) = (
+                directory.clone(),
+                submitter.clone(),
+                slots.clone(),
+                limits.clone(),
+            );
             tokio::spawn(async move {
                 let directory = directory.get();
-                if let Err(e) = accept_one(stream, &directory, &submitter, &slots, limits).await {
+                if let Err(e) = accept_one(stream, &directory, &submitter, &slots, &limits).await {
                     tracing::debug!(error = %e, "local submission connection ended");
                 }
             });
@@ -211,7 +222,7 @@ async fn accept_one(
     directory: &Directory,
     submitter: &Submitter,
     slots: &tokio::sync::Semaphore,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
@@ -253,7 +264,7 @@ async fn accept_one(
 /// Reads the request line and exactly `size` octets, growing the buffer as data arrives.
 async fn read_request(
     read: tokio::net::unix::OwnedReadHalf,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> Result<std::result::Result<(LocalRequest, Vec<u8>), LocalAnswer>> {
     let mut reader = BufReader::new(read);
     let mut line = String::new();
@@ -288,23 +299,43 @@ async fn submit(
     req: LocalRequest,
     mut mime: Vec<u8>,
     submitter: &Submitter,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> LocalAnswer {
     let first_address = account.identities.iter().find_map(|i| match &i.scope {
         IdentityScope::Address(a) => Some(a.clone()),
         IdentityScope::Domain(_) => None,
     });
-    let Some(mail_from) = req.from.or(first_address) else {
+    // Local names (`root`, cron's MAILTO) get the default domain, in the envelope and the
+    // header's address fields; without one they are refused here, not at SES.
+    let domain = limits.default_domain.as_deref();
+    if let Some(domain) = domain {
+        mime = qualify::headers(&mime, domain);
+    }
+    // The envelope sender: -f, else the account's address, else the header's From (cron
+    // passes no -f and writes `From: root (Cron Daemon)`).
+    let Some(mail_from) = req.from.or(first_address).or_else(|| header_from(&mime)) else {
         return LocalAnswer::new(
             exit::USAGE,
             "give the sender with -f: the account has no single address",
         );
+    };
+    let mail_from = match qualify::address(&mail_from, domain, "sender") {
+        Ok(a) => a,
+        Err(e) => return LocalAnswer::new(exit::NOUSER, e.to_string()),
     };
     let given = req.recipients.len();
     let mut recipients = req.recipients;
     if req.extract {
         recipients.extend(header_recipients(&mime));
     }
+    let recipients: Result<Vec<String>, _> = recipients
+        .iter()
+        .map(|r| qualify::address(r, domain, "recipient"))
+        .collect();
+    let mut recipients = match recipients {
+        Ok(r) => r,
+        Err(e) => return LocalAnswer::new(exit::NOUSER, e.to_string()),
+    };
     let mut seen = std::collections::HashSet::new();
     recipients.retain(|r| seen.insert(r.clone()));
     if recipients.len() > limits.max_recipients {
@@ -387,6 +418,13 @@ async fn submit(
         Err(e @ SubmitError::Address(_)) => LocalAnswer::new(exit::NOUSER, e.to_string()),
         Err(e @ SubmitError::Attachment(_)) => LocalAnswer::new(exit::DATAERR, e.to_string()),
     }
+}
+
+/// The first address of the header's From, if any.
+fn header_from(mime: &[u8]) -> Option<String> {
+    let parsed = MessageParser::default().parse_headers(mime)?;
+    let from = parsed.from()?.first()?.address()?;
+    Some(from.to_string())
 }
 
 /// Addresses in To, Cc and Bcc (for `-t`).
@@ -479,6 +517,14 @@ mod tests {
             args("-odi -oem -bm -- x@example.net").unwrap().recipients,
             ["x@example.net"]
         );
+        // What Debian's cron runs.
+        let a = args("-FCronDaemon -i -B8BITMIME -oem root").unwrap();
+        assert_eq!(a.recipients, ["root"]);
+        assert_eq!(a.full_name.as_deref(), Some("CronDaemon"));
+        assert_eq!(
+            args("-B 8BITMIME r@x.test").unwrap().recipients,
+            ["r@x.test"]
+        );
         assert!(args("-f").is_err());
         assert!(args("-bs").is_err(), "SMTP on stdin is not offered");
     }
@@ -540,6 +586,7 @@ mod tests {
         max_recipients: 50,
         read_deadline: std::time::Duration::from_secs(60),
         max_concurrent: 2,
+        default_domain: None,
     };
 
     /// Sends a request line declaring `size` octets and no message; returns the answer.
@@ -695,5 +742,56 @@ mod tests {
         assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
         assert!(answer.message.contains("suppressed"), "{}", answer.message);
         assert!(answer.warning.is_none());
+    }
+
+    /// Issue 16: `sendmail root` (cron's MAILTO) is not queued with the bare address SES
+    /// refuses: without `default_domain` it is refused, saying what to do (EX_NOUSER); with
+    /// it the name is qualified in the envelope and the header's address fields.
+    #[tokio::test]
+    async fn local_names_are_qualified_or_refused() {
+        let l = local(true, LIMITS).await;
+        let args = Args {
+            recipients: vec!["root".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"To: root\nSubject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOUSER, "{}", answer.message);
+        assert!(
+            answer.message.contains("\"root\" has no domain")
+                && answer.message.contains("default_domain"),
+            "{}",
+            answer.message
+        );
+
+        let qualifying = LocalLimits {
+            default_domain: Some("example.com".into()),
+            ..LIMITS
+        };
+        let l = local(true, qualifying).await;
+        let args = Args {
+            extract: true,
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"To: root\nSubject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::OK, "{}", answer.message);
+        let id: crate::domain::QueueId = answer.message.parse().unwrap();
+        let record = l.spool.ledger.get(id).await.unwrap().unwrap();
+        assert_eq!(record.job.recipients, ["root@example.com"]);
+        let stored = l.spool.blobs.get(id).await.unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(text.contains("\r\nTo: root@example.com\r\n"), "{text}");
+        // -f too.
+        let args = Args {
+            from: Some("nobody".into()),
+            recipients: vec!["r@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
+        assert!(
+            answer.message.contains("nobody@example.com"),
+            "{}",
+            answer.message
+        );
     }
 }

@@ -216,6 +216,7 @@ pub async fn run(
             max_recipients: config.smtp.max_recipients,
             read_deadline: crate::sendmail::LOCAL_READ_DEADLINE,
             max_concurrent: crate::sendmail::MAX_LOCAL_SUBMISSIONS,
+            default_domain: config.default_domain.clone(),
         },
         stop_rx.clone(),
     )

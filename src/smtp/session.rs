@@ -222,6 +222,9 @@ impl Session {
         }
         match Request::parse(&mut line.iter()) {
             Ok(request) => self.command(request),
+            Err(ParseError::InvalidRecipientAddress) if bare_local_name(line) => {
+                self.error(reply::unqualified_recipient())
+            }
             Err(e) => self.parse_error(e),
         }
     }
@@ -516,8 +519,11 @@ impl Session {
         if self.transaction.is_none() {
             return self.error(reply::bad_sequence("Need MAIL before RCPT"));
         }
-        if to.is_empty() || !to.contains('@') {
+        if to.is_empty() {
             return self.error(Reply::new(501, 1, 3, "Invalid recipient address"));
+        }
+        if !to.contains('@') {
+            return self.error(reply::unqualified_recipient());
         }
         let to = match self.limits.addresses.envelope(&to) {
             Ok(to) => to,
@@ -701,6 +707,22 @@ impl Session {
             }
         }
     }
+}
+
+/// `RCPT TO:<root>`: a path without a domain (the parser only says "invalid").
+fn bare_local_name(line: &[u8]) -> bool {
+    let path = line
+        .iter()
+        .position(|b| *b == b'<')
+        .and_then(|start| {
+            let rest = &line[start + 1..];
+            rest.iter().position(|b| *b == b'>').map(|end| &rest[..end])
+        })
+        .unwrap_or_default();
+    !path.is_empty()
+        && path
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(b))
 }
 
 /// Browsers and proxies sometimes reach SMTP ports; such "commands" end the connection.

@@ -340,6 +340,11 @@ fn suppressed_recipient_refused_at_rcpt_alone() {
                 &["550 5.7.1 recipient Gone@Example.net is suppressed for transactional mail: bounce Permanent/General"],
             ),
             ("RCPT TO:<b@example.net>", &["250 2.1.5"]),
+            // Issue 16: a bare local name is refused, saying why.
+            (
+                "RCPT TO:<root>",
+                &["553 5.1.3 Recipient address must be fully qualified (name@domain)"],
+            ),
             ("RCPT TO:<c@example.net>", &["250 2.1.5"]),
             (
                 "DATA",
