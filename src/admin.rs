@@ -58,6 +58,10 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// Send one queued or held message now, before its release time too.
+    QueueSendNow {
+        id: String,
+    },
     DlqList,
     DlqRedrive {
         #[serde(default)]
@@ -171,13 +175,54 @@ async fn answer(stream: UnixStream, spool: &Spool) -> Result<()> {
     Ok(())
 }
 
-fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
-    id.parse()
-        .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
+/// Why an admin request failed, in words for the operator: a usage mistake or a message in
+/// the wrong state is said plainly, without the storage layer's prefix.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
-async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
-    let (queue, ledger) = (&spool.queue, &spool.ledger);
+fn parse_id(id: &str) -> Result<QueueId, AdminError> {
+    id.parse().map_err(|_| {
+        AdminError::Usage(format!(
+            "not a queue id: {id} (26 characters, as in \"queued as …\" and `outbox queue list`)"
+        ))
+    })
+}
+
+/// The states each action applies to, for the operator's error text.
+fn applies_to(action: &Action) -> &'static str {
+    match action {
+        Action::Hold => "queued messages",
+        Action::Release => "held messages",
+        Action::RetryNow => "queued messages",
+        Action::SendNow => "queued or held messages",
+        Action::Redrive => "dead letters",
+        Action::Delete => "queued, held or dead messages",
+        Action::Cancel { .. } => "queued or held messages",
+    }
+}
+
+/// `action` on one id; a submission in a state it does not apply to is named with its state.
+async fn act_on_one(spool: &Spool, id: QueueId, action: Action) -> Result<(), AdminError> {
+    let what = applies_to(&action);
+    match spool.queue.act(id, action).await {
+        Err(SpoolError::NotFound(_)) => match spool.ledger.get(id).await? {
+            Some(record) => Err(AdminError::Usage(format!(
+                "submission {id} is {}: this applies to {what} only",
+                format!("{:?}", record.state).to_lowercase()
+            ))),
+            None => Err(AdminError::Usage(format!("no such submission {id}"))),
+        },
+        r => Ok(r?),
+    }
+}
+
+async fn handle(spool: &Spool, request: Request) -> Result<Response, AdminError> {
+    let ledger = &spool.ledger;
     let mut response = Response::default();
     match request {
         Request::QueueList {
@@ -200,7 +245,10 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         }
         Request::QueueShow { id } => {
             let id = parse_id(&id)?;
-            response.records = vec![ledger.get(id).await?.ok_or(SpoolError::NotFound(id))?];
+            response.records = vec![ledger
+                .get(id)
+                .await?
+                .ok_or_else(|| AdminError::Usage(format!("no such submission {id}")))?];
         }
         Request::QueueRetry { id, all } => {
             response.changed = act_on(spool, id, all, Listing::Queued, Action::RetryNow).await?;
@@ -211,8 +259,12 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         Request::QueueRelease { id, all } => {
             response.changed = act_on(spool, id, all, Listing::Held, Action::Release).await?;
         }
+        Request::QueueSendNow { id } => {
+            act_on_one(spool, parse_id(&id)?, Action::SendNow).await?;
+            response.changed = 1;
+        }
         Request::QueueDelete { id } => {
-            queue.act(parse_id(&id)?, Action::Delete).await?;
+            act_on_one(spool, parse_id(&id)?, Action::Delete).await?;
             response.changed = 1;
         }
         Request::DlqList => response.records = ledger.in_state(State::Dead, MAX_LISTED).await?,
@@ -222,7 +274,7 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         Request::DlqPurge => response.changed = ledger.purge().await?.dead,
         Request::QueueCompact => {
             response.compacted = Some(ledger.compact(true).await?.ok_or_else(|| {
-                SpoolError::Storage("this spool backend has no file to compact".into())
+                AdminError::Usage("this spool backend has no file to compact".into())
             })?)
         }
         Request::SuppressionList => response.suppressions = ledger.suppressions().await?,
@@ -235,7 +287,7 @@ async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError>
         } => {
             let class = class.to_lowercase();
             if class != ALL_CLASSES && MessageClass::parse(&class).is_none() {
-                return Err(SpoolError::Storage(format!(
+                return Err(AdminError::Usage(format!(
                     "unknown class {class}: transactional, mailing_list, bulk or *"
                 )));
             }
@@ -270,18 +322,21 @@ async fn act_on(
     all: bool,
     which: Listing,
     action: Action,
-) -> Result<u64, SpoolError> {
+) -> Result<u64, AdminError> {
     let ids = match (id, all) {
-        (Some(id), false) => vec![parse_id(&id)?],
+        (Some(id), false) => {
+            act_on_one(spool, parse_id(&id)?, action).await?;
+            return Ok(1);
+        }
         (None, true) => spool.queue.list(which, usize::MAX).await?,
-        _ => return Err(SpoolError::Storage("give a queue id or --all".into())),
+        _ => return Err(AdminError::Usage("give a queue id or --all".into())),
     };
     let mut changed = 0;
     for id in ids {
         match spool.queue.act(id, action.clone()).await {
             Ok(()) => changed += 1,
-            Err(SpoolError::NotFound(_)) if all => {}
-            Err(e) => return Err(e),
+            Err(SpoolError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(changed)

@@ -83,7 +83,7 @@ enum Command {
 enum QueueCommand {
     /// Messages waiting to be sent (or in another state with --state).
     List {
-        /// queued (default), held, sent, failed or dead.
+        /// queued (default), held, dead, sent, delivered, bounced, complained or failed.
         #[arg(long)]
         state: Option<String>,
         /// Only this account's (login).
@@ -109,12 +109,15 @@ enum QueueCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Put held messages back into the queue: one, or --all held.
+    /// Put held messages back into the queue: one, or --all held. A message its submitter
+    /// asked to hold (FUTURERELEASE, JMAP sendAt) still waits for its release time.
     Release {
         id: Option<String>,
         #[arg(long)]
         all: bool,
     },
+    /// Send one queued or held message now, before the release time its submitter asked for.
+    SendNow { id: String },
     /// Give the spool file's free space back to the filesystem (sending pauses meanwhile).
     Compact,
 }
@@ -196,6 +199,7 @@ fn main() -> ExitCode {
                 QueueCommand::Delete { id } => Request::QueueDelete { id },
                 QueueCommand::Hold { id, all } => Request::QueueHold { id, all },
                 QueueCommand::Release { id, all } => Request::QueueRelease { id, all },
+                QueueCommand::SendNow { id } => Request::QueueSendNow { id },
                 QueueCommand::Compact => Request::QueueCompact,
             };
             admin(&config, &request, json)

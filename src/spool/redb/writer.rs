@@ -631,7 +631,10 @@ impl Writer {
                 action,
                 reply,
             } => {
-                *wake |= matches!(action, Action::Release | Action::RetryNow | Action::Redrive);
+                *wake |= matches!(
+                    action,
+                    Action::Release | Action::RetryNow | Action::SendNow | Action::Redrive
+                );
                 done(reply, self.act(txn, now, id, action))
             }
             Op::Purge { now, reply } => done(reply, self.purge(txn, now)),
