@@ -330,8 +330,14 @@ fn aws_init(path: &Path) -> Result<()> {
 }
 
 fn check_config(path: &Path) -> Result<()> {
-    let config = Config::load(path)?;
-    let problems = outbox::server::check(&config);
+    // Every problem in one run: TOML and type errors line by line, then the values, then
+    // what needs the system (password hashes, Unix users, keys and certificates).
+    let (config, mut problems) = Config::check_file(path);
+    if let Some(config) = &config {
+        problems.extend(outbox::server::check(config));
+    }
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     if problems.is_empty() {
         println!("{}: ok", path.display());
         return Ok(());
