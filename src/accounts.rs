@@ -82,20 +82,39 @@ impl Directory {
     pub fn from_config(accounts: &[AccountConfig]) -> Result<Directory> {
         let mut map = HashMap::new();
         let mut by_uid = HashMap::new();
+        // Every problem, one per line: an operator fixes them all in one go.
+        let mut problems: Vec<String> = Vec::new();
         for a in accounts {
             let hash = a.password_hash.clone().unwrap_or_default();
-            PasswordHash::new(&hash)
-                .map_err(|e| anyhow!("account {}: bad password_hash: {e}", a.login))?;
+            if hash.is_empty() {
+                problems.push(format!(
+                    "account {}: password_hash or password_hash_file is required",
+                    a.login
+                ));
+            } else if !hash.starts_with("$argon2") {
+                // The words config validation uses (check-config shows the line once).
+                problems.push(format!(
+                    "account {}: password_hash is not an argon2 PHC string (use `outbox passwd`)",
+                    a.login
+                ));
+            } else if let Err(e) = PasswordHash::new(&hash) {
+                problems.push(format!("account {}: bad password_hash: {e}", a.login));
+            }
             let identities = a
                 .identities
                 .iter()
-                .map(|i| Identity {
-                    id: i.id.clone(),
-                    scope: match (&i.email, &i.domain) {
+                .filter_map(|i| {
+                    let scope = match (&i.email, &i.domain) {
                         (Some(email), _) => IdentityScope::Address(email.to_lowercase()),
                         (None, Some(domain)) => IdentityScope::Domain(domain.to_lowercase()),
-                        (None, None) => unreachable!("validated at config load"),
-                    },
+                        // Refused at config load; `check-config` gets here with it anyway.
+                        (None, None) => return None,
+                    };
+                    Some((i, scope))
+                })
+                .map(|(i, scope)| Identity {
+                    id: i.id.clone(),
+                    scope,
                     name: i.name.clone(),
                     text_signature: i.text_signature.clone(),
                     html_signature: i.html_signature.clone(),
@@ -117,13 +136,18 @@ impl Directory {
             };
             let account = Arc::new(account);
             for user in &a.unix_users {
-                let uid = resolve_uid(user)
-                    .ok_or_else(|| anyhow!("account {}: no Unix user {user}", a.login))?;
+                let Some(uid) = resolve_uid(user) else {
+                    problems.push(format!("account {}: no Unix user {user}", a.login));
+                    continue;
+                };
                 if by_uid.insert(uid, account.clone()).is_some() {
-                    anyhow::bail!("Unix user {user} is given to two accounts");
+                    problems.push(format!("Unix user {user} is given to two accounts"));
                 }
             }
             map.insert(a.login.to_lowercase(), account);
+        }
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n"));
         }
         Ok(Directory {
             accounts: map,

@@ -60,6 +60,10 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// Send one queued or held message now, before its release time too.
+    QueueSendNow {
+        id: String,
+    },
     DlqList,
     DlqRedrive {
         #[serde(default)]
@@ -197,15 +201,58 @@ async fn answer(stream: UnixStream, spool: &Spool, reputation: Option<&Reputatio
     Ok(())
 }
 
-fn parse_id(id: &str) -> Result<QueueId, SpoolError> {
-    id.parse()
-        .map_err(|_| SpoolError::Storage(format!("not a queue id: {id}")))
+/// Why an admin request failed, in words for the operator: a usage mistake or a message in
+/// the wrong state is said plainly, without the storage layer's prefix.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("no such submission {0}")]
+    NoSuch(QueueId),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+fn parse_id(id: &str) -> Result<QueueId, AdminError> {
+    id.parse().map_err(|_| {
+        AdminError::Usage(format!(
+            "not a queue id: {id} (26 characters, as in \"queued as …\" and `outbox queue list`)"
+        ))
+    })
+}
+
+/// The states each action applies to, for the operator's error text.
+fn applies_to(action: &Action) -> &'static str {
+    match action {
+        Action::Hold | Action::Park { .. } => "queued messages",
+        Action::Release | Action::Unpark { .. } => "held messages",
+        Action::RetryNow => "queued messages",
+        Action::SendNow => "queued or held messages",
+        Action::Redrive => "dead letters",
+        Action::Delete => "queued, held or dead messages",
+        Action::Cancel { .. } => "queued or held messages",
+    }
+}
+
+/// `action` on one id; a submission in a state it does not apply to is named with its state.
+async fn act_on_one(spool: &Spool, id: QueueId, action: Action) -> Result<(), AdminError> {
+    let what = applies_to(&action);
+    match spool.queue.act(id, action).await {
+        Err(SpoolError::NotFound(_)) => match spool.ledger.get(id).await? {
+            Some(record) => Err(AdminError::Usage(format!(
+                "submission {id} is {}: this applies to {what} only",
+                format!("{:?}", record.state).to_lowercase()
+            ))),
+            None => Err(AdminError::NoSuch(id)),
+        },
+        r => Ok(r?),
+    }
 }
 
 /// Answers one request: the socket's handler, and the operator console's (one implementation of
 /// every queue, dead-letter and suppression command).
-pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolError> {
-    let (queue, ledger) = (&spool.queue, &spool.ledger);
+pub async fn handle(spool: &Spool, request: Request) -> Result<Response, AdminError> {
+    let ledger = &spool.ledger;
     let mut response = Response::default();
     match request {
         Request::QueueList {
@@ -228,7 +275,7 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
         }
         Request::QueueShow { id } => {
             let id = parse_id(&id)?;
-            response.records = vec![ledger.get(id).await?.ok_or(SpoolError::NotFound(id))?];
+            response.records = vec![ledger.get(id).await?.ok_or(AdminError::NoSuch(id))?];
         }
         Request::QueueRetry { id, all } => {
             response.changed = act_on(spool, id, all, Listing::Queued, Action::RetryNow).await?;
@@ -239,8 +286,12 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
         Request::QueueRelease { id, all } => {
             response.changed = act_on(spool, id, all, Listing::Held, Action::Release).await?;
         }
+        Request::QueueSendNow { id } => {
+            act_on_one(spool, parse_id(&id)?, Action::SendNow).await?;
+            response.changed = 1;
+        }
         Request::QueueDelete { id } => {
-            queue.act(parse_id(&id)?, Action::Delete).await?;
+            act_on_one(spool, parse_id(&id)?, Action::Delete).await?;
             response.changed = 1;
         }
         Request::DlqList => response.records = ledger.in_state(State::Dead, MAX_LISTED).await?,
@@ -250,7 +301,7 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
         Request::DlqPurge => response.changed = ledger.purge().await?.dead,
         Request::QueueCompact => {
             response.compacted = Some(ledger.compact(true).await?.ok_or_else(|| {
-                SpoolError::Storage("this spool backend has no file to compact".into())
+                AdminError::Usage("this spool backend has no file to compact".into())
             })?)
         }
         Request::SuppressionList => response.suppressions = ledger.suppressions().await?,
@@ -263,7 +314,7 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
         } => {
             let class = class.to_lowercase();
             if class != ALL_CLASSES && MessageClass::parse(&class).is_none() {
-                return Err(SpoolError::Storage(format!(
+                return Err(AdminError::Usage(format!(
                     "unknown class {class}: transactional, mailing_list, bulk or *"
                 )));
             }
@@ -285,7 +336,7 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, SpoolEr
             response.changed = u64::from(ledger.unsuppress(address, account, class).await?);
         }
         Request::Reputation | Request::ReputationRelease { .. } => {
-            return Err(SpoolError::Storage("not a spool request".into()))
+            return Err(AdminError::Usage("not a spool request".into()))
         }
     }
     Ok(response)
@@ -324,18 +375,21 @@ async fn act_on(
     all: bool,
     which: Listing,
     action: Action,
-) -> Result<u64, SpoolError> {
+) -> Result<u64, AdminError> {
     let ids = match (id, all) {
-        (Some(id), false) => vec![parse_id(&id)?],
+        (Some(id), false) => {
+            act_on_one(spool, parse_id(&id)?, action).await?;
+            return Ok(1);
+        }
         (None, true) => spool.queue.list(which, usize::MAX).await?,
-        _ => return Err(SpoolError::Storage("give a queue id or --all".into())),
+        _ => return Err(AdminError::Usage("give a queue id or --all".into())),
     };
     let mut changed = 0;
     for id in ids {
         match spool.queue.act(id, action.clone()).await {
             Ok(()) => changed += 1,
-            Err(SpoolError::NotFound(_)) if all => {}
-            Err(e) => return Err(e),
+            Err(SpoolError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(changed)

@@ -17,6 +17,10 @@ pub struct Config {
     /// Name this server announces in the SMTP greeting and `Received` headers.
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// Domain added to a bare local name from `sendmail` (`root`, cron's MAILTO) in the
+    /// envelope and the header's address fields; unset, such an address is refused.
+    #[serde(default)]
+    pub default_domain: Option<String>,
     /// Folder holding all state: the spool database (queue, submissions, blobs) and, later,
     /// the suppression list. Relative to the config file.
     pub state_dir: PathBuf,
@@ -793,8 +797,67 @@ impl Config {
         }
     }
 
+    /// Every problem in a config file, for `check-config`: each TOML or type error (one
+    /// per line: the line is set aside and the file read again, so a typo'd key does not hide
+    /// the next one; serde's words translated where they mislead), then every value the
+    /// validation refuses. The config is returned when it could be read at all.
+    pub fn check_file(path: &Path) -> (Option<Config>, Vec<String>) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return (None, vec![format!("reading {}: {e}", path.display())]),
+        };
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut text = text;
+        let mut config = None;
+        // Each round sets one line aside; a file has only so many.
+        for _ in 0..=text.lines().count() {
+            match toml::from_str::<Config>(&text) {
+                Ok(c) => {
+                    config = Some(c);
+                    break;
+                }
+                Err(e) => {
+                    let (problem, line) = describe_toml_error(&text, &e);
+                    problems.push(problem);
+                    match line {
+                        // Emptied, line breaks kept: later errors keep their line numbers.
+                        Some(range) => {
+                            let blank = "\n".repeat(text[range.clone()].matches('\n').count());
+                            text.replace_range(range, &blank);
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        let Some(mut config) = config else {
+            return (None, problems);
+        };
+        if let Err(e) = config.resolve_paths(&base) {
+            problems.push(format!("{e:#}"));
+            return (None, problems);
+        }
+        problems.extend(config.problems());
+        config.leave_room_for_additions();
+        (Some(config), problems)
+    }
+
     /// Checks the values serde cannot; reports every problem at once, each with its key.
     fn validate(&self) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = Vec::new();
         macro_rules! problem {
             ($($arg:tt)*) => { problems.push(format!($($arg)*)) };
@@ -818,6 +881,11 @@ impl Config {
                     "sender.transport: max_message_size must be at least {}",
                     2 * ADDITIONS_RESERVE
                 );
+            }
+        }
+        if let Some(domain) = &self.default_domain {
+            if domain.is_empty() || domain.contains(['@', ' ', '<', '>', ',']) {
+                problem!("default_domain: {domain:?} is not a domain (e.g. \"example.com\")");
             }
         }
         if self.spool.max_attempts == 0 {
@@ -918,6 +986,16 @@ impl Config {
                 match (&identity.email, &identity.domain) {
                     (Some(email), None) if email.contains('@') => {}
                     (None, Some(domain)) if !domain.contains('@') && !domain.is_empty() => {}
+                    (Some(email), None) => problem!(
+                        "account {} identity {}: email {email:?} is not an address (name@domain)",
+                        account.login,
+                        identity.id
+                    ),
+                    (None, Some(domain)) => problem!(
+                        "account {} identity {}: domain {domain:?} is not a domain (e.g. example.com)",
+                        account.login,
+                        identity.id
+                    ),
                     _ => problem!(
                         "account {} identity {}: give exactly one of email (an address) or domain",
                         account.login,
@@ -926,11 +1004,70 @@ impl Config {
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", problems.join("\n"))
+        problems
+    }
+}
+
+/// A TOML or type error as an operator reads it: the line, the key, what was expected. Also
+/// the byte range to set aside so reading can go on: the offending `key = value` line, or a
+/// refused table with its keys; None for an error without a place.
+fn describe_toml_error(
+    text: &str,
+    e: &toml::de::Error,
+) -> (String, Option<std::ops::Range<usize>>) {
+    let message = e.message();
+    let Some(span) = e.span() else {
+        return (message.to_string(), None);
+    };
+    let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let number = text[..start].matches('\n').count() + 1;
+    let line = text[start..end].trim();
+    let found = text.get(span.clone()).unwrap_or_default().trim();
+    let words = if message.starts_with("invalid boolean")
+        || message.starts_with("invalid string")
+        || message.starts_with("invalid number")
+        || message.starts_with("expected")
+    {
+        // A bare word after `=` makes the TOML parser guess at true/false.
+        format!(
+            "`{found}` is not a TOML value: write a number (e.g. 5), true or false, or text in quotes (\"{found}\")"
+        )
+    } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+        match rest.rsplit_once(", expected ") {
+            Some((got, want)) => format!("expected {}, found {got}", expected_words(want)),
+            None => message.to_string(),
         }
+    } else if let Some(rest) = message.strip_prefix("unknown field ") {
+        format!("unknown key {rest}")
+    } else {
+        message.to_string()
+    };
+    let header = line.starts_with('[');
+    // A table header that is refused takes its keys with it (up to the next header).
+    let range = if header {
+        let rest = &text[end..];
+        let next = rest
+            .match_indices('\n')
+            .map(|(i, _)| i + 1)
+            .find(|i| rest[*i..].trim_start().starts_with('['))
+            .map_or(text.len(), |i| end + i);
+        Some(start..next)
+    } else {
+        line.contains('=').then_some(start..end)
+    };
+    (format!("line {number}: {line}: {words}"), range)
+}
+
+/// serde's names of the types a key takes, in words.
+fn expected_words(want: &str) -> String {
+    match want {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        other => other.to_string(),
     }
 }
 
@@ -939,6 +1076,40 @@ mod tests {
     use super::*;
 
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    /// Issue 16: check-config reports every problem in one run — a typo'd key, a bare word
+    /// where a number belongs (serde's "invalid boolean" translated), a bad hash, an unknown
+    /// Unix user, an identity whose email is not an address — each with its line or key.
+    #[test]
+    fn check_file_collects_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"s\"\nhostnme = \"mx\"\n[spool]\nmax_attempts = five\nretention_days = \"x\"\n\
+             [smpt]\nmax_recipients = 3\n\
+             [[account]]\nlogin = \"a\"\npassword_hash = \"plain\"\nunix_users = [\"no-such-user-16\"]\n\
+             [[account.identity]]\nid = \"i\"\nemail = \"not-an-address\"\n",
+        )
+        .unwrap();
+        let (config, mut problems) = Config::check_file(&path);
+        problems.extend(crate::server::check(
+            &config.expect("read despite the problems"),
+        ));
+        let all = problems.join("\n");
+        for want in [
+            "line 2: hostnme = \"mx\": unknown key `hostnme`",
+            "line 4: max_attempts = five: `five` is not a TOML value: write a number (e.g. 5), true or false, or text in quotes (\"five\")",
+            "line 5: retention_days = \"x\": expected a whole number, found string \"x\"",
+            "line 6: [smpt]: unknown key `smpt`",
+            "account a: password_hash is not an argon2 PHC string",
+            "account a: no Unix user no-such-user-16",
+            "account a identity i: email \"not-an-address\" is not an address (name@domain)",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert!(!all.contains("invalid boolean"), "{all}");
+    }
 
     #[test]
     fn defaults_and_relative_paths() {

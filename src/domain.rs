@@ -195,7 +195,7 @@ pub enum Outcome {
     /// recipient, who evidently has the message, but no complaint: it counts as delivered,
     /// never suppresses, and ranks below a real complaint or a bounce.
     NotSpam,
-    /// Left out by Outbox at send time: on the suppression list.
+    /// Left out by Outbox at submission or send time: on the suppression list.
     Suppressed,
     /// SES rejected the message after accepting it (virus) — no recipient got it.
     Rejected,
@@ -312,6 +312,10 @@ pub struct SubmissionRecord {
     /// When it last reached a finished state: the retention clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<u64>,
+    /// The release time its submitter asked for (RFC 4865 FUTURERELEASE, JMAP `sendAt`):
+    /// an operator's release or retry keeps it; only `queue send-now` goes before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_ms: Option<u64>,
 }
 
 impl SubmissionRecord {
@@ -332,6 +336,7 @@ impl SubmissionRecord {
             canceled: false,
             jmap,
             finished_ms: None,
+            release_ms: (due_ms > now_ms).then_some(due_ms),
         }
     }
 

@@ -93,7 +93,7 @@ enum Command {
 enum QueueCommand {
     /// Messages waiting to be sent (or in another state with --state).
     List {
-        /// queued (default), held, sent, failed or dead.
+        /// queued (default), held, dead, sent, delivered, bounced, complained or failed.
         #[arg(long)]
         state: Option<String>,
         /// Only this account's (login).
@@ -119,12 +119,15 @@ enum QueueCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Put held messages back into the queue: one, or --all held.
+    /// Put held messages back into the queue: one, or --all held. A message its submitter
+    /// asked to hold (FUTURERELEASE, JMAP sendAt) still waits for its release time.
     Release {
         id: Option<String>,
         #[arg(long)]
         all: bool,
     },
+    /// Send one queued or held message now, before the release time its submitter asked for.
+    SendNow { id: String },
     /// Give the spool file's free space back to the filesystem (sending pauses meanwhile).
     Compact,
 }
@@ -219,6 +222,7 @@ fn main() -> ExitCode {
                 QueueCommand::Delete { id } => Request::QueueDelete { id },
                 QueueCommand::Hold { id, all } => Request::QueueHold { id, all },
                 QueueCommand::Release { id, all } => Request::QueueRelease { id, all },
+                QueueCommand::SendNow { id } => Request::QueueSendNow { id },
                 QueueCommand::Compact => Request::QueueCompact,
             };
             admin(&config, &request, json)
@@ -317,11 +321,14 @@ fn sendmail(args: Vec<String>) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let (code, message) = runtime.block_on(send(&socket, args, &input));
-    if code != exit::OK {
-        eprintln!("sendmail: {message}");
+    let answer = runtime.block_on(send(&socket, args, &input));
+    if let Some(warning) = &answer.warning {
+        eprintln!("sendmail: {warning}");
     }
-    ExitCode::from(code)
+    if answer.exit != exit::OK {
+        eprintln!("sendmail: {}", answer.message);
+    }
+    ExitCode::from(answer.exit)
 }
 
 /// Where the daemon's local submission socket is: `OUTBOX_SUBMIT_SOCKET`, else the config
@@ -359,8 +366,14 @@ fn aws_init(path: &Path) -> Result<()> {
 }
 
 fn check_config(path: &Path) -> Result<()> {
-    let config = Config::load(path)?;
-    let problems = outbox::server::check(&config);
+    // Every problem in one run: TOML and type errors line by line, then the values, then
+    // what needs the system (password hashes, Unix users, keys and certificates).
+    let (config, mut problems) = Config::check_file(path);
+    if let Some(config) = &config {
+        problems.extend(outbox::server::check(config));
+    }
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.clone()));
     if problems.is_empty() {
         println!("{}: ok", path.display());
         return Ok(());

@@ -24,6 +24,8 @@ use crate::message::header_values;
 use crate::smtp::data::LineRules;
 use crate::submission::{SubmitError, SubmitRequest, Submitter, Trace};
 
+mod qualify;
+
 /// sysexits.h codes, as programs calling sendmail expect them.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -78,11 +80,12 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             'o' if flag == "oi" => out.ignore_dots = true,
             'f' | 'r' => out.from = Some(value(&flag[1..], 'f')?),
             'F' => out.full_name = Some(value(&flag[1..], 'F')?),
-            'o' | 'b' | 'd' | 'e' | 'v' | 'm' | 'N' | 'R' | 'V' | 'X' | 'q'
+            // -B: the body type (Debian's cron passes -B8BITMIME); 8-bit bodies pass anyway.
+            'o' | 'b' | 'd' | 'e' | 'v' | 'm' | 'B' | 'N' | 'R' | 'V' | 'X' | 'q'
                 if flag != "bs" && flag != "bp" =>
             {
-                // -N/-R/-V/-X take a value.
-                if matches!(&flag[..1], "N" | "R" | "V" | "X") && flag.len() == 1 {
+                // -B/-N/-R/-V/-X take a value.
+                if matches!(&flag[..1], "B" | "N" | "R" | "V" | "X") && flag.len() == 1 {
                     it.next();
                 }
             }
@@ -121,6 +124,9 @@ pub struct LocalRequest {
 pub struct LocalAnswer {
     pub exit: u8,
     pub message: String,
+    /// Said on stderr even when the message was accepted: recipients left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl LocalAnswer {
@@ -128,6 +134,7 @@ impl LocalAnswer {
         LocalAnswer {
             exit,
             message: message.into(),
+            warning: None,
         }
     }
 }
@@ -135,7 +142,7 @@ impl LocalAnswer {
 /// Limits on the local submission socket. Anyone may connect (0666), so nothing is read before
 /// the caller's uid is known to belong to an account, and an allowed caller still cannot hold
 /// more than its share of memory or time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalLimits {
     /// Largest message, in octets (the SMTP `max_message_size`: SES v2's 40 MB).
     pub max_size: usize,
@@ -146,6 +153,9 @@ pub struct LocalLimits {
     pub read_deadline: std::time::Duration,
     /// Local submissions served at once; more connections are answered EX_TEMPFAIL.
     pub max_concurrent: usize,
+    /// The config's `default_domain`: a bare local name (`root`) becomes `root@` it; without
+    /// it such an envelope address is refused (see [`qualify`]).
+    pub default_domain: Option<String>,
 }
 
 /// Default [`LocalLimits::read_deadline`]: a 40 MB copy over a Unix socket takes well under a
@@ -179,6 +189,7 @@ pub async fn serve(
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
+    let limits = Arc::new(limits);
     tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -188,11 +199,15 @@ pub async fn serve(
                 },
                 _ = shutdown.wait_for(|stop| *stop) => break,
             };
-            let (directory, submitter, slots) =
-                (directory.clone(), submitter.clone(), slots.clone());
+            let (directory, submitter, slots, limits) = (
+                directory.clone(),
+                submitter.clone(),
+                slots.clone(),
+                limits.clone(),
+            );
             tokio::spawn(async move {
                 let directory = directory.get();
-                if let Err(e) = accept_one(stream, &directory, &submitter, &slots, limits).await {
+                if let Err(e) = accept_one(stream, &directory, &submitter, &slots, &limits).await {
                     tracing::debug!(error = %e, "local submission connection ended");
                 }
             });
@@ -207,7 +222,7 @@ async fn accept_one(
     directory: &Directory,
     submitter: &Submitter,
     slots: &tokio::sync::Semaphore,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
@@ -249,7 +264,7 @@ async fn accept_one(
 /// Reads the request line and exactly `size` octets, growing the buffer as data arrives.
 async fn read_request(
     read: tokio::net::unix::OwnedReadHalf,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> Result<std::result::Result<(LocalRequest, Vec<u8>), LocalAnswer>> {
     let mut reader = BufReader::new(read);
     let mut line = String::new();
@@ -284,23 +299,43 @@ async fn submit(
     req: LocalRequest,
     mut mime: Vec<u8>,
     submitter: &Submitter,
-    limits: LocalLimits,
+    limits: &LocalLimits,
 ) -> LocalAnswer {
     let first_address = account.identities.iter().find_map(|i| match &i.scope {
         IdentityScope::Address(a) => Some(a.clone()),
         IdentityScope::Domain(_) => None,
     });
-    let Some(mail_from) = req.from.or(first_address) else {
+    // Local names (`root`, cron's MAILTO) get the default domain, in the envelope and the
+    // header's address fields; without one they are refused here, not at SES.
+    let domain = limits.default_domain.as_deref();
+    if let Some(domain) = domain {
+        mime = qualify::headers(&mime, domain);
+    }
+    // The envelope sender: -f, else the account's address, else the header's From (cron
+    // passes no -f and writes `From: root (Cron Daemon)`).
+    let Some(mail_from) = req.from.or(first_address).or_else(|| header_from(&mime)) else {
         return LocalAnswer::new(
             exit::USAGE,
             "give the sender with -f: the account has no single address",
         );
+    };
+    let mail_from = match qualify::address(&mail_from, domain, "sender") {
+        Ok(a) => a,
+        Err(e) => return LocalAnswer::new(exit::NOUSER, e.to_string()),
     };
     let given = req.recipients.len();
     let mut recipients = req.recipients;
     if req.extract {
         recipients.extend(header_recipients(&mime));
     }
+    let recipients: Result<Vec<String>, _> = recipients
+        .iter()
+        .map(|r| qualify::address(r, domain, "recipient"))
+        .collect();
+    let mut recipients = match recipients {
+        Ok(r) => r,
+        Err(e) => return LocalAnswer::new(exit::NOUSER, e.to_string()),
+    };
     let mut seen = std::collections::HashSet::new();
     recipients.retain(|r| seen.insert(r.clone()));
     if recipients.len() > limits.max_recipients {
@@ -356,8 +391,22 @@ async fn submit(
             tls: None,
         },
     };
-    match submitter.submit(request).await {
-        Ok(id) => LocalAnswer::new(exit::OK, id.to_string()),
+    match submitter.store(request, None, None).await {
+        // Accepted for the others: exit 0, as sendmail does for a recipient that will bounce
+        // (a failure code would make `mail` keep a dead.letter and a caller that retries send
+        // the others a second copy); the left-out recipients are named on stderr and recorded
+        // on the submission (`outbox queue show`).
+        Ok(done) => LocalAnswer {
+            warning: (!done.suppressed.is_empty()).then(|| {
+                let each: Vec<String> = done.suppressed.iter().map(|s| s.to_string()).collect();
+                format!(
+                    "not sent to every recipient (queued as {}): {}",
+                    done.id,
+                    each.join("; ")
+                )
+            }),
+            ..LocalAnswer::new(exit::OK, done.id.to_string())
+        },
         Err(SubmitError::NotOwner(a)) => {
             LocalAnswer::new(exit::NOPERM, format!("{a} is not this account's address"))
         }
@@ -371,6 +420,13 @@ async fn submit(
         // EX_TEMPFAIL: the class is held for now; the caller's queue tries again later.
         Err(SubmitError::Held(m)) => LocalAnswer::new(exit::TEMPFAIL, m),
     }
+}
+
+/// The first address of the header's From, if any.
+fn header_from(mime: &[u8]) -> Option<String> {
+    let parsed = MessageParser::default().parse_headers(mime)?;
+    let from = parsed.from()?.first()?.address()?;
+    Some(from.to_string())
 }
 
 /// Addresses in To, Cc and Bcc (for `-t`).
@@ -390,8 +446,9 @@ fn header_recipients(mime: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The client side: sends one message; returns the sysexits code and the daemon's text.
-pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
+/// The client side: sends one message; returns the daemon's answer (sysexits code, text and
+/// any warning).
+pub async fn send(socket: &Path, args: Args, input: &[u8]) -> LocalAnswer {
     let mime = normalize(input, args.ignore_dots);
     let request = LocalRequest {
         from: args.from,
@@ -421,8 +478,8 @@ pub async fn send(socket: &Path, args: Args, input: &[u8]) -> (u8, String) {
         }
     };
     match exchange.await {
-        Ok(answer) => (answer.exit, answer.message),
-        Err(e) => (
+        Ok(answer) => answer,
+        Err(e) => LocalAnswer::new(
             exit::UNAVAILABLE,
             format!(
                 "cannot reach the Outbox daemon at {}: {e}",
@@ -462,6 +519,14 @@ mod tests {
             args("-odi -oem -bm -- x@example.net").unwrap().recipients,
             ["x@example.net"]
         );
+        // What Debian's cron runs.
+        let a = args("-FCronDaemon -i -B8BITMIME -oem root").unwrap();
+        assert_eq!(a.recipients, ["root"]);
+        assert_eq!(a.full_name.as_deref(), Some("CronDaemon"));
+        assert_eq!(
+            args("-B 8BITMIME r@x.test").unwrap().recipients,
+            ["r@x.test"]
+        );
         assert!(args("-f").is_err());
         assert!(args("-bs").is_err(), "SMTP on stdin is not offered");
     }
@@ -483,6 +548,7 @@ mod tests {
     /// the account's `unix_users`.
     struct Local {
         socket: PathBuf,
+        spool: crate::spool::Spool,
         _stop: watch::Sender<bool>,
         _dir: tempfile::TempDir,
     }
@@ -503,7 +569,7 @@ mod tests {
             clock.clone(),
         )
         .unwrap();
-        let submitter = Arc::new(Submitter::new(spool, "mx.test".into(), clock));
+        let submitter = Arc::new(Submitter::new(spool.clone(), "mx.test".into(), clock));
         let socket = dir.path().join("submit.sock");
         let (stop, rx) = watch::channel(false);
         serve(socket.clone(), directory, submitter, limits, rx)
@@ -511,6 +577,7 @@ mod tests {
             .unwrap();
         Local {
             socket,
+            spool,
             _stop: stop,
             _dir: dir,
         }
@@ -521,6 +588,7 @@ mod tests {
         max_recipients: 50,
         read_deadline: std::time::Duration::from_secs(60),
         max_concurrent: 2,
+        default_domain: None,
     };
 
     /// Sends a request line declaring `size` octets and no message; returns the answer.
@@ -598,7 +666,11 @@ mod tests {
             recipients: many.clone(),
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, b"Subject: x\n\nx\n").await;
         assert_eq!(code, exit::USAGE, "{text}");
         assert!(text.contains("too many recipients"), "{text}");
         let headers = format!("To: {}\nSubject: x\n\nx\n", many.join(", "));
@@ -606,7 +678,11 @@ mod tests {
             extract: true,
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, headers.as_bytes()).await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, headers.as_bytes()).await;
         assert_eq!(code, exit::DATAERR, "{text}");
         // 50, with duplicates, is fine.
         let mut fifty = many[..50].to_vec();
@@ -615,7 +691,109 @@ mod tests {
             recipients: fifty,
             ..Args::default()
         };
-        let (code, text) = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        let LocalAnswer {
+            exit: code,
+            message: text,
+            ..
+        } = send(&l.socket, args, b"Subject: x\n\nx\n").await;
         assert_eq!(code, exit::OK, "{text}");
+    }
+
+    /// Issue 16: one suppressed recipient no longer costs the others the message. It is
+    /// queued for them (exit 0, as sendmail does for a recipient that will bounce: `mail` and
+    /// cron take a failure code as "not sent"), the left-out one is named on stderr and
+    /// recorded as suppressed on the submission; only when nobody is left is it EX_NOPERM.
+    #[tokio::test]
+    async fn suppressed_recipient_is_left_out_alone() {
+        let l = local(true, LIMITS).await;
+        let gone = crate::domain::Suppression::new(
+            "gone@example.net",
+            "alice",
+            crate::domain::ALL_CLASSES,
+            "bounce Permanent/General".into(),
+            0,
+            None,
+        );
+        l.spool.ledger.suppress(gone).await.unwrap();
+        let args = Args {
+            recipients: vec!["friend@example.net".into(), "Gone@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::OK, "{}", answer.message);
+        let warning = answer.warning.expect("the left-out recipient is named");
+        assert!(
+            warning.contains("Gone@example.net is suppressed for transactional mail: bounce"),
+            "{warning}"
+        );
+        let id: crate::domain::QueueId = answer.message.parse().unwrap();
+        let record = l.spool.ledger.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            record.job.recipients,
+            ["friend@example.net", "Gone@example.net"]
+        );
+        let status = &record.delivery["gone@example.net"];
+        assert_eq!(status.outcome, crate::domain::Outcome::Suppressed);
+        assert!(!record.delivery.contains_key("friend@example.net"));
+
+        let args = Args {
+            recipients: vec!["gone@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
+        assert!(answer.message.contains("suppressed"), "{}", answer.message);
+        assert!(answer.warning.is_none());
+    }
+
+    /// Issue 16: `sendmail root` (cron's MAILTO) is not queued with the bare address SES
+    /// refuses: without `default_domain` it is refused, saying what to do (EX_NOUSER); with
+    /// it the name is qualified in the envelope and the header's address fields.
+    #[tokio::test]
+    async fn local_names_are_qualified_or_refused() {
+        let l = local(true, LIMITS).await;
+        let args = Args {
+            recipients: vec!["root".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"To: root\nSubject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOUSER, "{}", answer.message);
+        assert!(
+            answer.message.contains("\"root\" has no domain")
+                && answer.message.contains("default_domain"),
+            "{}",
+            answer.message
+        );
+
+        let qualifying = LocalLimits {
+            default_domain: Some("example.com".into()),
+            ..LIMITS
+        };
+        let l = local(true, qualifying).await;
+        let args = Args {
+            extract: true,
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"To: root\nSubject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::OK, "{}", answer.message);
+        let id: crate::domain::QueueId = answer.message.parse().unwrap();
+        let record = l.spool.ledger.get(id).await.unwrap().unwrap();
+        assert_eq!(record.job.recipients, ["root@example.com"]);
+        let stored = l.spool.blobs.get(id).await.unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(text.contains("\r\nTo: root@example.com\r\n"), "{text}");
+        // -f too.
+        let args = Args {
+            from: Some("nobody".into()),
+            recipients: vec!["r@example.net".into()],
+            ..Args::default()
+        };
+        let answer = send(&l.socket, args, b"Subject: x\n\nx\n").await;
+        assert_eq!(answer.exit, exit::NOPERM, "{}", answer.message);
+        assert!(
+            answer.message.contains("nobody@example.com"),
+            "{}",
+            answer.message
+        );
     }
 }

@@ -40,7 +40,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub fn check(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = Directory::from_config(&config.accounts) {
-        problems.push(format!("{e:#}"));
+        // One problem per line (every account is checked).
+        problems.extend(format!("{e:#}").lines().map(str::to_string));
     }
     if let Err(e) = DkimKeys::load(&config.dkim) {
         problems.push(format!("dkim: {e:#}"));
@@ -231,6 +232,7 @@ pub async fn run(
             max_recipients: config.smtp.max_recipients,
             read_deadline: crate::sendmail::LOCAL_READ_DEADLINE,
             max_concurrent: crate::sendmail::MAX_LOCAL_SUBMISSIONS,
+            default_domain: config.default_domain.clone(),
         },
         stop_rx.clone(),
     )

@@ -17,6 +17,43 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// redb files: queued mail, drafts, uploads.
 pub const DATABASE_MODE: u32 = 0o600;
 
+/// A failed file operation on `path` in the state folder, in words that name the path and
+/// the likely cause.
+pub fn io_problem(path: &Path, e: &io::Error) -> String {
+    let cause = match e.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            "permission denied: the state folder must be writable by the user Outbox runs as \
+             (uid {}); check the owner and mode of {} and its folders",
+            // SAFETY: getuid has no preconditions.
+            unsafe { libc::getuid() },
+            path.parent().unwrap_or(path).display()
+        ),
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "the file system is read-only (a read-only mount, or systemd's ProtectSystem= \
+             without the state folder in ReadWritePaths=/StateDirectory=)"
+                .to_string()
+        }
+        io::ErrorKind::StorageFull => "no space left on the device".to_string(),
+        _ => e.to_string(),
+    };
+    format!("{}: {cause}", path.display())
+}
+
+/// A failed open of the redb database at `path`, naming it and the likely cause.
+pub fn open_problem(path: &Path, e: &redb::DatabaseError) -> String {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            format!(
+                "{} is locked by another process: probably another Outbox instance is using \
+                 this state folder; stop it, or give this one its own state_dir",
+                path.display()
+            )
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => io_problem(path, io),
+        e => format!("opening {}: {e}", path.display()),
+    }
+}
+
 /// Creates `path` (and missing parents) so that a folder created here has exactly `mode`,
 /// whatever the umask. An existing folder is left as it is: the operator chose it.
 pub fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
@@ -52,6 +89,26 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Issue 16: the state-folder errors name the path and the likely cause.
+    #[test]
+    fn problems_name_the_path_and_the_cause() {
+        let path = Path::new("/var/lib/outbox/spool/spool.redb");
+        let denied = io_problem(path, &io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(
+            denied.starts_with("/var/lib/outbox/spool/spool.redb: permission denied: the state folder must be writable by the user Outbox runs as (uid "),
+            "{denied}"
+        );
+        assert!(
+            denied.contains("check the owner and mode of /var/lib/outbox/spool"),
+            "{denied}"
+        );
+        let locked = open_problem(path, &redb::DatabaseError::DatabaseAlreadyOpen);
+        assert_eq!(
+            locked,
+            "/var/lib/outbox/spool/spool.redb is locked by another process: probably another Outbox instance is using this state folder; stop it, or give this one its own state_dir"
+        );
     }
 
     /// Rule: the spool's folder and both databases get their modes whatever the umask (the

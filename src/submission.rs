@@ -16,7 +16,9 @@ use crate::config::TransportConfig;
 use crate::message::header_values;
 use bytes::Bytes;
 
-use crate::domain::{JmapLink, Job, MessageClass, QueueId, SubmissionRecord};
+use crate::domain::{
+    JmapLink, Job, MessageClass, Outcome, QueueId, RecipientStatus, SubmissionRecord,
+};
 use crate::spool::{Spool, SpoolError};
 
 /// Header by which SMTP clients choose a message class; removed before sending.
@@ -62,6 +64,43 @@ pub struct Trace {
     pub protocol: &'static str,
     /// e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384`.
     pub tls: Option<String>,
+}
+
+/// A stored submission.
+#[derive(Debug)]
+pub struct Submitted {
+    pub id: QueueId,
+    /// Recipients on the suppression list for the message's class: kept in the envelope and
+    /// recorded on the submission as suppressed, never sent to.
+    pub suppressed: Vec<LeftOut>,
+}
+
+/// A recipient left out because it is on the suppression list for the message's class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub address: String,
+    pub class: MessageClass,
+    pub reason: String,
+}
+
+impl From<LeftOut> for SubmitError {
+    fn from(s: LeftOut) -> Self {
+        SubmitError::Suppressed {
+            address: s.address,
+            class: s.class.as_str().to_string(),
+            reason: s.reason,
+        }
+    }
+}
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "recipient {} is suppressed for {} mail: {}",
+            self.address, self.class, self.reason
+        )
+    }
 }
 
 pub struct SubmitRequest {
@@ -135,6 +174,51 @@ impl Submitter {
         class: Option<MessageClass>,
         jmap: Option<JmapLink>,
     ) -> Result<QueueId, SubmitError> {
+        self.store(req, class, jmap).await.map(|s| s.id)
+    }
+
+    /// Whether `address` may be a recipient of the account's next message, judged at SMTP
+    /// RCPT, before the message — and so its class — is known: for the default class
+    /// (transactional; a message without `X-Outbox-Class`), the common case. A recipient
+    /// suppressed only for another class passes here and is left out after DATA
+    /// ([`store`](Self::store)) if the message turns out to be of that class; one suppressed
+    /// for transactional mail is refused here even for a message that will declare itself
+    /// bulk (the cautious side: the address bounced or complained).
+    pub async fn check_recipient(
+        &self,
+        account: &Account,
+        address: &str,
+    ) -> Result<(), SubmitError> {
+        let class = MessageClass::default();
+        match self
+            .spool
+            .ledger
+            .suppressed_among(&[address.to_string()], &account.account_id, class.as_str())
+            .await
+        {
+            Ok(found) => match found.into_iter().next() {
+                None => Ok(()),
+                Some((address, s)) => Err(LeftOut {
+                    address,
+                    class,
+                    reason: s.reason,
+                }
+                .into()),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "reading the suppression list failed");
+                Err(SubmitError::Storage)
+            }
+        }
+    }
+
+    /// [`submit_with`](Self::submit_with), also telling which recipients were left out.
+    pub async fn store(
+        &self,
+        req: SubmitRequest,
+        class: Option<MessageClass>,
+        jmap: Option<JmapLink>,
+    ) -> Result<Submitted, SubmitError> {
         // Every front door gets the same rule (SMTP and JMAP also check earlier, per address).
         let mut req = req;
         req.mail_from = self.addresses.envelope(&req.mail_from)?;
@@ -164,8 +248,12 @@ impl Submitter {
                 return Err(SubmitError::Held(refusal.to_string()));
             }
         }
-        // Refused up front, with the reason, rather than accepted and dropped at send time.
-        match self
+        // Per recipient: one on the suppression list for this class is left out (recorded on
+        // the submission as suppressed, never sent to) while the others get the message; only
+        // when nobody is left is the message refused. SMTP refuses most such recipients at
+        // RCPT already (see `check_recipient`); this is the rest, whose class the message's
+        // header decided.
+        let suppressed = match self
             .spool
             .ledger
             .suppressed_among(
@@ -175,19 +263,26 @@ impl Submitter {
             )
             .await
         {
-            Ok(found) => {
-                if let Some((address, s)) = found.into_iter().next() {
-                    return Err(SubmitError::Suppressed {
-                        address,
-                        class: message_class.as_str().to_string(),
-                        reason: s.reason,
-                    });
-                }
-            }
+            Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "reading the suppression list failed");
                 return Err(SubmitError::Storage);
             }
+        };
+        let suppressed: Vec<LeftOut> = suppressed
+            .into_iter()
+            .map(|(address, s)| LeftOut {
+                address,
+                class: message_class,
+                reason: s.reason,
+            })
+            .collect();
+        let everyone = req
+            .recipients
+            .iter()
+            .all(|r| suppressed.iter().any(|s| s.address.eq_ignore_ascii_case(r)));
+        if let (true, Some(first)) = (everyone, suppressed.first()) {
+            return Err(first.clone().into());
         }
         let now = self.clock.now_ms();
         let id = QueueId::generate(now);
@@ -208,13 +303,30 @@ impl Submitter {
             size,
         };
         let due = req.release_at.unwrap_or(now);
-        let record = SubmissionRecord::queued(job, now, due, jmap);
+        let mut record = SubmissionRecord::queued(job, now, due, jmap);
+        for s in &suppressed {
+            record.report(
+                &s.address,
+                RecipientStatus {
+                    outcome: Outcome::Suppressed,
+                    detail: Some(suppressed_detail(s.class, &s.reason)),
+                    at_ms: now,
+                },
+            );
+        }
         let stored = match self.spool.blobs.put(id, vec![received, mime]).await {
             Ok(()) => self.spool.queue.enqueue(record).await,
             Err(e) => Err(e),
         };
         match stored {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                if !suppressed.is_empty() {
+                    let left_out: Vec<&str> =
+                        suppressed.iter().map(|s| s.address.as_str()).collect();
+                    tracing::info!(%id, class = %message_class, ?left_out, "suppressed recipients left out at submission");
+                }
+                Ok(Submitted { id, suppressed })
+            }
             Err(e) => {
                 // Whatever part got written is not wanted (init drops such orphans too).
                 let _ = self.spool.blobs.delete(id).await;
@@ -253,6 +365,11 @@ impl Submitter {
             date = rfc5322_date(self.clock.now_ms()),
         )
     }
+}
+
+/// How a recipient left out for the suppression list is recorded on its submission.
+pub fn suppressed_detail(class: MessageClass, reason: &str) -> String {
+    format!("on the suppression list for {class} mail: {reason}")
 }
 
 /// The identity under which the account sends as `mail_from`.

@@ -44,7 +44,7 @@ use serde::Deserialize;
 pub use auth::Role;
 use auth::{Admins, Session, SessionLimits, Sessions, LOGIN_COOKIE, SESSION_COOKIE};
 
-use crate::admin::Request;
+use crate::admin::{AdminError, Request};
 use crate::clock::Clock;
 use crate::reputation::Reputation;
 use crate::smtp::guard::AuthThrottle;
@@ -361,7 +361,7 @@ async fn login(
     let login = fields.get("login").cloned().unwrap_or_default();
     let password = fields.get("password").cloned().unwrap_or_default();
     let started = tokio::time::Instant::now();
-    let outcome = match console.throttle.begin(peer.ip()) {
+    let outcome = match console.throttle.begin(peer.ip()).await {
         None => Err(StatusCode::TOO_MANY_REQUESTS),
         Some(attempt) => match console.admins.verify(&login, password).await {
             Some(found) => {
@@ -525,7 +525,8 @@ async fn action(State(console): State<Arc<Console>>, headers: HeaderMap, body: B
         }
         Err(e) => {
             let status = match e {
-                crate::spool::SpoolError::NotFound(_) => StatusCode::NOT_FOUND,
+                AdminError::NoSuch(_)
+                | AdminError::Spool(crate::spool::SpoolError::NotFound(_)) => StatusCode::NOT_FOUND,
                 _ => StatusCode::CONFLICT,
             };
             refuse(status, &format!("{op}: {e}"), Some(&session))

@@ -10,7 +10,7 @@ use axum::response::Response;
 
 use super::html::{self, action, age, esc};
 use super::{chart, see_other, Console, Session};
-use crate::admin::Request;
+use crate::admin::{AdminError, Request};
 use crate::clock::rfc3339;
 use crate::domain::{QueueId, State as MailState, SubmissionRecord};
 use crate::spool::Listing;
@@ -130,7 +130,7 @@ pub async fn overview(
 async fn listing(
     console: &Console,
     state: MailState,
-) -> Result<Vec<SubmissionRecord>, crate::spool::SpoolError> {
+) -> Result<Vec<SubmissionRecord>, crate::admin::AdminError> {
     let request = if state == MailState::Dead {
         Request::DlqList
     } else {
@@ -337,8 +337,8 @@ pub async fn submission(
     let session = signed_in!(console, headers);
     let record = match crate::admin::handle(&console.spool, Request::QueueShow { id }).await {
         Ok(response) => response.records.into_iter().next(),
-        Err(crate::spool::SpoolError::NotFound(_)) => None,
-        Err(e) if e.to_string().contains("not a queue id") => None,
+        Err(AdminError::NoSuch(_) | AdminError::Usage(_)) => None,
+        Err(AdminError::Spool(crate::spool::SpoolError::NotFound(_))) => None,
         Err(e) => return failed(&session, e),
     };
     let Some(r) = record else {

@@ -148,6 +148,19 @@ pub fn smtp_session(data: &[u8]) {
                 authenticated |= matches!(outcome, AuthOutcome::Success(_));
                 queue.extend(session.auth_done(outcome));
             }
+            Action::CheckRecipient { address } => {
+                // One recipient is on the suppression list; every other passes.
+                let verdict = if address.eq_ignore_ascii_case("gone@example.net") {
+                    Err(crate::submission::SubmitError::Suppressed {
+                        address: address.clone(),
+                        class: "transactional".into(),
+                        reason: "bounce".into(),
+                    })
+                } else {
+                    Ok(())
+                };
+                queue.extend(session.recipient_checked(address, verdict));
+            }
             Action::Submit {
                 mail_from,
                 recipients,

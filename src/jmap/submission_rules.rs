@@ -1,6 +1,6 @@
 //! The seed's rules for a new EmailSubmission, checked before anything is queued: the Email
 //! must exist and fit, the identity must be the account's and cover the envelope sender, the
-//! recipients must exist, be few enough, valid and not suppressed for the message class, and
+//! recipients must exist, be few enough, valid and not all suppressed for the message class, and
 //! `sendAt` must be within maxDelayedSend. Each refusal is an RFC 8621 §7.5 SetError.
 
 use serde_json::{json, Map, Value};
@@ -269,6 +269,10 @@ pub async fn plan(ctx: &Ctx<'_>, obj: &Map<String, Value>) -> Result<Plan, Value
         .suppressed_among(&unique, &account.account_id, class.as_str())
         .await
     {
+        // Per recipient: a suppressed one is left out and shows as not delivered in the
+        // submission's deliveryStatus (RFC 8621 §7: `delivered: "no"`, with the reason in
+        // `smtpReply`); the submission is refused only when nobody is left to send to.
+        Ok(found) if found.len() < unique.len() => {}
         Ok(found) => {
             if let Some((r, s)) = found.into_iter().next() {
                 return Err(set_error(

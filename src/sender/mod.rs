@@ -207,7 +207,11 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
                 submission_id: Some(job.id),
                 outcome: Outcome::Suppressed,
                 recipients: vec![rcpt.clone()],
-                detail: Some(format!("on the suppression list: {reason}")),
+                // The same words as a recipient left out at submission (the record keeps one).
+                detail: Some(crate::submission::suppressed_detail(
+                    job.message_class,
+                    reason,
+                )),
                 at_ms,
                 tag_account: None,
                 tag_class: None,

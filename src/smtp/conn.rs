@@ -186,6 +186,19 @@ impl Conn {
                     Action::Authenticate { login, password } => {
                         self.authenticate(login, password).await
                     }
+                    Action::CheckRecipient { address } => {
+                        let verdict = match self.session.account() {
+                            Some(account) => {
+                                self.ctx.submitter.check_recipient(account, &address).await
+                            }
+                            None => Err(SubmitError::Storage),
+                        };
+                        if let Err(e @ SubmitError::Suppressed { .. }) = &verdict {
+                            self.ctx.metrics.refused("suppressed");
+                            tracing::info!(peer = %self.peer, error = %e, "recipient refused");
+                        }
+                        Some(self.session.recipient_checked(address, verdict))
+                    }
                     Action::Submit {
                         mail_from,
                         recipients,

@@ -70,6 +70,19 @@ impl Reply {
 }
 
 // The replies the server gives, by name. Texts are safe for clients; details go to the log.
+pub fn recipient_ok() -> Reply {
+    Reply::new(250, 1, 5, "Recipient ok")
+}
+/// RFC 5321 §2.3.5: only fully-qualified domains; a bare local name (`root`) is not guessed
+/// at (`sendmail` qualifies one with `default_domain`; an SMTP client must send it whole).
+pub fn unqualified_recipient() -> Reply {
+    Reply::new(
+        553,
+        1,
+        3,
+        "Recipient address must be fully qualified (name@domain)",
+    )
+}
 pub fn ok() -> Reply {
     Reply::new(250, 0, 0, "Ok")
 }

@@ -62,6 +62,11 @@ pub enum Action {
         login: String,
         password: String,
     },
+    /// Ask whether the account may send to `address` (the suppression list), then call
+    /// [`Session::recipient_checked`].
+    CheckRecipient {
+        address: String,
+    },
     /// Store the message, then call [`Session::submitted`].
     Submit {
         mail_from: String,
@@ -217,6 +222,9 @@ impl Session {
         }
         match Request::parse(&mut line.iter()) {
             Ok(request) => self.command(request),
+            Err(ParseError::InvalidRecipientAddress) if bare_local_name(line) => {
+                self.error(reply::unqualified_recipient())
+            }
             Err(e) => self.parse_error(e),
         }
     }
@@ -511,8 +519,11 @@ impl Session {
         if self.transaction.is_none() {
             return self.error(reply::bad_sequence("Need MAIL before RCPT"));
         }
-        if to.is_empty() || !to.contains('@') {
+        if to.is_empty() {
             return self.error(Reply::new(501, 1, 3, "Invalid recipient address"));
+        }
+        if !to.contains('@') {
+            return self.error(reply::unqualified_recipient());
         }
         let to = match self.limits.addresses.envelope(&to) {
             Ok(to) => to,
@@ -527,9 +538,34 @@ impl Session {
                 // that is normal, not an error to count.
                 return Self::reply(reply::too_many_recipients());
             }
-            tx.recipients.push(to);
+            // Each recipient is judged on its own (RFC 5321 §3.3): a suppressed one gets its
+            // 550 here and the others still get the message.
+            return vec![Action::CheckRecipient { address: to }];
         }
-        Self::reply(Reply::new(250, 1, 5, "Recipient ok"))
+        Self::reply(reply::recipient_ok())
+    }
+
+    /// The verdict on a recipient asked about with [`Action::CheckRecipient`].
+    pub fn recipient_checked(
+        &mut self,
+        address: String,
+        verdict: Result<(), SubmitError>,
+    ) -> Vec<Action> {
+        match verdict {
+            Ok(()) => match &mut self.transaction {
+                Some(tx) => {
+                    tx.recipients.push(address);
+                    Self::reply(reply::recipient_ok())
+                }
+                None => Self::reply(reply::local_error()),
+            },
+            // RFC 3463 X.7.1: delivery not authorized, for this recipient only. Not counted
+            // as a client error: the client cannot know the list.
+            Err(e @ SubmitError::Suppressed { .. }) => {
+                Self::reply(Reply::new(550, 7, 1, e.to_string()))
+            }
+            Err(_) => Self::reply(reply::local_error()),
+        }
     }
 
     /// An envelope address the transport cannot carry (see [`crate::address`]).
@@ -667,12 +703,29 @@ impl Session {
             // RFC 3463 X.7.1 (delivery not authorized), temporary: the class is held until
             // its bounce or complaint rate recovers or an operator releases it.
             Err(SubmitError::Held(text)) => Self::reply(Reply::new(451, 7, 1, text)),
-            // RFC 3463 X.7.1: delivery not authorized; the whole message, naming the address.
+            // RFC 3463 X.7.1: delivery not authorized; every recipient left was suppressed for
+            // the class the message declared (one reply to DATA: the first is named).
             Err(e @ SubmitError::Suppressed { .. }) => {
                 Self::reply(Reply::new(550, 7, 1, e.to_string()))
             }
         }
     }
+}
+
+/// `RCPT TO:<root>`: a path without a domain (the parser only says "invalid").
+fn bare_local_name(line: &[u8]) -> bool {
+    let path = line
+        .iter()
+        .position(|b| *b == b'<')
+        .and_then(|start| {
+            let rest = &line[start + 1..];
+            rest.iter().position(|b| *b == b'>').map(|end| &rest[..end])
+        })
+        .unwrap_or_default();
+    !path.is_empty()
+        && path
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(b))
 }
 
 /// Browsers and proxies sometimes reach SMTP ports; such "commands" end the connection.

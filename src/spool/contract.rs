@@ -359,9 +359,24 @@ pub(crate) async fn a_late_sent_beats_a_concurrent_dead_letter(b: &impl Backend)
 pub(crate) async fn hold_release_cancel_and_retry_now_by_id(b: &impl Backend) {
     let clock = ManualClock::new(START);
     let spool = b.open(b.options(), clock.clone());
+    // Issue 16: a release time the submitter asked for (FUTURERELEASE, sendAt) survives the
+    // operator's retry, hold and release; only send-now goes before it.
     let later = submit_at(&spool, &clock, "later", START + DAY).await;
     spool.queue.act(later, Action::RetryNow).await.unwrap();
-    assert_eq!(lease(&spool).await.unwrap().job.id, later, "due now");
+    assert!(
+        lease(&spool).await.is_none(),
+        "retry keeps the release time"
+    );
+    spool.queue.act(later, Action::Hold).await.unwrap();
+    spool.queue.act(later, Action::Release).await.unwrap();
+    let r = record(&spool, later).await;
+    assert_eq!((r.state, r.due_ms), (State::Queued, Some(START + DAY)));
+    assert!(
+        lease(&spool).await.is_none(),
+        "release keeps the release time"
+    );
+    spool.queue.act(later, Action::SendNow).await.unwrap();
+    assert_eq!(lease(&spool).await.unwrap().job.id, later, "sent now");
 
     let held = submit(&spool, &clock, "held").await;
     spool.queue.act(held, Action::Hold).await.unwrap();

@@ -120,15 +120,18 @@ pub enum Settled {
 pub enum Action {
     /// Keep a queued message from being sent until released.
     Hold,
-    /// Put a held message back in the queue, due now.
+    /// Put a held message back in the queue: due now, or at its release time if that is
+    /// still ahead (FUTURERELEASE, `sendAt`).
     Release,
     /// Hold, for a reason other than an operator's (the reputation guard's), recorded in the
     /// history so a later [`Action::Unpark`] can tell these holds from an operator's.
     Park { reason: String },
     /// Release a held message, for a reason other than an operator's.
     Unpark { reason: String },
-    /// Try a queued message now, whatever its backoff said.
+    /// Try a queued message now, whatever its backoff said (not before its release time).
     RetryNow,
+    /// Send a queued or held message now, before its release time too (`queue send-now`).
+    SendNow,
     /// Move a dead letter back into the queue with a fresh attempt budget.
     Redrive,
     /// Take a queued, held or dead message out for good; it fails (operator).

@@ -83,6 +83,11 @@ pub(crate) fn extend(
 }
 
 /// Out of the queue and the held set; no lease.
+/// `now`, or the submitter's release time if that is still ahead.
+fn not_before_release(record: &SubmissionRecord, now: u64) -> u64 {
+    record.release_ms.map_or(now, |r| r.max(now))
+}
+
 fn dequeue(record: &mut SubmissionRecord) {
     record.due_ms = None;
     record.lease_token = None;
@@ -197,7 +202,8 @@ pub(crate) fn act(
                 _ => "released by the operator".into(),
             };
             dequeue(record);
-            record.due_ms = Some(now);
+            // A hold its submitter asked for (HOLDFOR, sendAt) outlives the operator's.
+            record.due_ms = Some(not_before_release(record, now));
             record.transition(now, State::Queued, Some(why));
         }
         Action::RetryNow => {
@@ -208,7 +214,25 @@ pub(crate) fn act(
             if record.lease_token.is_some() && due > now {
                 return Ok(false);
             }
+            let due_now = not_before_release(record, now);
+            if due_now == due {
+                return Ok(false);
+            }
+            record.due_ms = Some(due_now);
+        }
+        Action::SendNow => {
+            match (record.state, record.due_ms) {
+                (State::Held, _) => dequeue(record),
+                // A lease in force stays (see RetryNow).
+                (State::Queued, Some(due)) if record.lease_token.is_some() && due > now => {
+                    return Ok(false)
+                }
+                (State::Queued, Some(_)) => {}
+                _ => return refuse,
+            }
             record.due_ms = Some(now);
+            record.release_ms = None;
+            record.transition(now, State::Queued, Some("sent now by the operator".into()));
         }
         Action::Delete => {
             if !matches!(record.state, State::Queued | State::Held | State::Dead) {

@@ -112,10 +112,36 @@ def test_suppression_by_class(server):
         client.login("alice", PASSWORDS["alice"])
         return client
 
-    # At submission: refused with the address and the reason, by class.
+    # At RCPT (issue 16): the suppressed recipient alone is refused, naming it and the reason;
+    # the others get the message.
+    with session() as client:
+        refused = client.sendmail("alice@example.com", ["fan@example.net", "gone@example.net"],
+                                  make_message("to fan"))
+        assert list(refused) == ["gone@example.net"], refused
+        code, text = refused["gone@example.net"]
+        assert code == 550 and text.startswith(b"5.7.1 recipient gone@example.net is suppressed"), text
+        assert b"hard bounce" in text
+    _, envelope, _ = server.wait_for_eml_containing(b"to fan")
+    assert envelope["recipients"] == ["fan@example.net"]
+    # Suppressed for the class the message declares (known only after DATA): the one reply to
+    # DATA cannot refuse one recipient, so it is left out and recorded on the submission; the
+    # message goes to the others.
+    with session() as client:
+        client.ehlo()
+        client.mail("alice@example.com")
+        assert client.rcpt("fan@example.net")[0] == 250
+        assert client.rcpt("annoyed@example.net")[0] == 250
+        code, reply = client.data(make_message("bulk news", extra_headers="X-Outbox-Class: bulk\r\n"))
+        assert code == 250, reply
+        bulk = queue_id_of(reply)
+    _, envelope, _ = server.wait_for_eml_containing(b"bulk news")
+    assert envelope["recipients"] == ["fan@example.net"]
+    status = records(server, "queue", "show", bulk)[0]["delivery"]["annoyed@example.net"]
+    assert status["outcome"] == "suppressed" and "bulk" in status["detail"], status
+    # Nobody left: refused, naming the address.
     with session() as client:
         try:
-            client.sendmail("alice@example.com", ["fan@example.net", "annoyed@example.net"],
+            client.sendmail("alice@example.com", ["annoyed@example.net"],
                             make_message("bulk", extra_headers="X-Outbox-Class: bulk\r\n"))
             raise AssertionError("accepted a bulk mail to a bulk-suppressed address")
         except smtplib.SMTPDataError as e:
@@ -138,7 +164,8 @@ def test_suppression_by_class(server):
     some = held("late ok", ["fan@example.net", "late@example.net"])
     nobody = held("nobody", ["late@example.net"])
     cli(server, "suppression", "add", "late@example.net", "--reason", "complaint")
-    cli(server, "queue", "retry", "--all")
+    for qid in (some, nobody):
+        cli(server, "queue", "send-now", qid)  # retry would keep the HOLDFOR time
     _, envelope, _ = server.wait_for_eml_containing(b"late ok")
     assert envelope["recipients"] == ["fan@example.net"]
     line = wait_for_log(server, "every recipient is suppressed")[0]
@@ -149,3 +176,41 @@ def test_suppression_by_class(server):
     assert cli(server, "suppression", "remove", "gone@example.net").returncode == 0
     remaining = {s["address"] for s in json.loads(cli(server, "suppression", "list", "--json").stdout)["suppressions"]}
     assert remaining == {"annoyed@example.net", "late@example.net"}
+
+
+def test_release_keeps_the_release_time_and_cli_texts(server):
+    """Issue 16: `queue release` of a FUTURERELEASE message keeps its release time (`queue
+    send-now` goes before it); one id form in JSON, tables and the SMTP reply; usage errors
+    and wrong-state errors in plain words; help lists every state."""
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.starttls(context=server.tls_context())
+        client.login("alice", PASSWORDS["alice"])
+        client.mail("alice@example.com", ["HOLDFOR=3600"])
+        client.rcpt("later@example.net")
+        code, reply = client.data(make_message("an hour later"))
+        assert code == 250, reply
+    qid = queue_id_of(reply)
+    [listed] = records(server, "queue", "list")
+    assert listed["id"] == qid and qid in cli(server, "queue", "list").stdout
+    release_at = listed["due_ms"]
+    assert release_at >= listed["created_ms"] + 3_590_000
+
+    assert "1 message(s) changed" in cli(server, "queue", "hold", qid).stdout
+    assert "1 message(s) changed" in cli(server, "queue", "release", qid).stdout
+    [shown] = records(server, "queue", "show", qid)
+    assert (shown["state"], shown["due_ms"]) == ("queued", release_at), shown
+    cli(server, "queue", "retry", qid)
+    assert records(server, "queue", "show", qid)[0]["due_ms"] == release_at
+
+    assert "1 message(s) changed" in cli(server, "queue", "send-now", qid).stdout
+    server.wait_delivered([qid])
+    assert records(server, "queue", "show", qid)[0]["state"] == "sent"
+
+    again = cli(server, "queue", "retry", qid, check=False)
+    assert again.returncode != 0
+    assert again.stderr.strip() == f"outbox: submission {qid} is sent: this applies to queued messages only"
+    usage = cli(server, "queue", "retry", check=False)
+    assert usage.returncode != 0 and usage.stderr.strip() == "outbox: give a queue id or --all"
+    help_text = cli(server, "queue", "list", "--help").stdout
+    for state in ("queued", "held", "dead", "sent", "delivered", "bounced", "complained", "failed"):
+        assert state in help_text, state

@@ -5,6 +5,7 @@ Dialog file format, one directive per line (blank lines and lines starting with 
 
     CONFIG smtp.max_errors = 3   set a config key (dotted path; value is a TOML value)
     SETUP file NAME              create an empty regular file NAME in the server folder first
+    SUPPRESS ADDR [ARGS]         `outbox suppression add ADDR ARGS` once the server runs
     CONNECT submission           open a (new) connection; `submissions` = implicit TLS.
                                  A dialog that starts without CONNECT opens `submission`.
     C: text                      send text + CRLF
@@ -55,6 +56,7 @@ from conftest import (
     QID_RE,
     Conn,
     b64,
+    cli,
     make_message,
     plain_token,
     queue_id_of,
@@ -72,6 +74,7 @@ class Dialog:
     path: Path
     overrides: dict = field(default_factory=dict)
     setup_files: list = field(default_factory=list)
+    suppress: list = field(default_factory=list)  # argument lists for `suppression add`
     steps: list = field(default_factory=list)  # (lineno, op, arg)
 
 
@@ -87,6 +90,9 @@ def parse_dialog(path: Path) -> Dialog:
             continue
         if line.startswith("SETUP file "):
             d.setup_files.append(line[len("SETUP file "):].strip())
+            continue
+        if line.startswith("SUPPRESS "):
+            d.suppress.append(line[len("SUPPRESS "):].split())
             continue
         m = re.match(r"^(C:|R:|BDAT LAST:|BDAT:|S:|S\?|S\+|S-|EML\+|EML-)\s?(.*)$", line)
         if m:
@@ -320,6 +326,8 @@ def test_dialog(start_server, path):
             (root / name).write_bytes(b"")
 
     server = start_server(dialog.overrides, setup=setup)
+    for args in dialog.suppress:
+        cli(server, "suppression", "add", *args)
     DialogRunner(dialog, server).run()
 
 

@@ -400,6 +400,16 @@ def test_submission_rules_give_set_errors(server, monkeypatch):
 
     err = try_send(draft(drafts, identity, ["gone@example.net"], "s", "x"))
     assert err.type == "forbiddenToSend" and "gone@example.net" in err.description
+    # Per recipient (issue 16): with others to send to, the suppressed one is left out and its
+    # deliveryStatus says why (RFC 8621 §7: delivered "no", the reply in smtpReply).
+    _, sub_id = create_and_submit(c, draft(drafts, identity, ["ok@example.net", "gone@example.net"],
+                                           "to the others", "x"), identity.id)
+    server.wait_delivered([sub_id])
+    status = submission(c, sub_id).delivery_status
+    assert status["gone@example.net"].delivered.value == "no", status
+    assert status["gone@example.net"].smtp_reply.startswith("550 5.7.1 not sent:"), status
+    assert "suppression list" in status["gone@example.net"].smtp_reply, status
+    assert status["ok@example.net"].delivered.value != "no", status
     bad_from = draft(drafts, identity, ["a@example.net"], "s", "x")
     bad_from.mail_from = [EmailAddress(email="mallory@example.com")]
     assert try_send(bad_from).type == "forbiddenFrom"

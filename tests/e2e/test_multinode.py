@@ -226,7 +226,7 @@ def test_aws_unreachable_answers_451_keeps_nothing_and_spends_no_attempts(
     start_server, moto, tmp_path, outbox_bin, password_hashes
 ):
     """While AWS does not answer (here: every call through a proxy whose upstream is gone,
-    502), DATA gets 451 4.3.0 and nothing is stored; mail accepted before the outage is sent
+    502), RCPT (which reads the suppression list) or DATA gets 451 4.3.0 and nothing is stored; mail accepted before the outage is sent
     once it is back, on its first attempt."""
     from faultproxy import FaultProxy
 
@@ -254,7 +254,10 @@ def test_aws_unreachable_answers_451_keeps_nothing_and_spends_no_attempts(
                 client.starttls(context=node.tls_context())
                 client.login("alice", PASSWORDS["alice"])
                 client.mail("alice@example.com", options=list(options))
-                client.rcpt("r@example.net")
+                # RCPT reads the suppression list (issue 16): unreachable, it is 451 there.
+                code, reply = client.rcpt("r@example.net")
+                if code != 250:
+                    return code, reply
                 return client.data(make_message(subject, to="r@example.net"))
 
         code, reply = submit("before the outage", options=["HOLDFOR=3"])

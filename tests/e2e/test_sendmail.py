@@ -80,6 +80,44 @@ def test_s_nail_with_mta(local_server, tmp_path):
     assert b"Sent by s-nail." in eml
 
 
+def test_suppressed_recipient_is_left_out_alone(local_server):
+    """Issue 16: one suppressed recipient no longer costs the others the message (exit 0, as
+    for a recipient that will bounce: `mail` keeps a dead.letter on any other code); it is
+    named on stderr. Only when nobody is left is the message refused (EX_NOPERM)."""
+    from conftest import cli
+    cli(local_server, "suppression", "add", "gone@example.net", "--reason", "hard-bounce")
+    proc = sendmail(local_server, ["friend@example.net", "gone@example.net"], b"Subject: cron output\n\nok\n")
+    assert proc.returncode == 0, proc.stderr
+    assert b"gone@example.net is suppressed for transactional mail: hard-bounce" in proc.stderr, proc.stderr
+    envelope, _ = delivered(local_server, b"Subject: cron output")
+    assert envelope["recipients"] == ["friend@example.net"]
+    proc = sendmail(local_server, ["gone@example.net"], b"Subject: nobody\n\nx\n")
+    assert proc.returncode == 77, proc.stderr
+    assert b"suppressed" in proc.stderr
+
+
+def test_cron_mail_to_root_is_qualified(start_server, password_hashes):
+    """Issue 16: what cron runs for MAILTO=root. With default_domain the bare names in the
+    envelope and in From/To become root@default_domain; without it, a clear refusal (67)."""
+    server = start_server({"default_domain": "alice.test", "account": [
+        {"login": "alice", "password_hash": password_hashes["alice"], "unix_users": [str(os.getuid())],
+         "identity": [{"id": "alice-domain", "domain": "alice.test"}]},
+    ]})
+    server.env_for_clients = {**os.environ, "OUTBOX_SUBMIT_SOCKET": str(server.root / "state" / "submit.sock")}
+    cron = b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> date\n\nTue Dec  1\n"
+    proc = sendmail(server, ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"], cron)
+    assert proc.returncode == 0, proc.stderr
+    envelope, eml = delivered(server, b"Subject: Cron <root@host> date")
+    assert envelope["recipients"] == ["root@alice.test"]
+    assert b"\r\nFrom: root@alice.test (Cron Daemon)\r\nTo: root@alice.test\r\n" in eml, eml
+
+
+def test_bare_local_name_refused_without_default_domain(local_server):
+    proc = sendmail(local_server, ["root"], b"Subject: x\n\nx\n")
+    assert proc.returncode == 67, proc.stderr
+    assert b'recipient "root" has no domain' in proc.stderr and b"default_domain" in proc.stderr
+
+
 @pytest.mark.parametrize("args,message,code,text", [
     (["-f", "ceo@bank.example", "r@example.net"], b"Subject: x\n\nx\n", 77, "not this account"),
     (["-t"], b"From: alice@example.com\nSubject: nobody\n\nx\n", 64, "no recipients"),

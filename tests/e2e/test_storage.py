@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import PASSWORDS, cli, make_message, queue_id_of
+from conftest import PASSWORDS, cli, log_lines, make_message, queue_id_of
 
 FS_BYTES = 24 * 1024 * 1024
 
@@ -158,3 +158,70 @@ def test_a_full_disk_gets_4xx_answers_and_mail_flows_again_when_space_returns(st
     finally:
         for root in roots:
             subprocess.run(["umount", "-l", str(root / "state")], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_below_the_free_space_floor_warns_and_is_not_ready_until_space_returns(start_server):
+    """Issue 16: a state dir below `min_free_disk_bytes` warns at start-up, /readyz answers 503
+    with the reason and MAIL gets 452 while it lasts; both recover when space returns."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and must run as root (scripts/test does)")
+    roots = []
+
+    def setup(root):
+        roots.append(root)
+        _mount_small_fs(root)
+
+    try:
+        floor = 2 * FS_BYTES
+        server = start_server({"spool.min_free_disk_bytes": floor}, setup=setup)
+        state = roots[0] / "state"
+        [warning] = log_lines(server, "below spool.min_free_disk_bytes")
+        assert "WARN" in warning and str(state / "spool") in warning, warning
+        host, port = server.metrics
+        try:
+            urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5)
+            raise AssertionError("/readyz said ready below the floor")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+            assert f"below spool.min_free_disk_bytes ({floor})" in e.read().decode()
+        code, reply = _submit(server, 1024, "below the floor")
+        assert code == 452, (code, reply)
+
+        # Space returns (the file system grows): ready again, mail accepted, no restart.
+        subprocess.run(["mount", "-o", f"remount,size={3 * FS_BYTES}", str(state)], check=True)
+        assert _ready(server) == 200
+        code, reply = _submit(server, 1024, "above the floor")
+        assert code == 250, reply
+    finally:
+        for root in roots:
+            subprocess.run(["umount", "-l", str(root / "state")], check=False)
+
+
+def test_a_second_instance_on_one_state_dir_says_so(server):
+    """Issue 16: `serve` twice on one state dir names the file and the likely cause."""
+    proc = subprocess.run([str(server.binary), "serve", "--config", str(server.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    spool = server.root / "state" / "spool" / "spool.redb"
+    assert f"{spool} is locked by another process: probably another Outbox instance" in proc.stderr, proc.stderr
+    assert "Cannot acquire lock" not in proc.stderr
+    assert server.alive()
+
+
+def test_a_read_only_state_dir_names_the_path(start_server, tmp_path, outbox_bin):
+    """Issue 16: a state dir the service cannot write is named, with the likely cause (as
+    root, permissions do not bite: a read-only mount stands in)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a tmpfs and must run as root (scripts/test does)")
+    server = start_server()
+    server.stop()
+    state = server.root / "state"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(state)], check=True)
+    try:
+        proc = subprocess.run([str(outbox_bin), "serve", "--config", str(server.config_path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert str(state) in proc.stderr and "read-only" in proc.stderr, proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

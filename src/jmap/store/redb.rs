@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::redb_file::{Reading, RedbFile};
@@ -35,8 +35,9 @@ impl RedbStore {
             std::fs::create_dir_all(dir)?;
         }
         crate::state_files::prepare_database(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!(crate::state_files::io_problem(path, &e)))?;
+        let db = Database::create(path)
+            .map_err(|e| anyhow::anyhow!(crate::state_files::open_problem(path, &e)))?;
         let txn = db.begin_write()?;
         txn.open_table(STATES)?;
         txn.open_table(CHANGES)?;

@@ -43,6 +43,9 @@ fn session_for(port: PortKind, room: bool, addresses: AddressPolicy) -> Session 
 
 const NOW_MS: u64 = 1_795_686_845_000;
 
+/// The one address on the suppression list [`drive`] answers from.
+const SUPPRESSED: &str = "gone@example.net";
+
 /// Plays the driver's part: answers Authenticate with the real directory, data with a given
 /// body, Submit with a fixed queue id. Returns the wire text of every reply plus markers for
 /// the other actions.
@@ -73,6 +76,19 @@ fn drive(session: &mut Session, actions: Vec<Action>, body: &[u8]) -> Vec<String
                     None => AuthOutcome::Failure,
                 };
                 queue.extend(session.auth_done(outcome));
+            }
+            Action::CheckRecipient { address } => {
+                // The suppression list of these tests: one address, for every class.
+                let verdict = if address.eq_ignore_ascii_case(SUPPRESSED) {
+                    Err(SubmitError::Suppressed {
+                        address: address.clone(),
+                        class: "transactional".into(),
+                        reason: "bounce Permanent/General".into(),
+                    })
+                } else {
+                    Ok(())
+                };
+                queue.extend(session.recipient_checked(address, verdict));
             }
             Action::Submit {
                 mail_from,
@@ -307,6 +323,49 @@ fn transaction_policy() {
             ),
         ]),
         b"From: alice@example.com\r\n\r\nhi\r\n.\r\n",
+    );
+}
+
+/// Issue 16: a suppressed recipient is refused at RCPT, alone; the message goes to the others
+/// (and a suppressed one is not counted against the recipient limit).
+#[test]
+fn suppressed_recipient_refused_at_rcpt_alone() {
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com>", &["250 2.1.0"]),
+            ("RCPT TO:<a@example.net>", &["250 2.1.5"]),
+            (
+                "RCPT TO:<Gone@Example.net>",
+                &["550 5.7.1 recipient Gone@Example.net is suppressed for transactional mail: bounce Permanent/General"],
+            ),
+            ("RCPT TO:<b@example.net>", &["250 2.1.5"]),
+            // Issue 16: a bare local name is refused, saying why.
+            (
+                "RCPT TO:<root>",
+                &["553 5.1.3 Recipient address must be fully qualified (name@domain)"],
+            ),
+            ("RCPT TO:<c@example.net>", &["250 2.1.5"]),
+            (
+                "DATA",
+                &[
+                    "354",
+                    "<submit alice@example.com a@example.net,b@example.net,c@example.net 31>",
+                    "250 2.0.0 Ok: queued as",
+                ],
+            ),
+        ]),
+        b"From: alice@example.com\r\n\r\nhi\r\n.\r\n",
+    );
+    // Only suppressed recipients: nothing to send, DATA is out of sequence (RFC 5321 §3.3).
+    dialog(
+        PortKind::Submission,
+        &with_auth(&[
+            ("MAIL FROM:<alice@example.com>", &["250 2.1.0"]),
+            ("RCPT TO:<gone@example.net>", &["550 5.7.1"]),
+            ("DATA", &["503 5.5.1"]),
+        ]),
+        b"",
     );
 }
 

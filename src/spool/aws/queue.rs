@@ -362,10 +362,12 @@ impl Queue for AwsSpool {
                 .await?;
             let Some(after) = after else { return Ok(()) };
             self.after_change(&before, &after).await?;
-            // Released, retried now or redriven: a copy that is due now. (An older copy, if
-            // any, is dropped or re-hidden when it is received.)
-            if after.state == State::Queued && after.due_ms.is_some_and(|d| d <= now) {
-                self.send_copy(id, 0).await?;
+            // Released, retried now, sent now or redriven: a copy that is due then (a release
+            // before the submitter's release time waits for it). An older copy, if any, is
+            // dropped or re-hidden when it is received.
+            let queued = |r: &SubmissionRecord| r.due_ms.filter(|_| r.state == State::Queued);
+            if let Some(due) = queued(&after).filter(|_| queued(&before) != queued(&after)) {
+                self.send_copy(id, secs_until(due, now)).await?;
             }
             Ok(())
         })

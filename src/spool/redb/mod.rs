@@ -17,7 +17,7 @@
 
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +90,8 @@ impl Usage {
 /// The redb backend; one value serves as all three seams.
 pub struct RedbSpool {
     file: Arc<RedbFile>,
+    /// The spool's folder (its file system's free space is checked against the floor).
+    dir: PathBuf,
     ops: mpsc::Sender<Op>,
     usage: Arc<Usage>,
     options: SpoolOptions,
@@ -129,12 +131,14 @@ impl RedbSpool {
         options: SpoolOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<RedbSpool>, SpoolError> {
+        use crate::state_files::{io_problem, open_problem};
         crate::state_files::create_dir(dir, crate::state_files::PRIVATE_DIR_MODE)
-            .map_err(SpoolError::storage)?;
+            .map_err(|e| SpoolError::Storage(io_problem(dir, &e)))?;
         let path = dir.join("spool.redb");
-        crate::state_files::prepare_database(&path).map_err(SpoolError::storage)?;
-        let db = Database::create(&path)
-            .map_err(|e| SpoolError::Storage(format!("opening {}: {e}", path.display())))?;
+        crate::state_files::prepare_database(&path)
+            .map_err(|e| SpoolError::Storage(io_problem(&path, &e)))?;
+        let db =
+            Database::create(&path).map_err(|e| SpoolError::Storage(open_problem(&path, &e)))?;
         let init = writer::init(&db)?;
         if init.old_format_queued > 0 {
             tracing::warn!(
@@ -166,8 +170,12 @@ impl RedbSpool {
             feed_tx,
             init.last_seq,
         )?;
+        if let Some(why) = below_floor(dir, options.min_free_disk_bytes) {
+            tracing::warn!("{why}");
+        }
         Ok(Arc::new(RedbSpool {
             file,
+            dir: dir.to_path_buf(),
             ops,
             usage,
             options,
@@ -369,6 +377,7 @@ impl Queue for RedbSpool {
 
     fn has_room(&self, size: u64) -> bool {
         self.file.failing().is_none()
+            && below_floor(&self.dir, self.options.min_free_disk_bytes).is_none()
             && self.usage.messages.load(Ordering::Relaxed) < self.options.max_messages
             && self.usage.bytes.load(Ordering::Relaxed) + size <= self.options.max_bytes
     }
@@ -378,8 +387,26 @@ impl Queue for RedbSpool {
     }
 
     fn failing(&self) -> Option<String> {
-        self.file.failing()
+        self.file
+            .failing()
+            .or_else(|| below_floor(&self.dir, self.options.min_free_disk_bytes))
     }
+}
+
+/// Why mail is refused for want of disk space, when the file system holding `dir` has less
+/// free than `floor` (`spool.min_free_disk_bytes`; 0: no floor). Said at start-up, by
+/// `/readyz` while it lasts, and checked at SMTP MAIL (452 before the client sends the data).
+fn below_floor(dir: &Path, floor: u64) -> Option<String> {
+    if floor == 0 {
+        return None;
+    }
+    let free = fs4::available_space(dir).ok()?;
+    (free < floor).then(|| {
+        format!(
+            "{free} bytes free on the file system of {}, below spool.min_free_disk_bytes ({floor}): new mail is refused (452) until space is freed",
+            dir.display()
+        )
+    })
 }
 
 fn parse_token(lease: &Lease) -> Result<u64, SpoolError> {

@@ -643,7 +643,11 @@ impl Writer {
             } => {
                 *wake |= matches!(
                     action,
-                    Action::Release | Action::Unpark { .. } | Action::RetryNow | Action::Redrive
+                    Action::Release
+                        | Action::Unpark { .. }
+                        | Action::RetryNow
+                        | Action::SendNow
+                        | Action::Redrive
                 );
                 done(reply, self.act(txn, now, id, action))
             }
