@@ -27,6 +27,11 @@ pub(crate) struct RedbStore {
 }
 
 /// New state numbers of a commit: ((account, type), state).
+/// The JMAP store's format (see [`crate::redb_format`]). 1: the tables as they are now.
+const FORMAT: u64 = 1;
+/// Format 0 (written before formats were numbered) has format 1's tables: nothing to change.
+const FORMAT_STEPS: [crate::redb_format::Step; FORMAT as usize] = [|_| Ok(())];
+
 pub(crate) type NewStates = Vec<((String, &'static str), u64)>;
 
 impl RedbStore {
@@ -38,6 +43,8 @@ impl RedbStore {
             .with_context(|| format!("creating {}", path.display()))?;
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
         let txn = db.begin_write()?;
+        crate::redb_format::check_and_migrate(&txn, "JMAP store", path, FORMAT, &FORMAT_STEPS)
+            .map_err(anyhow::Error::msg)?;
         txn.open_table(STATES)?;
         txn.open_table(CHANGES)?;
         txn.open_table(OBJECTS)?;
