@@ -75,8 +75,8 @@ pub fn find_config(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitSocket {
     pub path: PathBuf,
-    /// e.g. "from OUTBOX_SUBMIT_SOCKET" or "the default; /etc/outbox/outbox.toml: Permission
-    /// denied".
+    /// "named by OUTBOX_SUBMIT_SOCKET", "named by PATH" or "the default (… why)", to follow
+    /// "the socket is".
     pub how: String,
 }
 
@@ -101,7 +101,7 @@ pub fn find_submit_socket(
     if let Some(path) = env.filter(|p| !p.is_empty()) {
         return SubmitSocket {
             path: path.into(),
-            how: "from OUTBOX_SUBMIT_SOCKET".into(),
+            how: "named by OUTBOX_SUBMIT_SOCKET".into(),
         };
     }
     let why_default = match config {
@@ -118,7 +118,7 @@ pub fn find_submit_socket(
     };
     SubmitSocket {
         path: SYSTEM_SUBMIT_SOCKET.into(),
-        how: format!("the default: OUTBOX_SUBMIT_SOCKET not set and {why_default}"),
+        how: format!("the default (OUTBOX_SUBMIT_SOCKET not set; {why_default})"),
     }
 }
 
@@ -198,8 +198,8 @@ mod tests {
         assert_eq!(unreadable.path, Path::new(SYSTEM_SUBMIT_SOCKET));
         assert_eq!(
             unreadable.how,
-            "the default: OUTBOX_SUBMIT_SOCKET not set and reading config \
-             /etc/outbox/outbox.toml: Permission denied (os error 13)"
+            "the default (OUTBOX_SUBMIT_SOCKET not set; reading config \
+             /etc/outbox/outbox.toml: Permission denied (os error 13))"
         );
         let none = find_submit_socket(
             None,

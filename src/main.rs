@@ -182,13 +182,21 @@ enum DlqCommand {
 fn main() -> ExitCode {
     let mut argv = std::env::args();
     let invoked_as = argv.next().unwrap_or_default();
-    if Path::new(&invoked_as)
-        .file_name()
-        .is_some_and(|n| n == "sendmail")
-    {
+    let name = Path::new(&invoked_as).file_name();
+    if name.is_some_and(|n| n == "sendmail") {
         return sendmail(argv.collect());
     }
-    let cli = Cli::parse();
+    // `mailq` (the alternatives link) lists the queue, as Postfix's does.
+    let cli = if name.is_some_and(|n| n == "mailq") {
+        Cli::parse_from(
+            ["outbox", "queue", "list"]
+                .into_iter()
+                .map(String::from)
+                .chain(argv),
+        )
+    } else {
+        Cli::parse()
+    };
     let result = match cli.command {
         Command::Serve { config } => find_config(config).and_then(serve),
         Command::Passwd => passwd(),
@@ -308,7 +316,7 @@ fn sendmail(args: Vec<String>) -> ExitCode {
     };
     let (code, message) = runtime.block_on(send(&socket.path, args, &input));
     if code == exit::UNAVAILABLE {
-        eprintln!("sendmail: {message} (socket {})", socket.how);
+        eprintln!("sendmail: {message}; the socket is {}", socket.how);
     } else if code != exit::OK {
         eprintln!("sendmail: {message}");
     }
