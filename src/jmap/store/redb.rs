@@ -256,3 +256,41 @@ impl RxOps for RedbRx {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upgrades, as for the spool: an unnumbered store is stamped and opened, a newer one is
+    /// refused with both numbers.
+    #[test]
+    fn an_unnumbered_store_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jmap.redb");
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            crate::redb_format::forget_format(&db);
+        }
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(
+                crate::redb_format::stored_format(&db).unwrap(),
+                Some(FORMAT)
+            );
+            crate::redb_format::force_format(&db, FORMAT + 1);
+        }
+        let Err(e) = RedbStore::open(&path) else {
+            panic!("a newer format was opened");
+        };
+        let text = format!("{e:#}");
+        assert!(
+            text.contains(&format!(
+                "jmap.redb: the JMAP store has format {}, written by a newer Outbox",
+                FORMAT + 1
+            )),
+            "{text}"
+        );
+    }
+}
