@@ -207,8 +207,10 @@ mod tests {
             |_| unreachable!(),
         );
         assert_eq!(none.path, Path::new(SYSTEM_SUBMIT_SOCKET));
-        assert!(none
-            .how
-            .ends_with("no configuration file found; tried x (no such file)"));
+        assert_eq!(
+            none.how,
+            "the default (OUTBOX_SUBMIT_SOCKET not set; no configuration file found; \
+             tried x (no such file))"
+        );
     }
 }
