@@ -74,6 +74,9 @@ pub enum Request {
     DlqPurge,
     /// Rewrite the spool file without its free space.
     QueueCompact,
+    /// A consistent copy of the spool file, taken while the daemon runs: the answer line
+    /// (with `backup_bytes`) is followed by exactly that many bytes of the file.
+    SpoolBackup,
     SuppressionList,
     SuppressionAdd {
         address: String,
@@ -127,6 +130,9 @@ pub struct Response {
     /// What `reputation release` decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+    /// The length of the spool copy that follows the answer line (`SpoolBackup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_bytes: Option<u64>,
 }
 
 impl Response {
@@ -184,6 +190,10 @@ async fn answer(stream: UnixStream, spool: &Spool, reputation: Option<&Reputatio
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::SpoolBackup) => {
+            tracing::info!("admin request: spool backup");
+            return stream_backup(spool, write).await;
+        }
         Ok(request) => {
             tracing::info!(?request, "admin request");
             match request {
@@ -211,6 +221,41 @@ pub enum AdminError {
     NoSuch(QueueId),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+}
+
+/// Copies the spool beside itself, then sends the answer line and the copy's bytes; the copy
+/// is unlinked once open, so nothing is left behind whatever the client does.
+async fn stream_backup(spool: &Spool, mut write: tokio::net::unix::OwnedWriteHalf) -> Result<()> {
+    let copy = match spool.ledger.backup().await {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            let e = "this spool backend has no file to back up (AWS: use its own backups)";
+            return send_line(&mut write, &Response::error(e)).await;
+        }
+        Err(e) => return send_line(&mut write, &Response::error(e)).await,
+    };
+    let file = tokio::fs::File::open(&copy).await;
+    let _ = std::fs::remove_file(&copy);
+    let mut file = file.with_context(|| format!("opening {}", copy.display()))?;
+    let bytes = file.metadata().await?.len();
+    let head = Response {
+        backup_bytes: Some(bytes),
+        ..Default::default()
+    };
+    send_line(&mut write, &head).await?;
+    tokio::io::copy(&mut file, &mut write).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+async fn send_line(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> Result<()> {
+    let mut text = serde_json::to_string(response)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    Ok(())
 }
 
 fn parse_id(id: &str) -> Result<QueueId, AdminError> {
@@ -303,6 +348,12 @@ pub async fn handle(spool: &Spool, request: Request) -> Result<Response, AdminEr
             response.compacted = Some(ledger.compact(true).await?.ok_or_else(|| {
                 AdminError::Usage("this spool backend has no file to compact".into())
             })?)
+        }
+        // `answer` streams it instead.
+        Request::SpoolBackup => {
+            return Err(AdminError::Usage(
+                "a backup is streamed, not answered".into(),
+            ))
         }
         Request::SuppressionList => response.suppressions = ledger.suppressions().await?,
         Request::SuppressionAdd {
@@ -414,4 +465,52 @@ pub async fn request(socket: &Path, request: &Request) -> Result<Response> {
         anyhow::bail!("{error}");
     }
     Ok(response)
+}
+
+/// The client side of [`Request::SpoolBackup`]: writes the daemon's copy of the spool to
+/// `dest` (mode 0600, fsync'd) and returns its length. A short read is an error: the file is
+/// removed rather than left truncated.
+pub async fn backup(socket: &Path, dest: &Path) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "connecting to {} (is `outbox serve` running?)",
+            socket.display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(&Request::SpoolBackup)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let response: Response = serde_json::from_str(&line).context("reading the daemon's answer")?;
+    if let Some(error) = &response.error {
+        anyhow::bail!("{error}");
+    }
+    let expected = response
+        .backup_bytes
+        .context("the daemon's answer has no backup length")?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dest)
+        .with_context(|| format!("creating {}", dest.display()))?;
+    let mut out = tokio::fs::File::from_std(file);
+    let received = async {
+        let got = tokio::io::copy(&mut (&mut reader).take(expected), &mut out).await?;
+        anyhow::ensure!(
+            got == expected,
+            "the daemon sent {got} of {expected} bytes (did it stop?)"
+        );
+        out.sync_all().await?;
+        Ok(got)
+    }
+    .await;
+    if received.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    received.with_context(|| format!("writing {}", dest.display()))
 }

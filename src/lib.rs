@@ -4,6 +4,7 @@
 //! [`server`] (the composition root) sees everything.
 //!
 //! - [`config`]: the TOML configuration, validated at load.
+//! - [`discovery`]: where the config file and the submission socket are, for every command.
 //! - [`admin`]: the Unix admin socket behind `outbox queue …` / `outbox dlq …`.
 //! - [`accounts`]: accounts, the identities they may send as, password checks.
 //! - [`address`]: envelope addresses as the transport can carry them (SMTPUTF8, IDN).
@@ -27,6 +28,7 @@
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
 //! - [`tls`]: rustls configuration and development certificates.
 //! - [`redb_file`]: a redb file that is reopened after an I/O error (spool, JMAP store).
+//! - [`redb_format`]: the format version kept in each redb file; migration or refusal.
 //! - [`clock`]: injected wall-clock time.
 //! - `fuzzing` (hidden): the fuzz targets, shared by `fuzz/` and `tests/fuzz_corpus.rs`.
 
@@ -38,6 +40,7 @@ pub mod attachments;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod discovery;
 pub mod domain;
 pub mod feedback;
 #[doc(hidden)]
@@ -48,6 +51,7 @@ pub mod live;
 pub mod message;
 pub mod metrics;
 pub mod redb_file;
+pub mod redb_format;
 pub mod reputation;
 pub mod sender;
 pub mod sendmail;

@@ -26,21 +26,24 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve {
-        #[arg(long, default_value = "config/outbox.toml")]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Read a password from standard input and print its argon2id hash for the config.
     Passwd,
     /// Create the AWS resources of `[spool] backend = "aws"` (SQS queue and dead-letter queue,
     /// S3 bucket, DynamoDB table), or find them; safe to run again.
     AwsInit {
-        #[arg(long, default_value = "config/outbox.toml")]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Load and validate a config file, then exit.
     CheckConfig {
-        #[arg(long, default_value = "config/outbox.toml")]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Read a message on standard input and submit it, like sendmail (also when this binary is
     /// invoked as `sendmail`): -t, -f, -F, -i/-oi, recipients. Talks to the running daemon.
@@ -50,8 +53,9 @@ enum Command {
     },
     /// Inspect and repair the queue of the running daemon (like postqueue/postsuper).
     Queue {
-        #[arg(long, default_value = "config/outbox.toml", global = true)]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long, global = true)]
         json: bool,
@@ -61,8 +65,9 @@ enum Command {
     /// Addresses not sent to, per message class (transactional, mailing_list, bulk, or * for
     /// all): a complaint on bulk mail need not block a password reset.
     Suppression {
-        #[arg(long, default_value = "config/outbox.toml", global = true)]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
@@ -71,17 +76,27 @@ enum Command {
     /// Bounce and complaint rates (last 24 h and 7 days) per account, identity and class, and
     /// the guard that holds a class before SES reviews the account.
     Reputation {
-        #[arg(long, default_value = "config/outbox.toml", global = true)]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         command: Option<ReputationCommand>,
     },
+    /// The spool file of the running daemon.
+    Spool {
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
     /// The dead-letter queue: messages whose attempts ran out (kept 14 days).
     Dlq {
-        #[arg(long, default_value = "config/outbox.toml", global = true)]
-        config: PathBuf,
+        /// Default: $OUTBOX_CONFIG, else /etc/outbox/outbox.toml, else ./config/outbox.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
@@ -172,6 +187,13 @@ enum ReputationCommand {
 }
 
 #[derive(Subcommand)]
+enum SpoolCommand {
+    /// Write a consistent copy of the spool (redb) to FILE while the daemon runs; restore by
+    /// stopping the daemon and putting the copy in place of <state_dir>/spool/spool.redb.
+    Backup { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum DlqCommand {
     List,
     /// Back into the queue with a fresh attempt budget: one message, or --all.
@@ -187,17 +209,25 @@ enum DlqCommand {
 fn main() -> ExitCode {
     let mut argv = std::env::args();
     let invoked_as = argv.next().unwrap_or_default();
-    if Path::new(&invoked_as)
-        .file_name()
-        .is_some_and(|n| n == "sendmail")
-    {
+    let name = Path::new(&invoked_as).file_name();
+    if name.is_some_and(|n| n == "sendmail") {
         return sendmail(argv.collect());
     }
-    let cli = Cli::parse();
+    // `mailq` (the alternatives link) lists the queue, as Postfix's does.
+    let cli = if name.is_some_and(|n| n == "mailq") {
+        Cli::parse_from(
+            ["outbox", "queue", "list"]
+                .into_iter()
+                .map(String::from)
+                .chain(argv),
+        )
+    } else {
+        Cli::parse()
+    };
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => find_config(config).and_then(serve),
         Command::Passwd => passwd(),
-        Command::AwsInit { config } => aws_init(&config),
+        Command::AwsInit { config } => find_config(config).and_then(|c| aws_init(&c)),
         Command::Sendmail { args } => return sendmail(args),
         Command::Queue {
             config,
@@ -225,7 +255,7 @@ fn main() -> ExitCode {
                 QueueCommand::SendNow { id } => Request::QueueSendNow { id },
                 QueueCommand::Compact => Request::QueueCompact,
             };
-            admin(&config, &request, json)
+            find_config(config).and_then(|c| admin(&c, &request, json))
         }
         Command::Suppression {
             config,
@@ -257,7 +287,7 @@ fn main() -> ExitCode {
                     account,
                 },
             };
-            admin(&config, &request, json)
+            find_config(config).and_then(|c| admin(&c, &request, json))
         }
         Command::Dlq {
             config,
@@ -269,7 +299,7 @@ fn main() -> ExitCode {
                 DlqCommand::Redrive { id, all } => Request::DlqRedrive { id, all },
                 DlqCommand::Purge => Request::DlqPurge,
             };
-            admin(&config, &request, json)
+            find_config(config).and_then(|c| admin(&c, &request, json))
         }
         Command::Reputation {
             config,
@@ -282,9 +312,13 @@ fn main() -> ExitCode {
                     Request::ReputationRelease { class, identity }
                 }
             };
-            admin(&config, &request, json)
+            find_config(config).and_then(|c| admin(&c, &request, json))
         }
-        Command::CheckConfig { config } => check_config(&config),
+        Command::Spool {
+            config,
+            command: SpoolCommand::Backup { file },
+        } => find_config(config).and_then(|c| spool_backup(&c, &file)),
+        Command::CheckConfig { config } => find_config(config).and_then(|c| check_config(&c)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -310,7 +344,7 @@ fn sendmail(args: Vec<String>) -> ExitCode {
         eprintln!("sendmail: reading the message: {e}");
         return ExitCode::from(exit::DATAERR);
     }
-    let socket = submit_socket();
+    let socket = outbox::discovery::submit_socket();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -321,28 +355,21 @@ fn sendmail(args: Vec<String>) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let answer = runtime.block_on(send(&socket, args, &input));
+    let answer = runtime.block_on(send(&socket.path, args, &input));
     if let Some(warning) = &answer.warning {
         eprintln!("sendmail: {warning}");
     }
-    if answer.exit != exit::OK {
+    if answer.exit == exit::UNAVAILABLE {
+        eprintln!("sendmail: {}; the socket is {}", answer.message, socket.how);
+    } else if answer.exit != exit::OK {
         eprintln!("sendmail: {}", answer.message);
     }
     ExitCode::from(answer.exit)
 }
 
-/// Where the daemon's local submission socket is: `OUTBOX_SUBMIT_SOCKET`, else the config
-/// (`OUTBOX_CONFIG` or config/outbox.toml) if this user may read it, else the system path.
-fn submit_socket() -> PathBuf {
-    if let Some(path) = std::env::var_os("OUTBOX_SUBMIT_SOCKET") {
-        return path.into();
-    }
-    let config = std::env::var_os("OUTBOX_CONFIG")
-        .map_or_else(|| PathBuf::from("config/outbox.toml"), PathBuf::from);
-    match Config::load(&config) {
-        Ok(config) => config.submit_socket(),
-        Err(_) => PathBuf::from("/run/outbox/submit.sock"),
-    }
+/// The config file: `--config`, `OUTBOX_CONFIG`, `/etc/outbox/outbox.toml`, `./config/outbox.toml`.
+fn find_config(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(outbox::discovery::config_path(explicit.as_deref())?)
 }
 
 /// Prints every problem found, one per line, or "ok".
@@ -443,6 +470,38 @@ fn admin(config: &Path, request: &Request, json: bool) -> Result<()> {
         }
         _ => println!("{} message(s) changed", response.changed),
     }
+    Ok(())
+}
+
+/// `outbox spool backup FILE`: the daemon's copy, written to FILE.partial, opened with redb
+/// (which checks every page's checksum) and only then renamed to FILE.
+fn spool_backup(config: &Path, file: &Path) -> Result<()> {
+    let config = Config::load(config)?;
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bytes = runtime.block_on(outbox::admin::backup(&config.admin_socket(), &partial))?;
+    let checked = redb::Database::open(&partial)
+        .map_err(anyhow::Error::from)
+        .and_then(|db| outbox::redb_format::stored_format(&db).map_err(anyhow::Error::msg));
+    let format = match checked {
+        Ok(format) => format,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            anyhow::bail!("the copy does not open as a spool: {e:#}");
+        }
+    };
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("renaming {} to {}", partial.display(), file.display()))?;
+    println!(
+        "{}: {bytes} bytes, spool format {}",
+        file.display(),
+        format.map_or_else(|| "unnumbered".into(), |f| f.to_string())
+    );
     Ok(())
 }
 

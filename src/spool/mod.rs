@@ -314,6 +314,12 @@ pub trait Ledger: Send + Sync {
     fn compact(&self, _force: bool) -> Fut<'_, Option<Compacted>> {
         Box::pin(async { Ok(None) })
     }
+    /// A consistent copy of the storage file, taken while the spool runs, in a temporary file
+    /// beside it (the caller streams it out and removes it). None where there is no file (AWS:
+    /// its tables and buckets have their own backups).
+    fn backup(&self) -> Fut<'_, Option<std::path::PathBuf>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The three seams of one backend.

@@ -9,11 +9,11 @@ from conftest import REPO
 
 
 def unit_for(outbox_bin, tmp_path):
-    # The unit names /usr/local/bin/outbox; point it at the binary under test so the check
+    # The unit names /usr/bin/outbox; point it at the binary under test so the check
     # covers the real command line.
     text = (REPO / "systemd" / "outbox.service").read_text()
     unit = tmp_path / "outbox.service"
-    unit.write_text(text.replace("/usr/local/bin/outbox", str(outbox_bin)))
+    unit.write_text(text.replace("/usr/bin/outbox", str(outbox_bin)))
     return unit
 
 

@@ -27,6 +27,11 @@ pub(crate) struct RedbStore {
 }
 
 /// New state numbers of a commit: ((account, type), state).
+/// The JMAP store's format (see [`crate::redb_format`]). 1: the tables as they are now.
+const FORMAT: u64 = 1;
+/// Format 0 (written before formats were numbered) has format 1's tables: nothing to change.
+const FORMAT_STEPS: [crate::redb_format::Step; FORMAT as usize] = [|_| Ok(())];
+
 pub(crate) type NewStates = Vec<((String, &'static str), u64)>;
 
 impl RedbStore {
@@ -39,6 +44,8 @@ impl RedbStore {
         let db = Database::create(path)
             .map_err(|e| anyhow::anyhow!(crate::state_files::open_problem(path, &e)))?;
         let txn = db.begin_write()?;
+        crate::redb_format::check_and_migrate(&txn, "JMAP store", path, FORMAT, &FORMAT_STEPS)
+            .map_err(anyhow::Error::msg)?;
         txn.open_table(STATES)?;
         txn.open_table(CHANGES)?;
         txn.open_table(OBJECTS)?;
@@ -248,5 +255,43 @@ impl RxOps for RedbRx {
             out.push((state, serde_json::from_slice(v.value()).map_err(storage)?));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upgrades, as for the spool: an unnumbered store is stamped and opened, a newer one is
+    /// refused with both numbers.
+    #[test]
+    fn an_unnumbered_store_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jmap.redb");
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            crate::redb_format::forget_format(&db);
+        }
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(
+                crate::redb_format::stored_format(&db).unwrap(),
+                Some(FORMAT)
+            );
+            crate::redb_format::force_format(&db, FORMAT + 1);
+        }
+        let Err(e) = RedbStore::open(&path) else {
+            panic!("a newer format was opened");
+        };
+        let text = format!("{e:#}");
+        assert!(
+            text.contains(&format!(
+                "jmap.redb: the JMAP store has format {}, written by a newer Outbox",
+                FORMAT + 1
+            )),
+            "{text}"
+        );
     }
 }

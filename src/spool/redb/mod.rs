@@ -135,11 +135,12 @@ impl RedbSpool {
         crate::state_files::create_dir(dir, crate::state_files::PRIVATE_DIR_MODE)
             .map_err(|e| SpoolError::Storage(io_problem(dir, &e)))?;
         let path = dir.join("spool.redb");
+        remove_stale_backups(dir);
         crate::state_files::prepare_database(&path)
             .map_err(|e| SpoolError::Storage(io_problem(&path, &e)))?;
         let db =
             Database::create(&path).map_err(|e| SpoolError::Storage(open_problem(&path, &e)))?;
-        let init = writer::init(&db)?;
+        let init = writer::init(&db, &path)?;
         if init.old_format_queued > 0 {
             tracing::warn!(
                 messages = init.old_format_queued,
@@ -148,13 +149,14 @@ impl RedbSpool {
         }
         let usage = Arc::new(init.usage);
         let recount = usage.clone();
+        let reopened = path.clone();
         let file = Arc::new(RedbFile::new(
             &path,
             db,
             // Reopened after an I/O error: count again what the file holds now (its last
             // committed state).
             Box::new(move |db| {
-                let init = writer::init(db).map_err(|e| e.to_string())?;
+                let init = writer::init(db, &reopened).map_err(|e| e.to_string())?;
                 recount.set(&init.usage);
                 Ok(())
             }),
@@ -225,6 +227,25 @@ impl RedbSpool {
     async fn lease_now(&self, max: usize) -> Result<Vec<Lease>, SpoolError> {
         let now = self.clock.now_ms();
         self.call(|reply| Op::Lease { now, max, reply }).await
+    }
+}
+
+/// Backup copies are made beside the file under this name and removed once streamed out.
+const BACKUP_PREFIX: &str = "spool.redb.backup-";
+
+/// Copies a crash left behind while a backup was being streamed.
+fn remove_stale_backups(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(BACKUP_PREFIX)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -684,6 +705,23 @@ impl Ledger for RedbSpool {
         Box::pin(self.call(move |reply| Op::Purge { now, reply }))
     }
 
+    fn backup(&self) -> Fut<'_, Option<std::path::PathBuf>> {
+        Box::pin(async move {
+            let dir = self.file.path().parent().unwrap_or(Path::new("."));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let dest = dir.join(format!("{BACKUP_PREFIX}{nanos}"));
+            self.call(|reply| Op::Backup {
+                dest: dest.clone(),
+                reply,
+            })
+            .await?;
+            Ok(Some(dest))
+        })
+    }
+
     fn compact(&self, force: bool) -> Fut<'_, Option<Compacted>> {
         Box::pin(async move {
             self.call(|reply| Op::Compact { force, reply })
@@ -900,5 +938,92 @@ mod tests {
         spool.enqueue(record(id)).await.unwrap();
         assert!(spool.enqueue(record(id)).await.is_err(), "queued already");
         assert_eq!(spool.list(Listing::Queued, 10).await.unwrap(), vec![id]);
+    }
+
+    /// Upgrades: a spool written before formats were numbered is stamped and read as before;
+    /// one written by a newer Outbox is refused with both numbers, and left as it was.
+    #[tokio::test]
+    async fn an_unnumbered_spool_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START);
+        let path = dir.path().join("spool.redb");
+        let id = QueueId::generate(START);
+        {
+            let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
+            spool.put(id, vec![Bytes::from_static(b"m")]).await.unwrap();
+            spool.enqueue(record(id)).await.unwrap();
+        }
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(
+                crate::redb_format::stored_format(&db).unwrap(),
+                Some(writer::FORMAT)
+            );
+            crate::redb_format::forget_format(&db);
+        }
+        {
+            let spool = RedbSpool::open(dir.path(), options(), clock.clone()).unwrap();
+            assert_eq!(spool.list(Listing::Queued, 10).await.unwrap(), vec![id]);
+        }
+        {
+            let db = Database::create(&path).unwrap();
+            assert_eq!(
+                crate::redb_format::stored_format(&db).unwrap(),
+                Some(writer::FORMAT)
+            );
+            crate::redb_format::force_format(&db, writer::FORMAT + 1);
+        }
+        let Err(e) = RedbSpool::open(dir.path(), options(), clock.clone()) else {
+            panic!("a newer format was opened");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "spool.redb: the spool has format {}, written by a newer Outbox",
+                writer::FORMAT + 1
+            )),
+            "{text}"
+        );
+        let db = Database::create(&path).unwrap();
+        assert_eq!(
+            crate::redb_format::stored_format(&db).unwrap(),
+            Some(writer::FORMAT + 1)
+        );
+    }
+
+    /// `outbox spool backup`: the copy taken while the spool runs opens as a spool holding
+    /// what was committed before it, not what came after; no copy is left beside the file.
+    #[tokio::test]
+    async fn a_backup_is_a_consistent_copy_of_the_committed_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(START);
+        let options = SpoolOptions {
+            fsync: false, // the copy must still hold commits made without fsync
+            ..options()
+        };
+        let spool = RedbSpool::open(dir.path(), options.clone(), clock.clone()).unwrap();
+        let (before, after) = (QueueId::generate(START), QueueId::generate(START));
+        spool
+            .put(before, vec![Bytes::from_static(b"before")])
+            .await
+            .unwrap();
+        spool.enqueue(record(before)).await.unwrap();
+        let copy = Ledger::backup(&*spool).await.unwrap().unwrap();
+        spool
+            .put(after, vec![Bytes::from_static(b"after")])
+            .await
+            .unwrap();
+        spool.enqueue(record(after)).await.unwrap();
+        let restored = tempfile::tempdir().unwrap();
+        std::fs::rename(&copy, restored.path().join("spool.redb")).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(BACKUP_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let copy = RedbSpool::open(restored.path(), options, clock).unwrap();
+        assert_eq!(copy.list(Listing::Queued, 10).await.unwrap(), vec![before]);
+        assert_eq!(&Blobs::get(&*copy, before).await.unwrap()[..], b"before");
     }
 }

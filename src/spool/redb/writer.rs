@@ -119,9 +119,20 @@ pub(super) enum Op {
         force: bool,
         reply: Reply<Compacted>,
     },
+    /// A consistent copy of the file at `dest`, taken between transactions.
+    Backup {
+        dest: PathBuf,
+        reply: Reply<u64>,
+    },
 }
 
 impl Op {
+    /// Runs with no transaction open (redb compacts only then; a backup copies a committed
+    /// state).
+    fn between_transactions(&self) -> bool {
+        matches!(self, Op::Compact { .. } | Op::Backup { .. })
+    }
+
     /// Whether the caller is told "done" only once this is on disk. Blob writes are not
     /// acknowledged to anyone outside; what makes them matter (an enqueue) is fsync'd.
     fn needs_fsync(&self) -> bool {
@@ -188,6 +199,9 @@ fn fail(op: Op, e: SpoolError) {
         Op::SaveGuard { reply, .. } => {
             let _ = reply.send(Err(e));
         }
+        Op::Backup { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
     }
 }
 
@@ -207,8 +221,10 @@ pub(super) struct Init {
 /// Creates the tables, reads what the stored MIME adds up to, and drops the bytes of puts whose
 /// enqueue never committed. Costs a look at the unclaimed puts, not a walk over what is stored
 /// (a spool written before the usage table existed is walked once, then counted as it goes).
-pub(super) fn init(db: &Database) -> Result<Init, SpoolError> {
+pub(super) fn init(db: &Database, path: &std::path::Path) -> Result<Init, SpoolError> {
     let txn = db.begin_write().map_err(SpoolError::storage)?;
+    crate::redb_format::check_and_migrate(&txn, "spool", path, FORMAT, &FORMAT_STEPS)
+        .map_err(SpoolError::Storage)?;
     let usage = Usage::default();
     let last_seq;
     let mut old_format_queued = 0;
@@ -364,6 +380,11 @@ struct Writer {
     stored_blob: bool,
 }
 
+/// The spool file's format (see [`crate::redb_format`]). 1: the tables as they are now.
+pub(super) const FORMAT: u64 = 1;
+/// Format 0 (written before formats were numbered) has format 1's tables: nothing to change.
+const FORMAT_STEPS: [crate::redb_format::Step; FORMAT as usize] = [|_| Ok(())];
+
 fn table_err(e: impl std::fmt::Display) -> SpoolError {
     SpoolError::storage(e)
 }
@@ -386,16 +407,60 @@ impl Writer {
                 }
             };
             match next {
-                Some(Op::Compact { force, reply }) => {
-                    let _ = reply.send(self.compact(force));
-                }
+                Some(op) if op.between_transactions() => self.run_between(op),
                 Some(first) => self.transaction(first, &rx),
                 None => self.probe(),
             }
-            if let Some(Op::Compact { force, reply }) = self.after.take() {
-                let _ = reply.send(self.compact(force));
+            if let Some(op) = self.after.take() {
+                self.run_between(op);
             }
         }
+    }
+
+    /// Runs an operation that must see no transaction open (compaction, backup).
+    fn run_between(&mut self, op: Op) {
+        match op {
+            Op::Compact { force, reply } => {
+                let _ = reply.send(self.compact(force));
+            }
+            Op::Backup { dest, reply } => {
+                let _ = reply.send(self.backup(&dest));
+            }
+            other => fail(
+                other,
+                SpoolError::Storage("not an operation between transactions".into()),
+            ),
+        }
+    }
+
+    /// Copies the file to `dest` (fsync'd). Between transactions the file is a committed
+    /// state, as after a crash: an empty durable commit first writes out commits made without
+    /// fsync (`fsync = false`); redb's reads never change the file. Writes wait meanwhile
+    /// (a local copy: about as long as reading the file once).
+    fn backup(&mut self, dest: &std::path::Path) -> Result<u64, SpoolError> {
+        let started = std::time::Instant::now();
+        {
+            let db = self.file.get().map_err(table_err)?;
+            let mut txn = db.begin_write().map_err(table_err)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(table_err)?;
+            txn.commit().map_err(table_err)?;
+        }
+        let copy = || -> std::io::Result<u64> {
+            let bytes = std::fs::copy(self.file.path(), dest)?;
+            std::fs::File::open(dest)?.sync_all()?;
+            Ok(bytes)
+        };
+        let bytes = copy().map_err(|e| {
+            let _ = std::fs::remove_file(dest);
+            SpoolError::Storage(format!("copying the spool to {}: {e}", dest.display()))
+        })?;
+        tracing::info!(
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "spool copied for a backup"
+        );
+        Ok(bytes)
     }
 
     /// Rewrites the file without its free pages, if forced or if at least
@@ -494,7 +559,7 @@ impl Writer {
                     },
                 };
                 let Some(op) = next else { break };
-                if matches!(op, Op::Compact { .. }) {
+                if op.between_transactions() {
                     self.after = Some(op); // after this commit, outside any transaction
                     break;
                 }
@@ -598,7 +663,8 @@ impl Writer {
             | Op::DeleteBlob { .. }
             | Op::Suppress { .. }
             | Op::SaveGuard { .. }
-            | Op::Compact { .. } => self.now,
+            | Op::Compact { .. }
+            | Op::Backup { .. } => self.now,
         };
         match op {
             Op::PutBlob { id, chunks, reply } => {
@@ -664,12 +730,16 @@ impl Writer {
                 reply,
             } => done(reply, ledger::suppress(txn, &entry, remove)),
             Op::SaveGuard { state, reply } => done(reply, ledger::save_guard(txn, &state)),
-            // `transaction` sets it aside before it gets here.
+            // `transaction` sets these aside before they get here.
             Op::Compact { reply, .. } => done(
                 reply,
                 Err(SpoolError::Storage(
                     "compaction inside a transaction".into(),
                 )),
+            ),
+            Op::Backup { reply, .. } => done(
+                reply,
+                Err(SpoolError::Storage("backup inside a transaction".into())),
             ),
         }
     }
