@@ -194,6 +194,8 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Free space the state folder's disk must keep; below it new mail gets 452 4.3.1.
     pub min_free_disk_bytes: u64,
+    /// Memory the embedded spool (redb) may use to cache its pages, read and written.
+    pub cache_bytes: u64,
     /// How long a sender holds a message before another may take it (SQS visibility timeout).
     pub visibility_timeout_secs: u64,
     /// Deliveries tried before a message moves to the dead-letter queue (SQS maxReceiveCount;
@@ -259,6 +261,7 @@ impl Default for SpoolConfig {
             max_messages: 100_000,
             max_bytes: 10 * 1024 * 1024 * 1024,
             min_free_disk_bytes: 512 * 1024 * 1024,
+            cache_bytes: crate::spool::DEFAULT_CACHE_BYTES,
             visibility_timeout_secs: 300,
             max_attempts: 5,
             retry_base_secs: 30,

@@ -27,6 +27,7 @@ fn options() -> SpoolOptions {
         dead_letter_retention_ms: 14 * 24 * HOUR_MS,
         retention_ms: 30 * 24 * HOUR_MS,
         jitter_seed: 7,
+        cache_bytes: crate::spool::DEFAULT_CACHE_BYTES,
     }
 }
 

@@ -547,6 +547,7 @@ mod tests {
             dead_letter_retention_ms: 86_400_000,
             retention_ms: 30 * 86_400_000,
             jitter_seed: 1,
+            cache_bytes: crate::spool::DEFAULT_CACHE_BYTES,
         };
         let spool = crate::spool::redb::open(dir.path(), options, clock.clone()).unwrap();
         let expected = outcomes.len();

@@ -65,6 +65,7 @@ pub(crate) fn options() -> SpoolOptions {
         dead_letter_retention_ms: 14 * DAY,
         retention_ms: 30 * DAY,
         jitter_seed: 7,
+        cache_bytes: crate::spool::DEFAULT_CACHE_BYTES,
     }
 }
 

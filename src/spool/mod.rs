@@ -346,7 +346,13 @@ pub struct SpoolOptions {
     pub retention_ms: u64,
     /// Seed for retry jitter (tests fix it).
     pub jitter_seed: u64,
+    /// Page cache of the embedded backend (redb's own, read and write).
+    pub cache_bytes: u64,
 }
+
+/// redb's page cache for the spool file: its default (1 GiB) would keep every page of every
+/// message read or written lately, while a message is read once, when it is sent.
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
 
 impl From<&SpoolConfig> for SpoolOptions {
     fn from(c: &SpoolConfig) -> Self {
@@ -362,6 +368,7 @@ impl From<&SpoolConfig> for SpoolOptions {
             dead_letter_retention_ms: c.dead_letter_retention_days * 86_400_000,
             retention_ms: c.retention_days * 86_400_000,
             jitter_seed: rand::random(),
+            cache_bytes: c.cache_bytes,
         }
     }
 }

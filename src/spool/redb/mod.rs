@@ -138,8 +138,10 @@ impl RedbSpool {
         remove_stale_backups(dir);
         crate::state_files::prepare_database(&path)
             .map_err(|e| SpoolError::Storage(io_problem(&path, &e)))?;
-        let db =
-            Database::create(&path).map_err(|e| SpoolError::Storage(open_problem(&path, &e)))?;
+        let db = Database::builder()
+            .set_cache_size(usize::try_from(options.cache_bytes).unwrap_or(usize::MAX))
+            .create(&path)
+            .map_err(|e| SpoolError::Storage(open_problem(&path, &e)))?;
         let init = writer::init(&db, &path)?;
         if init.old_format_queued > 0 {
             tracing::warn!(
