@@ -196,21 +196,20 @@ directory = "https://ca.test/dir""#,
         let (stop_tx, stop) = watch::channel(false);
         let task = tokio::spawn(manager.run(stop));
 
-        let mut next = || async { calls.recv().await.unwrap() };
-        assert_eq!(next().await, 0);
+        assert_eq!(calls.recv().await.unwrap(), 0);
         let renewal = 5 * DAY;
         // The first renewal fails twice, then succeeds.
-        let t = next().await;
+        let t = calls.recv().await.unwrap();
         assert!((renewal..renewal + 1000).contains(&t), "{t}");
         assert!(
             !Arc::ptr_eq(&first, &tls.get()),
             "issued certificate swapped in"
         );
-        let t = next().await;
+        let t = calls.recv().await.unwrap();
         assert!((renewal + 60_000..renewal + 61_000).contains(&t), "{t}");
-        let t = next().await;
+        let t = calls.recv().await.unwrap();
         assert!((renewal + 180_000..renewal + 181_000).contains(&t), "{t}");
-        let t = next().await;
+        let t = calls.recv().await.unwrap();
         assert!(
             (renewal + 180_000 + 5 * DAY..renewal + 182_000 + 5 * DAY).contains(&t),
             "{t}"
