@@ -335,6 +335,11 @@ pub async fn run(
     tasks.extend(https_tasks);
     // After the HTTPS listener is bound: the CA's TLS-ALPN-01 validator connects to it.
     if let Some(acme) = &acme {
+        if acme_tls_alpn && !config.http.listen.iter().any(|a| a.port() == 443) {
+            tracing::warn!(
+                "tls.acme: the CA validates tls-alpn-01 on port 443 and no [http] listener is on 443; forward 443 here or use challenge = \"http-01\""
+            );
+        }
         if acme.config.challenge == crate::acme::ChallengeKind::Http01 {
             let (_, task) = crate::acme::challenge::serve_http01(
                 acme.config.http_listen,

@@ -275,6 +275,28 @@ contact = ["mailto:a@example.com", "b@example.com"]"#,
         );
     }
 
+    /// The example config documents every key with its default: uncommented, it loads and
+    /// equals the defaults.
+    #[test]
+    fn example_config_block_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/outbox.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let block: String = text
+            .lines()
+            .skip_while(|l| *l != "# [tls.acme]")
+            .skip(1)
+            .take_while(|l| l.starts_with("# "))
+            .filter(|l| !l.starts_with("# #") && !l.starts_with("#    "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let documented: AcmeConfig = toml::from_str(&block).unwrap();
+        let defaults = parse(
+            r#"domains = ["mail.example.com"]
+contact = "postmaster@example.com""#,
+        );
+        assert_eq!(documented, defaults);
+    }
+
     #[test]
     fn every_problem_is_named() {
         let c = parse(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -286,9 +287,18 @@ def test_restart_reuses_the_stored_certificate(start_server, pebble_factory):
     assert https_serial(server, context) == serial
     assert smtp_serials(server, context) == (serial, serial)
     wait_for_log(server, "ACME certificate good; renewal scheduled", count=2)
+    # A reload keeps serving the ACME certificate (not the [tls] files).
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "configuration reloaded")
+    assert https_serial(server, context) == serial
+    assert smtp_serials(server, context) == (serial, serial)
     assert pebble.orders() == 1
     assert len(log_lines(server, "ACME: ordering a certificate")) == 1
     assert len(log_lines(server, "ACME account created")) == 1
+    # check-config accepts the table.
+    proc = subprocess.run([str(server.binary), "check-config", "--config", str(server.config_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_unreachable_ca_leaves_a_placeholder_and_says_why(start_server):
