@@ -150,7 +150,17 @@ pub async fn serve_http01(
     challenges: Arc<Challenges>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        // The default "[::]:80" on a host without IPv6: IPv4 alone.
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && e.raw_os_error() == Some(libc::EAFNOSUPPORT) =>
+        {
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await
+        }
+        other => other,
+    }
+    .with_context(|| {
         format!("binding the ACME HTTP-01 responder on {addr} (tls.acme.http_listen)")
     })?;
     let local = listener.local_addr()?;

@@ -42,13 +42,7 @@ impl<I: Issuer> Manager<I> {
         let mut last_failure_ms = 0u64;
         let mut announced = None;
         loop {
-            let current = match self.acme.store.load_certificate() {
-                Ok(stored) => stored.map(|s| s.info),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "stored ACME certificate unreadable; ordering a new one");
-                    None
-                }
-            };
+            let current = self.acme.usable_certificate().map(|(_, info)| info);
             let situation = Situation {
                 current: current
                     .as_ref()

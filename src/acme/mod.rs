@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
+use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
 use crate::live::Live;
@@ -87,6 +88,7 @@ fn default_directory() -> String {
     LETS_ENCRYPT.into()
 }
 fn default_http_listen() -> SocketAddr {
+    // Both IPv4 and IPv6 (dual stack); IPv4 alone where the host has no IPv6.
     "[::]:80".parse().unwrap()
 }
 fn default_renew_before_days() -> u64 {
@@ -223,8 +225,8 @@ impl Acme {
     /// The server configuration for what is stored now: the issued certificate, or a
     /// self-signed placeholder for the configured names until there is one.
     pub fn server_config(&self) -> Result<(rustls::ServerConfig, Option<store::CertInfo>)> {
-        let (key, info) = match self.store.load_certificate()? {
-            Some(stored) => (stored.certified_key()?, Some(stored.info)),
+        let (key, info) = match self.usable_certificate() {
+            Some((key, info)) => (key, Some(info)),
             None => (
                 Arc::new(challenge::placeholder(&self.config.domains)?),
                 None,
@@ -232,6 +234,20 @@ impl Acme {
         };
         let resolver = challenge::Resolver::new(key, self.challenges.clone());
         Ok((crate::tls::with_resolver(Arc::new(resolver))?, info))
+    }
+
+    /// The stored certificate, if it can be served. A damaged file (unreadable, a key that
+    /// does not match) is logged and treated as absent, so a new certificate is ordered rather
+    /// than the server refusing to start.
+    pub fn usable_certificate(&self) -> Option<(Arc<CertifiedKey>, store::CertInfo)> {
+        let usable = self
+            .store
+            .load_certificate()
+            .and_then(|stored| stored.map(|s| Ok((s.certified_key()?, s.info))).transpose());
+        usable.unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "stored ACME certificate unusable; a new one will be ordered");
+            None
+        })
     }
 
     /// Swaps the stored certificate into `live` (new handshakes use it; open sessions keep
@@ -295,6 +311,25 @@ contact = ["mailto:a@example.com", "b@example.com"]"#,
 contact = "postmaster@example.com""#,
         );
         assert_eq!(documented, defaults);
+    }
+
+    /// Rule: a damaged stored certificate (here: a key that is not its own) does not stop the
+    /// server; the placeholder is served and the manager sees no certificate, so it orders.
+    #[test]
+    fn a_damaged_certificate_falls_back_to_the_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = Acme::new(parse(r#"domains = ["mail.example.com"]"#), dir.path());
+        let params = rcgen::CertificateParams::new(vec!["mail.example.com".into()]).unwrap();
+        let cert = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        acme.store
+            .save_certificate(&cert.pem(), &other_key.serialize_pem())
+            .unwrap();
+        assert!(acme.usable_certificate().is_none());
+        let (_, info) = acme.server_config().unwrap();
+        assert!(info.is_none());
     }
 
     #[test]
