@@ -237,8 +237,9 @@ def stored_files(server) -> list[Path]:
 
 @pytest.mark.timeout(90)
 def test_issues_renews_and_swaps_without_dropping_a_session(start_server, pebble_factory):
-    # 16-second certificates: renewed at half their life, ~8 s after issuance.
-    pebble = pebble_factory(validity_secs=16)
+    # 20-second certificates: renewed at half their life, ~10 s after issuance; the checks on
+    # the first one take well under a second.
+    pebble = pebble_factory(validity_secs=20)
     server = start_server(acme_overrides(pebble))
     context = trusting(pebble.root_pem())
 
@@ -262,9 +263,9 @@ def test_issues_renews_and_swaps_without_dropping_a_session(start_server, pebble
 
     assert pebble.orders() >= 2
     assert metric(server, "outbox_acme_orders_total", '{result="issued"}') >= 2
-    # The expiry gauge follows the served certificate (16 s after issuance, give or take).
+    # The expiry gauge follows the served certificate (20 s after issuance, give or take).
     expiry = metric(server, "outbox_tls_certificate_expiry_seconds")
-    assert time.time() - 5 < expiry < time.time() + 20, expiry
+    assert time.time() < expiry < time.time() + 25, expiry
     files = stored_files(server)
     assert {f.name for f in files} == {"account.json", "certificate.pem"}, files
     for f in files:
