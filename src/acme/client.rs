@@ -113,6 +113,7 @@ impl AcmeIssuer {
             return Ok(account.clone());
         }
         let config = &self.acme.config;
+        self.probe_directory().await?;
         let builder = Account::builder_with_http(Box::new(Http(self.http.clone())));
         let account = match self.acme.store.load_account()? {
             Some(credentials) => builder
@@ -143,6 +144,34 @@ impl AcmeIssuer {
         };
         *slot = Some(account.clone());
         Ok(account)
+    }
+
+    /// Fetches the directory once, so a wrong URL gets a plain answer ("HTTP 404", "not an
+    /// ACME directory") rather than instant-acme's JSON decoding error.
+    async fn probe_directory(&self) -> Result<()> {
+        let url = &self.acme.config.directory;
+        let request = axum::http::Request::get(url.as_str())
+            .body(BodyWrapper::default())
+            .with_context(|| format!("ACME directory {url}"))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("ACME directory {url}: no answer in {REQUEST_TIMEOUT:?}"))?
+            .map_err(|e| anyhow::anyhow!("ACME directory {url}: {}", ErrorChain(e)))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "ACME directory {url} answered HTTP {status} (is tls.acme.directory the directory URL?)"
+        );
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .with_context(|| format!("ACME directory {url}: reading the answer"))?
+            .to_bytes();
+        let directory: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        anyhow::ensure!(
+            directory.get("newOrder").is_some() && directory.get("newNonce").is_some(),
+            "{url} is not an ACME directory (no newOrder/newNonce in its answer; RFC 8555 §7.1.1)"
+        );
+        Ok(())
     }
 
     async fn order(&self) -> Result<Issued> {

@@ -328,6 +328,15 @@ def test_unreachable_ca_leaves_a_placeholder_and_says_why(start_server):
         assert client.ehlo()[0] == 250
 
 
+def test_a_url_that_is_not_the_directory_is_named(start_server, pebble_factory):
+    pebble = pebble_factory(validity_secs=3600)
+    overrides = acme_overrides(pebble)
+    overrides["tls.acme"]["directory"] = pebble.directory + "ectory"
+    server = start_server(overrides)
+    (line,) = wait_for_log(server, "ACME order failed")[:1]
+    assert "answered HTTP 404 Not Found (is tls.acme.directory the directory URL?)" in line, line
+
+
 def test_check_config_names_every_acme_problem(outbox_bin, tmp_path):
     config = tmp_path / "outbox.toml"
     config.write_text(
