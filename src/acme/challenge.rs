@@ -13,16 +13,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rcgen::{CertificateParams, CustomExtension, DnType, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 /// The ALPN protocol name of TLS-ALPN-01 (RFC 8737 §6.2).
@@ -144,7 +146,18 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The HTTP-01 responder on `addr` until `stop`; returns the bound address and its task.
+/// Connections the HTTP-01 responder serves at once (port 80 is open to the Internet); more
+/// wait in the kernel's backlog.
+const HTTP01_MAX_CONNECTIONS: usize = 256;
+/// A connection's one request must arrive and be answered within this (no keep-alive): a
+/// validator asks once, a slow dribble is cut off.
+const HTTP01_DEADLINE: Duration = Duration::from_secs(10);
+/// RFC 8555 §8.3: where the CA fetches `<token>`'s key authorization.
+const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The HTTP-01 responder on `addr` until `stop`; returns the bound address and its task. It
+/// answers `GET /.well-known/acme-challenge/<token>` for an open challenge and 404 to anything
+/// else, one request per connection.
 pub async fn serve_http01(
     addr: SocketAddr,
     challenges: Arc<Challenges>,
@@ -165,34 +178,62 @@ pub async fn serve_http01(
     })?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "ACME HTTP-01 responder listening");
-    let router = Router::new()
-        .route("/.well-known/acme-challenge/{token}", get(answer))
-        .with_state(challenges);
     let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "ACME HTTP-01 responder failed");
+        let slots = Arc::new(Semaphore::new(HTTP01_MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = crate::http::stopped(&mut stop) => return,
+            };
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ACME HTTP-01 accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = crate::http::stopped(&mut stop) => return,
+            };
+            let challenges = challenges.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let response = respond(&challenges, &req);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HTTP01_DEADLINE)
+                    .keep_alive(false);
+                let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                let _ = tokio::time::timeout(HTTP01_DEADLINE, conn).await;
+            });
         }
     });
     Ok((local, task))
 }
 
-async fn answer(
-    State(challenges): State<Arc<Challenges>>,
-    Path(token): Path<String>,
-) -> (StatusCode, String) {
-    match challenges.http(&token) {
+fn respond(
+    challenges: &Challenges,
+    req: &hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let answer = (req.method() == hyper::Method::GET)
+        .then(|| req.uri().path().strip_prefix(HTTP01_PREFIX))
+        .flatten()
+        .and_then(|token| challenges.http(token));
+    let (status, body) = match answer {
         Some(key_authorization) => {
             tracing::info!("ACME HTTP-01 validation answered");
-            (StatusCode::OK, key_authorization)
+            (hyper::StatusCode::OK, key_authorization)
         }
-        None => (StatusCode::NOT_FOUND, String::new()),
-    }
+        None => (hyper::StatusCode::NOT_FOUND, String::new()),
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
 }
 
 #[cfg(test)]

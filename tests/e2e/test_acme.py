@@ -281,6 +281,11 @@ def test_restart_reuses_the_stored_certificate(start_server, pebble_factory):
     assert smtp_serials(server, context) == (serial, serial)
     assert pebble.orders() == 1
     wait_for_log(server, "ACME certificate good; renewal scheduled")
+    # The HTTP-01 responder answers open challenges only (none now).
+    for path in ["/.well-known/acme-challenge/no-such-token", "/"]:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{pebble.http_port}{path}", timeout=10)
+        assert refused.value.code == 404
 
     server.stop()
     server.start()
