@@ -86,19 +86,24 @@ impl<I: Issuer> Manager<I> {
                     .store
                     .save_certificate(&issued.chain_pem, &issued.key_pem)
             });
-            match stored.and_then(|_| self.acme.swap_into(&self.tls)) {
+            // A certificate that was stored but cannot be served (the placeholder came back)
+            // is a failure too: without backoff it would be re-ordered at once, again and again.
+            let served = stored
+                .and_then(|_| self.acme.swap_into(&self.tls))
+                .and_then(|info| {
+                    info.ok_or_else(|| anyhow::anyhow!("the issued certificate cannot be served"))
+                });
+            match served {
                 Ok(info) => {
                     failures = 0;
                     self.metrics.acme_order("issued");
-                    record_expiry(&self.metrics, info.as_ref());
-                    if let Some(info) = info {
-                        tracing::info!(
-                            serial = %info.serial,
-                            not_after = %rfc3339(info.validity.not_after_ms),
-                            path = %self.acme.store.certificate_path().display(),
-                            "ACME certificate issued; now served on every TLS listener"
-                        );
-                    }
+                    record_expiry(&self.metrics, Some(&info));
+                    tracing::info!(
+                        serial = %info.serial,
+                        not_after = %rfc3339(info.validity.not_after_ms),
+                        path = %self.acme.store.certificate_path().display(),
+                        "ACME certificate issued; now served on every TLS listener"
+                    );
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);

@@ -313,20 +313,26 @@ contact = "postmaster@example.com""#,
         assert_eq!(documented, defaults);
     }
 
-    /// Rule: a damaged stored certificate (here: a key that is not its own) does not stop the
-    /// server; the placeholder is served and the manager sees no certificate, so it orders.
+    /// Rules: a CA answer whose key does not match is refused before it replaces the stored
+    /// certificate; a damaged stored certificate does not stop the server: the placeholder is
+    /// served and the manager sees no certificate, so it orders.
     #[test]
-    fn a_damaged_certificate_falls_back_to_the_placeholder() {
+    fn damaged_certificates_never_replace_or_block() {
         let dir = tempfile::tempdir().unwrap();
         let acme = Acme::new(parse(r#"domains = ["mail.example.com"]"#), dir.path());
         let params = rcgen::CertificateParams::new(vec!["mail.example.com".into()]).unwrap();
-        let cert = params
-            .self_signed(&rcgen::KeyPair::generate().unwrap())
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let good = acme
+            .store
+            .save_certificate(&cert.pem(), &key.serialize_pem())
             .unwrap();
-        let other_key = rcgen::KeyPair::generate().unwrap();
-        acme.store
-            .save_certificate(&cert.pem(), &other_key.serialize_pem())
-            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let refused = acme.store.save_certificate(&cert.pem(), &other_key);
+        assert!(refused.is_err());
+        assert_eq!(acme.usable_certificate().unwrap().1, good.info);
+
+        std::fs::write(acme.store.certificate_path(), cert.pem() + &other_key).unwrap();
         assert!(acme.usable_certificate().is_none());
         let (_, info) = acme.server_config().unwrap();
         assert!(info.is_none());

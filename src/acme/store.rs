@@ -81,6 +81,15 @@ impl CertInfo {
 }
 
 impl Stored {
+    /// The chain (leaf first) and the key from one PEM text.
+    fn from_pem(pem: &[u8]) -> Result<Stored> {
+        let chain = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pemfile::private_key(&mut &pem[..])?.context("no private key")?;
+        let leaf = chain.first().context("no certificate")?;
+        let info = CertInfo::parse(leaf)?;
+        Ok(Stored { chain, key, info })
+    }
+
     /// The chain and key as rustls serves them; fails when the key does not match.
     pub fn certified_key(&self) -> Result<Arc<CertifiedKey>> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -147,16 +156,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let parsed = (|| {
-            let chain =
-                rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
-            let key =
-                rustls_pemfile::private_key(&mut pem.as_slice())?.context("no private key")?;
-            let leaf = chain.first().context("no certificate")?;
-            let info = CertInfo::parse(leaf)?;
-            anyhow::Ok(Stored { chain, key, info })
-        })();
-        parsed
+        Stored::from_pem(&pem)
             .map(Some)
             .with_context(|| format!("reading {}", path.display()))
     }
@@ -167,6 +167,11 @@ impl Store {
         pem.push('\n');
         pem.push_str(key_pem.trim_end());
         pem.push('\n');
+        // Checked before it replaces the stored one: a bad answer must not cost the good
+        // certificate.
+        Stored::from_pem(pem.as_bytes())?
+            .certified_key()
+            .context("the CA's answer")?;
         let path = self.certificate_path();
         self.write_private(&path, pem.as_bytes())?;
         self.load_certificate()?
