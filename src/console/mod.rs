@@ -461,6 +461,10 @@ fn request_for(fields: &std::collections::HashMap<String, String>) -> Result<Req
         "retry" => Request::QueueRetry { id, all },
         "hold" => Request::QueueHold { id, all },
         "release" => Request::QueueRelease { id, all },
+        // Before a release time the submitter asked for, as `outbox queue send-now`.
+        "send_now" => Request::QueueSendNow {
+            id: id.ok_or("send now takes one message id")?,
+        },
         "redrive" => Request::DlqRedrive { id, all },
         "delete" => Request::QueueDelete {
             id: id.ok_or("delete takes one message id")?,

@@ -30,6 +30,7 @@ fn notice(q: &std::collections::HashMap<String, String>) -> String {
         "retry",
         "hold",
         "release",
+        "send_now",
         "delete",
         "redrive",
         "unsuppress",
@@ -40,6 +41,8 @@ fn notice(q: &std::collections::HashMap<String, String>) -> String {
         q.get("changed").and_then(|n| n.parse::<u64>().ok()),
     ) {
         (Some(op), Some(n)) if known.contains(&op.as_str()) => {
+            // As its button says it: "send now", "reputation release".
+            let op = op.replace('_', " ");
             format!("<p class=\"notice\" id=\"notice\">{op}: {n} changed</p>")
         }
         _ => String::new(),
@@ -161,8 +164,8 @@ const LISTED_STATES: [MailState; 7] = [
 fn actions_for(session: &Session, record: &SubmissionRecord, back: &str) -> String {
     let id = record.id().to_string();
     let ops: &[&str] = match record.state {
-        MailState::Queued => &["retry", "hold", "delete"],
-        MailState::Held => &["release", "delete"],
+        MailState::Queued => &["retry", "send_now", "hold", "delete"],
+        MailState::Held => &["release", "send_now", "delete"],
         MailState::Dead => &["redrive", "delete"],
         _ => &[],
     };

@@ -170,7 +170,13 @@ def test_admin_signs_in_sees_the_chart_and_holds_then_releases(console, browser)
     assert state_of(server, later) == "held"
     browser.find_element(By.CSS_SELECTOR, "button[data-action=release]").click()
     WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "notice"), "release: 1"))
-    # Released mail is due at once (as `outbox queue release`): the sender takes it.
+    # Released, it is queued again but keeps the hour its submitter asked for (HOLDFOR), as
+    # `outbox queue release` does; "send now" is the explicit override (`queue send-now`).
+    record = records(server, "queue", "show", later)[0]
+    assert record["state"] == "queued" and record["due_ms"] == record["release_ms"], record
+    assert record["due_ms"] > time.time() * 1000 + 30 * 60 * 1000, record
+    browser.find_element(By.CSS_SELECTOR, "button[data-action=send_now]").click()
+    WebDriverWait(browser, WAIT).until(EC.text_to_be_present_in_element((By.ID, "notice"), "send now: 1"))
     wait_record(server, later, lambda r: r["state"] == "sent")
 
     # The bounced submission's page shows its per-recipient outcome and SES-side id.
@@ -300,7 +306,7 @@ def test_a_guard_hold_shows_and_the_admin_releases_it(start_server, console_hash
     assert [td.text for td in over] == ["50.00 %"] * len(over) and over
     holds[0].find_element(By.CSS_SELECTOR, "button[data-action=reputation_release]").click()
     notice = WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.ID, "notice")))
-    assert notice.text == "reputation_release: 1 changed"
+    assert notice.text == "reputation release: 1 changed"
     assert browser.find_element(By.ID, "holds").text == "Nothing is held."
     rep = json.loads(subprocess.run(
         [str(server.binary), "reputation", "--json", "--config", str(server.config_path)],
