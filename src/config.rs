@@ -169,6 +169,9 @@ pub struct TlsConfig {
     /// Where the development CA certificate is written (give it to test clients).
     pub ca: PathBuf,
     pub generate_dev_cert: bool,
+    /// Order the certificate from an ACME CA instead (`cert`, `key`, `ca` and
+    /// `generate_dev_cert` are then unused); see [`crate::acme`].
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Default for TlsConfig {
@@ -178,6 +181,7 @@ impl Default for TlsConfig {
             key: "../certs/dev-key.pem".into(),
             ca: "../certs/dev-ca.pem".into(),
             generate_dev_cert: true,
+            acme: None,
         }
     }
 }
@@ -759,6 +763,9 @@ impl Config {
         abs(&mut self.tls.cert);
         abs(&mut self.tls.key);
         abs(&mut self.tls.ca);
+        if let Some(acme) = &mut self.tls.acme {
+            acme.resolve_paths(base);
+        }
         match &mut self.sender.transport {
             TransportConfig::Dir { path } => abs(path),
             TransportConfig::Ses(_) | TransportConfig::Sqs(_) => {}
@@ -952,6 +959,9 @@ impl Config {
         }
         if let Some(console) = &self.console {
             problems.extend(console.problems());
+        }
+        if let Some(acme) = &self.tls.acme {
+            problems.extend(acme.problems(self.http.listen.len()));
         }
         if self.http.max_request_size < 4096 {
             problem!("http: max_request_size must be at least 4096");

@@ -47,10 +47,13 @@ struct Limits {
 }
 
 /// Binds every configured address and serves `router` on each until `stop`. Returns the bound
-/// addresses (port 0 resolved) and the accept tasks.
+/// addresses (port 0 resolved) and the accept tasks. With `acme_tls_alpn`, the listener also
+/// negotiates `acme-tls/1` for the CA's TLS-ALPN-01 validator (RFC 8737), whose certificate the
+/// ACME resolver in `tls` picks, and closes such a connection after the handshake.
 pub async fn serve(
     config: &HttpConfig,
     tls: Arc<Live<rustls::ServerConfig>>,
+    acme_tls_alpn: bool,
     router: Router,
     stop: watch::Receiver<bool>,
 ) -> Result<(Vec<SocketAddr>, Vec<JoinHandle<()>>)> {
@@ -79,6 +82,7 @@ pub async fn serve(
         tasks.push(tokio::spawn(accept_loop(
             listener,
             tls.clone(),
+            acme_tls_alpn,
             router.clone(),
             slots.clone(),
             per_ip.clone(),
@@ -89,9 +93,11 @@ pub async fn serve(
     Ok((bound, tasks))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<Live<rustls::ServerConfig>>,
+    acme_tls_alpn: bool,
     router: Router,
     slots: Arc<Semaphore>,
     per_ip: Arc<ConnectionLimiter>,
@@ -133,6 +139,11 @@ async fn accept_loop(
             _ => {
                 let mut config = (*current).clone();
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                if acme_tls_alpn {
+                    config
+                        .alpn_protocols
+                        .push(crate::acme::challenge::ACME_TLS_ALPN.to_vec());
+                }
                 let acceptor = TlsAcceptor::from(Arc::new(config));
                 cached = Some((current, acceptor.clone()));
                 acceptor
@@ -153,6 +164,10 @@ async fn accept_loop(
                     return;
                 }
             };
+            // RFC 8737 §3: the validator only looks at the certificate; nothing is served.
+            if stream.get_ref().1.alpn_protocol() == Some(crate::acme::challenge::ACME_TLS_ALPN) {
+                return;
+            }
             // Handlers that need the client's address (e.g. a JMAP submission's Received
             // header) read it as `ConnectInfo<SocketAddr>`.
             let service = tower::ServiceExt::map_request(
@@ -369,6 +384,7 @@ mod tests {
             key: dir.path().join("key.pem"),
             ca: dir.path().join("ca.pem"),
             generate_dev_cert: true,
+            acme: None,
         };
         let tls = Live::new(crate::tls::server_config(&tls).unwrap());
         let config = HttpConfig {
@@ -378,7 +394,9 @@ mod tests {
             ..HttpConfig::default()
         };
         let (_stop_tx, stop) = watch::channel(false);
-        let (bound, _tasks) = serve(&config, tls, Router::new(), stop).await.unwrap();
+        let (bound, _tasks) = serve(&config, tls, false, Router::new(), stop)
+            .await
+            .unwrap();
         let _a = tokio::net::TcpStream::connect(bound[0]).await.unwrap();
         let _b = tokio::net::TcpStream::connect(bound[0]).await.unwrap();
         let mut c = tokio::net::TcpStream::connect(bound[0]).await.unwrap();

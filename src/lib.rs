@@ -27,12 +27,14 @@
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
 //! - [`tls`]: rustls configuration and development certificates.
+//! - [`acme`]: certificates from an ACME CA (Let's Encrypt), renewed and swapped in live.
 //! - [`redb_file`]: a redb file that is reopened after an I/O error (spool, JMAP store).
 //! - [`redb_format`]: the format version kept in each redb file; migration or refusal.
 //! - [`clock`]: injected wall-clock time.
 //! - `fuzzing` (hidden): the fuzz targets, shared by `fuzz/` and `tests/fuzz_corpus.rs`.
 
 pub mod accounts;
+pub mod acme;
 pub mod activity;
 pub mod address;
 pub mod admin;

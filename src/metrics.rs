@@ -35,6 +35,11 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrderResult {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Transport {
     pub transport: String,
 }
@@ -56,6 +61,10 @@ pub struct Metrics {
     pub feedback_events: Family<Reason, Counter>,
     /// Suppression entries added by feedback.
     pub suppressions_added: Counter,
+    /// ACME orders by result (`issued`, `failed`).
+    pub acme_orders: Family<OrderResult, Counter>,
+    /// When the served TLS certificate expires, Unix seconds (0: unknown).
+    pub tls_certificate_expiry: Gauge,
     queue_length: Gauge,
     dead_letters: Gauge,
     held: Gauge,
@@ -84,6 +93,8 @@ impl Metrics {
             feedback_messages: Family::default(),
             feedback_events: Family::default(),
             suppressions_added: Counter::default(),
+            acme_orders: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
             queue_length: Gauge::default(),
             dead_letters: Gauge::default(),
             held: Gauge::default(),
@@ -115,6 +126,14 @@ impl Metrics {
             .observe(seconds);
     }
 
+    pub fn acme_order(&self, result: &str) {
+        self.acme_orders
+            .get_or_create(&OrderResult {
+                result: result.into(),
+            })
+            .inc();
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -132,6 +151,16 @@ impl Metrics {
             reputation.register_metrics(&mut registry);
         }
         let m = self;
+        registry.register(
+            "acme_orders",
+            "ACME certificate orders by result (issued, failed)",
+            m.acme_orders.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_seconds",
+            "When the served TLS certificate expires (Unix time, seconds)",
+            m.tls_certificate_expiry.clone(),
+        );
         registry.register(
             "smtp_connections",
             "SMTP connections accepted",

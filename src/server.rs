@@ -51,7 +51,14 @@ pub fn check(config: &Config) -> Vec<String> {
     {
         problems.push(format!("{e:#}"));
     }
-    if config.tls.cert.exists() && config.tls.key.exists() {
+    if let Some(acme) = &config.tls.acme {
+        // The certificate comes from the CA; only the directory's extra roots are files.
+        if let Some(path) = &acme.directory_ca {
+            if let Err(e) = crate::acme::client::read_roots(path) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+    } else if config.tls.cert.exists() && config.tls.key.exists() {
         if let Err(e) = tls::server_config(&config.tls) {
             problems.push(format!("tls: {e:#}"));
         }
@@ -76,7 +83,29 @@ pub async fn run(
     let directory = Live::new(Directory::from_config(&config.accounts)?);
     crate::state_files::create_dir(&config.state_dir, crate::state_files::STATE_DIR_MODE)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let tls_config = Live::new(tls::server_config(&config.tls)?);
+    // With ACME: the stored certificate, or a self-signed placeholder until the first order
+    // completes (the server starts either way; see `acme`).
+    let acme = config
+        .tls
+        .acme
+        .clone()
+        .map(|c| crate::acme::Acme::new(c, &config.state_dir));
+    let (tls_config, cert_info) = match &acme {
+        Some(acme) => {
+            let (server_config, info) = acme.server_config()?;
+            if info.is_none() {
+                tracing::warn!(
+                    domains = ?acme.config.domains,
+                    "no ACME certificate yet: serving a self-signed placeholder until the first order completes"
+                );
+            }
+            (Live::new(server_config), info)
+        }
+        None => (
+            Live::new(tls::server_config(&config.tls)?),
+            tls::file_cert_info(&config.tls),
+        ),
+    };
     // The composition root is the one place that picks the storage backend.
     let spool = match (config.spool.backend, &config.spool.aws) {
         (SpoolBackend::Aws, Some(aws)) => {
@@ -141,6 +170,7 @@ pub async fn run(
     sender.in_flight = InFlight::new(config.sender.max_in_flight_bytes);
     sender.dkim = DkimKeys::load(&config.dkim)?;
     let metrics = Metrics::new();
+    crate::acme::manager::record_expiry(&metrics, cert_info.as_ref());
     let _ = metrics.reputation.set(reputation.clone());
     sender.metrics = metrics.clone();
     sender.reputation = Some(reputation.clone());
@@ -291,9 +321,43 @@ pub async fn run(
         )?)),
         None => router,
     };
-    let (https, https_tasks) =
-        crate::http::serve(&config.http, tls_config.clone(), router, stop_rx.clone()).await?;
+    let acme_tls_alpn = acme
+        .as_ref()
+        .is_some_and(|a| a.config.challenge == crate::acme::ChallengeKind::TlsAlpn01);
+    let (https, https_tasks) = crate::http::serve(
+        &config.http,
+        tls_config.clone(),
+        acme_tls_alpn,
+        router,
+        stop_rx.clone(),
+    )
+    .await?;
     tasks.extend(https_tasks);
+    // After the HTTPS listener is bound: the CA's TLS-ALPN-01 validator connects to it.
+    if let Some(acme) = &acme {
+        if acme_tls_alpn && !config.http.listen.iter().any(|a| a.port() == 443) {
+            tracing::warn!(
+                "tls.acme: the CA validates tls-alpn-01 on port 443 and no [http] listener is on 443; forward 443 here or use challenge = \"http-01\""
+            );
+        }
+        if acme.config.challenge == crate::acme::ChallengeKind::Http01 {
+            let (_, task) = crate::acme::challenge::serve_http01(
+                acme.config.http_listen,
+                acme.challenges.clone(),
+                stop_rx.clone(),
+            )
+            .await?;
+            tasks.push(task);
+        }
+        let manager = crate::acme::manager::Manager {
+            acme: acme.clone(),
+            issuer: crate::acme::client::AcmeIssuer::new(acme.clone())?,
+            tls: tls_config.clone(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+        };
+        workers.push(tokio::spawn(manager.run(stop_rx.clone())));
+    }
     let https: Vec<String> = https.iter().map(ToString::to_string).collect();
 
     let metrics_addr = match config.metrics.listen {
@@ -312,6 +376,8 @@ pub async fn run(
         config_path,
         directory.clone(),
         tls_config.clone(),
+        acme.clone(),
+        metrics.clone(),
         stop_rx.clone(),
     ));
     metrics.set_ready(true);
@@ -358,6 +424,8 @@ async fn reload_on_sighup(
     path: Option<PathBuf>,
     directory: Arc<Live<Directory>>,
     tls_config: Arc<Live<rustls::ServerConfig>>,
+    acme: Option<Arc<crate::acme::Acme>>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -374,13 +442,14 @@ async fn reload_on_sighup(
         let _ = sd_notify::notify(&reloading);
         let loaded = Config::load(path).and_then(|config| {
             let accounts = Directory::from_config(&config.accounts)?;
-            let tls = tls::server_config(&config.tls)?;
+            let tls = reload_tls(&config, acme.as_deref())?;
             Ok((accounts, tls))
         });
         match loaded {
-            Ok((accounts, tls)) => {
+            Ok((accounts, (tls, info))) => {
                 directory.set(accounts);
                 tls_config.set(tls);
+                crate::acme::manager::record_expiry(&metrics, info.as_ref());
                 tracing::info!(config = %path.display(), "configuration reloaded: accounts, identities, TLS");
             }
             Err(e) => {
@@ -388,5 +457,31 @@ async fn reload_on_sighup(
             }
         }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// The TLS configuration a reload swaps in: the certificate files again, or (with ACME, which
+/// was decided at start) the stored ACME certificate. Changes to `tls.acme` take effect at the
+/// next start: the renewal loop runs with the table it started with.
+fn reload_tls(
+    config: &Config,
+    acme: Option<&crate::acme::Acme>,
+) -> Result<(rustls::ServerConfig, Option<crate::acme::store::CertInfo>)> {
+    match acme {
+        Some(acme) => {
+            if config.tls.acme.as_ref() != Some(&acme.config) {
+                tracing::warn!("tls.acme changed: the change takes effect at the next start");
+            }
+            acme.server_config()
+        }
+        None => {
+            if config.tls.acme.is_some() {
+                tracing::warn!("tls.acme added: ACME starts at the next start");
+            }
+            Ok((
+                tls::server_config(&config.tls)?,
+                tls::file_cert_info(&config.tls),
+            ))
+        }
     }
 }

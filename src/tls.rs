@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
 use rustls::ServerConfig;
 
 use crate::config::TlsConfig;
@@ -25,14 +26,30 @@ pub fn server_config(tls: &TlsConfig) -> Result<ServerConfig> {
     }
     let certs = load_certs(&tls.cert)?;
     let key = load_key(&tls.key)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        // TLS 1.2 or later only (RFC 8996 deprecates 1.0/1.1).
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+    let config = builder()?
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
     Ok(config)
+}
+
+/// A server configuration whose certificate `resolver` picks per handshake (ACME: the issued
+/// certificate, or a TLS-ALPN-01 answer).
+pub fn with_resolver(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig> {
+    Ok(builder()?.with_cert_resolver(resolver))
+}
+
+fn builder() -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(ServerConfig::builder_with_provider(provider)
+        // TLS 1.2 or later only (RFC 8996 deprecates 1.0/1.1).
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth())
+}
+
+/// Facts about the configured certificate file's leaf (for the expiry metric).
+pub fn file_cert_info(tls: &TlsConfig) -> Option<crate::acme::store::CertInfo> {
+    let certs = load_certs(&tls.cert).ok()?;
+    crate::acme::store::CertInfo::parse(certs.first()?).ok()
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {

@@ -209,6 +209,7 @@ mod tests {
             key: dir.path().join("key.pem"),
             ca: dir.path().join("ca.pem"),
             generate_dev_cert: true,
+            acme: None,
         };
         let server_tls = crate::tls::server_config(&tls).unwrap();
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -226,9 +227,10 @@ mod tests {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             ..HttpConfig::default()
         };
-        let (addrs, tasks) = crate::http::serve(&config, Live::new(server_tls), router, stop_rx)
-            .await
-            .unwrap();
+        let (addrs, tasks) =
+            crate::http::serve(&config, Live::new(server_tls), false, router, stop_rx)
+                .await
+                .unwrap();
         let base = format!("https://127.0.0.1:{}", addrs[0].port());
 
         // The default client trusts the public WebPKI roots, not a private CA.
