@@ -251,7 +251,12 @@ def test_package_install_send_as_another_user_and_purge(outbox_bin, tmp_path):
         assert owner(next(mail.glob("*.eml")))[0] == "outbox"
 
         # mailq (the alternatives link) and an online backup work as root, config found alone.
-        assert "0 message(s)" in run("mailq", cwd="/").stdout
+        # The file lands before the sender records the message sent: mailq shows it queued
+        # for that moment, then empty.
+        deadline = time.monotonic() + 30
+        while "0 message(s)" not in (listing := run("mailq", cwd="/").stdout):
+            assert time.monotonic() < deadline, listing
+            time.sleep(0.1)
         backup = tmp_path / "spool-backup.redb"
         run("outbox", "spool", "backup", str(backup), cwd="/")
         assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
