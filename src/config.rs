@@ -198,7 +198,8 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// Free space the state folder's disk must keep; below it new mail gets 452 4.3.1.
     pub min_free_disk_bytes: u64,
-    /// Memory the embedded spool (redb) may use to cache its pages, read and written.
+    /// Memory the embedded spool (redb) may use to cache its pages, read and written
+    /// (16 MiB: the queue's hot pages fit; message bytes are read once and need no cache).
     pub cache_bytes: u64,
     /// How long a sender holds a message before another may take it (SQS visibility timeout).
     pub visibility_timeout_secs: u64,

@@ -346,13 +346,15 @@ pub struct SpoolOptions {
     pub retention_ms: u64,
     /// Seed for retry jitter (tests fix it).
     pub jitter_seed: u64,
-    /// Page cache of the embedded backend (redb's own, read and write).
+    /// Page cache of the embedded backend (redb's own, read and write; [`DEFAULT_CACHE_BYTES`]).
     pub cache_bytes: u64,
 }
 
-/// redb's page cache for the spool file: its default (1 GiB) would keep every page of every
-/// message read or written lately, while a message is read once, when it is sent.
-pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+/// redb's page cache for the spool file. Its own default (1 GiB) keeps the pages of every
+/// message written or read lately — a message is read once, when it is sent — so a 40 MB
+/// message took 3× its size while sent; with 16 MiB, 1.05× (and small-message throughput did
+/// not drop: see README "Storage").
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl From<&SpoolConfig> for SpoolOptions {
     fn from(c: &SpoolConfig) -> Self {
