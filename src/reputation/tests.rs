@@ -14,20 +14,11 @@ use crate::spool::{Settlement, Spool, SpoolOptions};
 
 const START: u64 = 1_800_000_000_000 + 5 * 60_000;
 
+/// The contract suite's options, without fsync (these tests never crash).
 fn options() -> SpoolOptions {
     SpoolOptions {
         fsync: false,
-        max_messages: 100,
-        max_bytes: 1_000_000,
-        min_free_disk_bytes: 0,
-        visibility_timeout_ms: 60_000,
-        max_attempts: 5,
-        retry_base_ms: 1_000,
-        retry_max_ms: 10_000,
-        dead_letter_retention_ms: 14 * 24 * HOUR_MS,
-        retention_ms: 30 * 24 * HOUR_MS,
-        jitter_seed: 7,
-        cache_bytes: crate::spool::DEFAULT_CACHE_BYTES,
+        ..crate::spool::contract::options()
     }
 }
 
