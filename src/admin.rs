@@ -448,6 +448,15 @@ async fn act_on(
 
 /// The client side: one request, one answer.
 pub async fn request(socket: &Path, request: &Request) -> Result<Response> {
+    Ok(exchange(socket, request).await?.0)
+}
+
+/// Sends `request` and reads the answer line; the reader is left where the answer ended
+/// (a backup's bytes follow it).
+async fn exchange(
+    socket: &Path,
+    request: &Request,
+) -> Result<(Response, BufReader<tokio::net::unix::OwnedReadHalf>)> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "connecting to {} (is `outbox serve` running?)",
@@ -458,30 +467,6 @@ pub async fn request(socket: &Path, request: &Request) -> Result<Response> {
     let mut text = serde_json::to_string(request)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
-    let response: Response = serde_json::from_str(&line).context("reading the daemon's answer")?;
-    if let Some(error) = &response.error {
-        anyhow::bail!("{error}");
-    }
-    Ok(response)
-}
-
-/// The client side of [`Request::SpoolBackup`]: writes the daemon's copy of the spool to
-/// `dest` (mode 0600, fsync'd) and returns its length. A short read is an error: the file is
-/// removed rather than left truncated.
-pub async fn backup(socket: &Path, dest: &Path) -> Result<u64> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "connecting to {} (is `outbox serve` running?)",
-            socket.display()
-        )
-    })?;
-    let (read, mut write) = stream.into_split();
-    let mut text = serde_json::to_string(&Request::SpoolBackup)?;
-    text.push('\n');
-    write.write_all(text.as_bytes()).await?;
     let mut reader = BufReader::new(read);
     let mut line = String::new();
     reader.read_line(&mut line).await?;
@@ -489,6 +474,15 @@ pub async fn backup(socket: &Path, dest: &Path) -> Result<u64> {
     if let Some(error) = &response.error {
         anyhow::bail!("{error}");
     }
+    Ok((response, reader))
+}
+
+/// The client side of [`Request::SpoolBackup`]: writes the daemon's copy of the spool to
+/// `dest` (mode 0600, fsync'd) and returns its length. A short read is an error: the file is
+/// removed rather than left truncated.
+pub async fn backup(socket: &Path, dest: &Path) -> Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (response, mut reader) = exchange(socket, &Request::SpoolBackup).await?;
     let expected = response
         .backup_bytes
         .context("the daemon's answer has no backup length")?;
