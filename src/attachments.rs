@@ -6,7 +6,7 @@
 //! submission — SMTP 550 5.6.0 at the end of DATA, JMAP `invalidEmail`, `sendmail` exit 65 —
 //! naming the file, instead of being accepted and failed later by SES.
 
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 
 /// The extensions, lower case, without the dot.
 const SES_UNSUPPORTED: &[&str] = &[
@@ -31,7 +31,7 @@ pub struct RefusedAttachment {
 /// The first part whose file name (Content-Disposition `filename` or Content-Type `name`,
 /// RFC 2231/2047 decoded) has an extension SES refuses.
 pub fn refused_by_ses(mime: &[u8]) -> Option<RefusedAttachment> {
-    let message = MessageParser::default().parse(mime)?;
+    let message = crate::message::parse_mime(mime)?;
     message.parts.iter().find_map(|part| {
         let name = part.attachment_name()?;
         let (_, extension) = name.trim_end_matches(['.', ' ']).rsplit_once('.')?;

@@ -1,5 +1,24 @@
 //! Header-level edits of raw MIME, done on bytes so the body is never re-encoded.
 
+/// mail-parser's full parse of a message we did not write. mail-parser 0.11.9 panics on some
+/// broken multipart nesting ("Invalid part ID, could not find multipart", found by the
+/// `signature` fuzz target with a multipart inside message/rfc822 inside multipart): at send
+/// time that panic would end a sender task, on every retry. Here it is a message that does not
+/// parse (the panic hook still prints it; it is logged once more with context).
+pub fn parse_mime(mime: &[u8]) -> Option<mail_parser::Message<'_>> {
+    let parse = || mail_parser::MessageParser::default().parse(mime);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)) {
+        Ok(parsed) => parsed,
+        Err(_) => {
+            tracing::warn!(
+                bytes = mime.len(),
+                "the MIME parser failed on this message; treated as unreadable"
+            );
+            None
+        }
+    }
+}
+
 /// Where the body starts: just past the first empty line (or the end, for a header-only
 /// message).
 pub fn body_offset(mime: &[u8]) -> usize {
@@ -145,5 +164,32 @@ mod tests {
         assert_eq!(strip_headers(b"\r\nbody", &["bcc"]), b"\r\nbody");
         let m = b"Bcc: y\r\n\r\n";
         assert_eq!(strip_headers(m, &["bcc"]), b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    /// The `signature` fuzz target's finding: a multipart in a message/rfc822 in a multipart,
+    /// with broken headers, makes mail-parser 0.11.9 panic. `parse_mime` says "unreadable".
+    #[test]
+    fn a_message_that_panics_mail_parser_is_unreadable() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/regressions/signature/multipart-in-rfc822-panics-mail-parser"
+        );
+        // The first byte picks the fuzz target's signature; the message follows.
+        let mime = &std::fs::read(path).unwrap()[1..];
+        let raw = std::panic::catch_unwind(|| mail_parser::MessageParser::default().parse(mime));
+        assert!(
+            raw.is_err(),
+            "mail-parser no longer panics here: parse_mime's guard may go"
+        );
+        assert!(super::parse_mime(mime).is_none());
+        // And signing leaves it as it is, rather than ending the sender task.
+        let sig = crate::signature::Signature {
+            text: Some("-- \nA"),
+            html: None,
+        };
+        assert_eq!(crate::signature::inject_signature(mime, &sig), mime);
     }
 }

@@ -40,7 +40,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
 use mail_parser::decoders::charsets::map::charset_decoder;
-use mail_parser::{Attribute, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{Attribute, Message, MessagePart, MimeHeaders, PartType};
 
 /// The signature to add; `None` (or blank) means "nothing of that kind".
 pub struct Signature<'a> {
@@ -111,7 +111,7 @@ pub fn signature_edits(mime: &[u8], signature: &Signature<'_>) -> Vec<Edit> {
         return Vec::new();
     }
     // A "message" without a single header field is not one we can safely edit.
-    let parsed = MessageParser::default().parse(mime);
+    let parsed = crate::message::parse_mime(mime);
     let Some(message) = parsed.filter(|m| m.parts.first().is_some_and(|p| !p.headers.is_empty()))
     else {
         return Vec::new();

@@ -1,2 +1,5 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| outbox::fuzzing::header_from(data));
+libfuzzer_sys::fuzz_target!(
+    init: outbox::fuzzing::tolerate_contained_parser_panic(),
+    |data: &[u8]| outbox::fuzzing::header_from(data)
+);

@@ -1,6 +1,6 @@
 //! Header parsing with the From ownership check, and signature injection.
 
-use mail_parser::{HeaderName, Message, MessageParser, MimeHeaders};
+use mail_parser::{HeaderName, Message, MimeHeaders};
 
 use super::smtp::alice;
 use crate::message::strip_headers;
@@ -27,9 +27,7 @@ pub fn header_from(data: &[u8]) {
         return;
     }
     let sent = strip_headers(data, &["Bcc", "X-Outbox-Class"]);
-    let parsed = MessageParser::default()
-        .parse(&sent)
-        .expect("an accepted message parses");
+    let parsed = crate::message::parse_mime(&sent).expect("an accepted message parses");
     let mut froms = 0;
     for header in parsed.headers() {
         let from = header.name == HeaderName::From;
@@ -82,7 +80,7 @@ pub fn signature(data: &[u8]) {
     };
     let sig = &SIGNATURES[usize::from(pick) % SIGNATURES.len()];
     let out = inject_signature(mime, sig);
-    let Some(before) = MessageParser::default().parse(mime) else {
+    let Some(before) = crate::message::parse_mime(mime) else {
         assert_eq!(out, mime, "an unreadable message was changed");
         return;
     };
@@ -90,9 +88,8 @@ pub fn signature(data: &[u8]) {
         assert_eq!(out, mime, "a message without headers was changed");
         return;
     }
-    let after = MessageParser::default()
-        .parse(&out)
-        .expect("signed output is a message mail-parser reads");
+    let after =
+        crate::message::parse_mime(&out).expect("signed output is a message mail-parser reads");
     assert!(
         !after.headers().is_empty(),
         "signed output lost its headers"

@@ -72,7 +72,7 @@ pub fn read_blob(jmap: &Jmap, account: &str, blob_id: &str) -> anyhow::Result<Op
     let (Some(mime), Ok(part)) = (rx.blob(account, base)?, part.parse::<u32>()) else {
         return Ok(None);
     };
-    let Some(message) = MessageParser::default().parse(&mime) else {
+    let Some(message) = crate::message::parse_mime(&mime) else {
         return Ok(None);
     };
     Ok(message.part(part).map(|p| p.contents().to_vec()))
@@ -129,7 +129,7 @@ struct BodyValueOptions {
 }
 
 fn email_object(id: &str, meta: &EmailMeta, mime: &[u8], opts: &BodyValueOptions) -> Value {
-    let parsed = MessageParser::default().parse(mime);
+    let parsed = crate::message::parse_mime(mime);
     let mut o = json!({
         "id": id,
         "blobId": meta.blob_id,

@@ -50,7 +50,7 @@ fn m(s: &str) -> Vec<u8> {
     s.replace('\n', "\r\n").into_bytes()
 }
 fn parse(raw: &[u8]) -> Message<'_> {
-    MessageParser::default().parse(raw).expect("output parses")
+    mail_parser::MessageParser::default().parse(raw).expect("output parses")
 }
 fn text_of(msg: &Message<'_>, id: usize) -> String {
     msg.parts[id].text_contents().unwrap_or_default().into()
