@@ -150,7 +150,11 @@ fn bodies(msg: &Message<'_>, id: usize, depth: usize, out: &mut Vec<(usize, Kind
     };
     match &part.body {
         PartType::Text(_) | PartType::Html(_) => {
-            let kind = body_kind(part);
+            let header = msg
+                .raw_message()
+                .get(part.offset_header as usize..part.offset_body as usize)
+                .unwrap_or_default();
+            let kind = body_kind(part).filter(|_| !names_a_file(header));
             out.extend(kind.map(|kind| (id, kind)));
             kind.is_some()
         }
@@ -168,6 +172,20 @@ fn bodies(msg: &Message<'_>, id: usize, depth: usize, out: &mut Vec<(usize, Kind
         }
         _ => false,
     }
+}
+
+/// Whether a part's header, as written, has a `name` or `filename` parameter (RFC 2231 forms
+/// too), however malformed: a parameter mail-parser could not read (an unterminated quoted
+/// `name="`, found by the `signature` fuzz target) still makes the part a file to some
+/// reader, so no signature goes into it.
+fn names_a_file(header: &[u8]) -> bool {
+    let lower = header.to_ascii_lowercase();
+    lower.windows(5).enumerate().any(|(i, w)| {
+        w.starts_with(b"name")
+            && matches!(w[4], b'=' | b'*' | b' ' | b'\t')
+            && i.checked_sub(1)
+                .is_none_or(|p| matches!(lower[p], b';' | b' ' | b'\t' | b'\n' | b'e'))
+    })
 }
 
 /// Whether a leaf text part is a plain or HTML body (`None`: attachment or another text type).

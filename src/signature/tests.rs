@@ -50,7 +50,9 @@ fn m(s: &str) -> Vec<u8> {
     s.replace('\n', "\r\n").into_bytes()
 }
 fn parse(raw: &[u8]) -> Message<'_> {
-    mail_parser::MessageParser::default().parse(raw).expect("output parses")
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("output parses")
 }
 fn text_of(msg: &Message<'_>, id: usize) -> String {
     msg.parts[id].text_contents().unwrap_or_default().into()
@@ -404,4 +406,33 @@ fn a_part_that_already_holds_the_signature_is_not_signed_again() {
     // A body that merely mentions a name is signed.
     let plain = "From: a@example.com\nContent-Type: text/plain\n\nAsk Alice at Example Corp\n";
     assert_eq!(count(&inject_signature(&m(plain), &TEXT_ONLY), TSIG), 1);
+}
+
+/// The `signature` fuzz target's third finding: a part whose `name="` never closes is no
+/// attachment to mail-parser before signing and one after. Any file-name parameter as
+/// written keeps the signature out of the part.
+#[test]
+fn a_part_that_names_a_file_however_malformed_is_not_signed() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/regressions/signature/unterminated-name-parameter"
+    );
+    let mime = &std::fs::read(path).unwrap()[1..];
+    let sig = Signature {
+        text: Some("-- \nAlice"),
+        html: None,
+    };
+    let out = inject_signature(mime, &sig);
+    let (_, file) = split_at(&out, "name=\"");
+    assert_eq!(count(file, "Alice"), 0, "{}", String::from_utf8_lossy(&out));
+    assert!(names_a_file(
+        b"Content-Type: text/plain; name=\"a.txt\"\r\n"
+    ));
+    assert!(names_a_file(
+        b"Content-Disposition: inline; FILENAME*0*=x\r\n"
+    ));
+    assert!(names_a_file(b"Content-Type: text/plain; name=\"\r\n"));
+    assert!(!names_a_file(
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+    ));
 }
