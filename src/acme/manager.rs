@@ -163,18 +163,23 @@ mod tests {
         }
     }
 
+    /// An ACME setup for one name, its state under `dir`.
+    fn test_acme(dir: &std::path::Path) -> Arc<Acme> {
+        let config: AcmeConfig = toml::from_str(
+            r#"domains = ["mail.example.com"]
+directory = "https://ca.test/dir""#,
+        )
+        .unwrap();
+        Acme::new(config, dir)
+    }
+
     /// Rule: no certificate → order at once; a 10-day certificate is renewed at half its life
     /// (the 30-day margin capped); failures retry after 60 s, then 120 s; every success is
     /// swapped into the live TLS configuration and counted.
     #[tokio::test(start_paused = true)]
     async fn orders_at_once_renews_halfway_and_backs_off() {
         let dir = tempfile::tempdir().unwrap();
-        let config: AcmeConfig = toml::from_str(
-            r#"domains = ["mail.example.com"]
-directory = "https://ca.test/dir""#,
-        )
-        .unwrap();
-        let acme = Acme::new(config, dir.path());
+        let acme = test_acme(dir.path());
         let (placeholder, _) = acme.server_config().unwrap();
         let tls = Live::new(placeholder);
         let first = tls.get();
@@ -234,12 +239,7 @@ directory = "https://ca.test/dir""#,
     #[tokio::test(start_paused = true)]
     async fn a_stored_certificate_is_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let config: AcmeConfig = toml::from_str(
-            r#"domains = ["mail.example.com"]
-directory = "https://ca.test/dir""#,
-        )
-        .unwrap();
-        let acme = Acme::new(config, dir.path());
+        let acme = test_acme(dir.path());
         let clock: Arc<dyn Clock> = TokioClock::new(BASE_MS);
         let (calls_tx, mut calls) = tokio::sync::mpsc::unbounded_channel();
         let ca = FakeCa {

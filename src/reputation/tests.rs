@@ -31,6 +31,17 @@ fn config() -> ReputationConfig {
 }
 
 async fn queue(spool: &Spool, clock: &ManualClock, class: MessageClass, to: &str) -> QueueId {
+    queue_as(spool, clock, "news", class, to).await
+}
+
+/// Queues one message from `identity` to `to`.
+async fn queue_as(
+    spool: &Spool,
+    clock: &ManualClock,
+    identity: &str,
+    class: MessageClass,
+    to: &str,
+) -> QueueId {
     let now = clock.now_ms();
     let id = QueueId::generate(now);
     spool
@@ -44,8 +55,8 @@ async fn queue(spool: &Spool, clock: &ManualClock, class: MessageClass, to: &str
         tenant_id: "t".into(),
         account_id: "a".into(),
         user_id: "u".into(),
-        identity_id: "news".into(),
-        mail_from: "news@example.com".into(),
+        identity_id: identity.into(),
+        mail_from: format!("{identity}@example.com"),
         recipients: vec![to.into()],
         message_class: class,
         size: 10,
@@ -60,7 +71,18 @@ async fn queue(spool: &Spool, clock: &ManualClock, class: MessageClass, to: &str
 
 /// Queues and sends one message to `to`; the provider id is `ses-<to>`.
 async fn send(spool: &Spool, clock: &ManualClock, class: MessageClass, to: &str) {
-    queue(spool, clock, class, to).await;
+    send_as(spool, clock, "news", class, to).await
+}
+
+/// Queues and sends one message from `identity` to `to`; the provider id is `ses-<to>`.
+async fn send_as(
+    spool: &Spool,
+    clock: &ManualClock,
+    identity: &str,
+    class: MessageClass,
+    to: &str,
+) {
+    queue_as(spool, clock, identity, class, to).await;
     let lease = spool
         .queue
         .lease(1, Duration::ZERO)
@@ -297,45 +319,11 @@ async fn cost_of_refresh_and_check_with_a_week_of_rows() {
     let spool = open_spool(&dir, &clock);
     let ids: Vec<String> = (0..20).map(|i| format!("id{i}")).collect();
     let made = std::time::Instant::now();
-    for _hour in 0..192 {
+    for hour in 0..192 {
         for id in &ids {
             for class in MessageClass::ALL {
-                let now = clock.now_ms();
-                let qid = QueueId::generate(now);
-                spool
-                    .blobs
-                    .put(qid, vec![Bytes::from_static(b"x")])
-                    .await
-                    .unwrap();
-                let job = Job {
-                    id: qid,
-                    login: "l".into(),
-                    tenant_id: "t".into(),
-                    account_id: "a".into(),
-                    user_id: "u".into(),
-                    identity_id: id.clone(),
-                    mail_from: "x@example.com".into(),
-                    recipients: vec!["r@example.net".into()],
-                    message_class: class,
-                    size: 1,
-                };
-                spool
-                    .queue
-                    .enqueue(SubmissionRecord::queued(job, now, now, None))
-                    .await
-                    .unwrap();
-                let lease = spool
-                    .queue
-                    .lease(1, Duration::ZERO)
-                    .await
-                    .unwrap()
-                    .pop()
-                    .unwrap();
-                let sent = Settlement::Sent {
-                    provider_id: format!("ses-{qid}"),
-                    message_id: None,
-                };
-                spool.queue.settle(&lease, sent).await.unwrap();
+                let to = format!("{id}-{class}-{hour}@example.net");
+                send_as(&spool, &clock, id, class, &to).await;
             }
         }
         clock.advance_ms(HOUR_MS);
