@@ -24,6 +24,7 @@
 //! - [`jmap`]: the JMAP bridge (RFC 8620/8621): drafts, identities, EmailSubmission, push.
 //! - [`feedback`]: SES events over SNS (HTTPS or an SQS queue) → submission status, suppressions.
 //! - [`message`]: byte-level header edits (strip Bcc, read a header).
+//! - [`rope`]: a message as shared pieces, so the outgoing one does not copy the stored one.
 //! - [`signature`]: the identity's signature, injected into text and HTML parts at send time.
 //! - [`live`]: values a reload (SIGHUP) swaps while the server runs.
 //! - [`tls`]: rustls configuration and development certificates.
@@ -55,6 +56,7 @@ pub mod metrics;
 pub mod redb_file;
 pub mod redb_format;
 pub mod reputation;
+pub mod rope;
 pub mod sender;
 pub mod sendmail;
 pub mod server;

@@ -22,10 +22,19 @@ pub fn parse_mime(mime: &[u8]) -> Option<mail_parser::Message<'_>> {
 /// Where the body starts: just past the first empty line (or the end, for a header-only
 /// message).
 pub fn body_offset(mime: &[u8]) -> usize {
-    if mime.starts_with(b"\r\n") {
-        return 2;
+    match header_end(mime) {
+        end if end < mime.len() => end + 2,
+        end => end,
     }
-    memfind(mime, b"\r\n\r\n").map_or(mime.len(), |i| i + 4)
+}
+
+/// Where the header fields end: at the empty line before the body (the line is left out), or
+/// the end, for a header-only message.
+pub fn header_end(mime: &[u8]) -> usize {
+    if mime.starts_with(b"\r\n") {
+        return 0;
+    }
+    memfind(mime, b"\r\n\r\n").map_or(mime.len(), |i| i + 2)
 }
 
 fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {

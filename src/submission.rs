@@ -623,7 +623,9 @@ mod tests {
             };
             let mut stored = b"Received: from x ([127.0.0.1])\r\n\tby mx.test (Outbox);\r\n\tMon, 1 Jan 2024 00:00:00 +0000\r\n".to_vec();
             stored.extend_from_slice(&mime);
-            let sent = crate::sender::prepare::outgoing_mime(&job, &stored, &identity, "mx.test");
+            let stored = bytes::Bytes::from(stored);
+            let sent =
+                crate::sender::prepare::outgoing_mime(&job, &stored, &identity, "mx.test").to_vec();
             let parsed = MessageParser::default().parse_headers(&sent).unwrap();
             let froms = parsed
                 .headers()

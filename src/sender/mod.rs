@@ -247,6 +247,7 @@ async fn outbound(sender: &Sender, job: &Job) -> Result<OutboundMessage, Deliver
             ..identity.clone()
         });
     let identity = overridden.as_ref().unwrap_or(identity);
+    // The outgoing message shares the stored one's bytes: `stored` goes with its last piece.
     let mime = prepare::outgoing_mime(job, &stored, identity, &sender.hostname);
     drop(stored);
     let domain = job.mail_from.rsplit_once('@').map_or("", |(_, d)| d);
@@ -599,7 +600,7 @@ mod tests {
         );
         let last = attempts.last().unwrap();
         assert_eq!(last.recipients, ["to@example.net", "hidden@example.net"]);
-        let text = String::from_utf8(last.mime.clone()).unwrap();
+        let text = String::from_utf8(last.mime.to_vec()).unwrap();
         assert!(!text.to_lowercase().contains("bcc:"), "{text}");
         assert!(!text.contains("X-Outbox-Class"), "{text}");
         assert!(text.contains("Subject: s\r\n\r\nbody\r\n"), "{text}");

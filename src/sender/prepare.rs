@@ -3,10 +3,13 @@
 //! (RFC 6409 §8.2, §8.3), the identity's signature added, and the provider tags computed.
 //! The stored copy is never changed.
 
+use bytes::Bytes;
+
 use crate::accounts::Identity;
 use crate::clock::rfc5322_date;
 use crate::domain::Job;
-use crate::message::{header_values, strip_headers_into};
+use crate::message::{header_end, header_values, strip_headers_into};
+use crate::rope::Rope;
 use crate::signature::{signature_edits, Signature};
 use crate::submission::CLASS_HEADER;
 
@@ -80,61 +83,54 @@ const SES_CONTROL_HEADERS: [&str; 5] = [
     "X-SES-RETURN-PATH-ARN",
 ];
 
-/// Room left at the end of the outgoing message's allocation for a `DKIM-Signature` field
-/// (RSA-4096's `b=` alone is 684 characters), so signing inserts it without a second copy.
-pub const SIGNATURE_FIELD_ROOM: usize = 2048;
-
-/// Builds the outgoing message in one pass over the stored one: the added `Date` and
-/// `Message-ID` fields, then the stored message with our header edits and the signature's
-/// part rewrites applied as it is copied. The result is the one full copy, with room for DKIM.
-pub fn outgoing_mime(job: &Job, stored: &[u8], identity: &Identity, hostname: &str) -> Vec<u8> {
+/// Builds the outgoing message over the stored one: the added `Date` and `Message-ID` fields
+/// and the stored header block with our edits (copied: it is small), then the stored body
+/// shared, not copied, with the signature's rewritten parts in place of the ones they replace.
+/// The first piece holds whole header fields and the rest starts with the empty line before
+/// the body, the shape DKIM signing reads without joining them.
+pub fn outgoing_mime(job: &Job, stored: &Bytes, identity: &Identity, hostname: &str) -> Rope {
     let mut strip = vec!["Bcc", CLASS_HEADER];
     strip.extend(SES_CONTROL_HEADERS);
-    let mut added = String::new();
+    let mut head = Vec::new();
     // Neither is among the stripped fields: asking the stored message is asking the result.
     if header_values(stored, "Date").is_empty() {
-        added.push_str(&format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())));
+        head.extend_from_slice(
+            format!("Date: {}\r\n", rfc5322_date(job.id.created_ms())).as_bytes(),
+        );
     }
     if header_values(stored, "Message-ID").is_empty() {
         // Stable across retries, so a retried message is recognisably the same one.
-        added.push_str(&format!("Message-ID: <{}@{}>\r\n", job.id, hostname));
+        head.extend_from_slice(format!("Message-ID: <{}@{}>\r\n", job.id, hostname).as_bytes());
     }
     let signature = Signature {
         text: identity.text_signature.as_deref(),
         html: identity.html_signature.as_deref(),
     };
     // The signature's edits do not depend on the fields we strip or add (they are not MIME
-    // fields), so they are found in the stored message and applied while copying it.
+    // fields), so they are found in the stored message and put in place of what they replace.
     let edits = if signature.text.is_some() || signature.html.is_some() {
         signature_edits(stored, &signature)
     } else {
         Vec::new()
     };
-    let replaced: usize = edits.iter().map(|e| e.range.len()).sum();
-    let inserted: usize = edits.iter().map(|e| e.bytes.len()).sum();
-    let mut mime = Vec::with_capacity(
-        added.len() + (stored.len() - replaced) + inserted + SIGNATURE_FIELD_ROOM,
-    );
-    mime.extend_from_slice(added.as_bytes());
-    // Pieces in order: stored stretches and edits. Only the first starts the message, so
-    // only it holds the header fields to strip (a rewritten first part holds them too).
+    let mut pieces = Vec::with_capacity(2 * edits.len() + 1);
     let mut pos = 0;
-    let mut first = true;
-    let mut copy = |piece: &[u8], mime: &mut Vec<u8>| {
-        if std::mem::take(&mut first) {
-            strip_headers_into(piece, &strip, mime);
-        } else {
-            mime.extend_from_slice(piece);
-        }
-    };
-    for edit in &edits {
-        if edit.range.start > pos {
-            copy(&stored[pos..edit.range.start], &mut mime);
-        }
-        copy(&edit.bytes, &mut mime);
+    for edit in edits {
+        pieces.push(stored.slice(pos..edit.range.start));
+        pieces.push(Bytes::from(edit.bytes));
         pos = edit.range.end;
     }
-    copy(&stored[pos..], &mut mime);
+    pieces.push(stored.slice(pos..));
+    // Only the first non-empty piece starts the message, so only it holds the header fields
+    // to strip (a rewritten first part holds them too).
+    let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
+    let first = pieces.next().unwrap_or_default();
+    let end = header_end(&first);
+    strip_headers_into(&first[..end], &strip, &mut head);
+    let mut mime = Rope::new();
+    mime.push(Bytes::from(head));
+    mime.push(first.slice(end..));
+    pieces.for_each(|p| mime.push(p));
     mime
 }
 
@@ -222,11 +218,16 @@ mod tests {
         assert_eq!(tag_value(&"x".repeat(300)).len(), 256);
     }
 
+    /// The outgoing message for `stored`, joined.
+    fn outgoing(stored: &[u8], signature: Option<&str>) -> Vec<u8> {
+        let stored = Bytes::copy_from_slice(stored);
+        outgoing_mime(&record(), &stored, &identity(signature), "mx.test").to_vec()
+    }
+
     #[test]
     fn adds_missing_date_and_message_id_strips_bcc() {
         let stored = b"Received: x\r\nFrom: alice@mail.example.com\r\nBcc: h@example.net\r\nX-Outbox-Class: bulk\r\nx-ses-configuration-set: theirs\r\nX-SES-MESSAGE-TAGS: campaign=x\r\nX-SES-SOURCE-ARN: arn:aws:ses:us-east-1:1:identity/other.example\r\n\r\nhi\r\n";
-        let out = String::from_utf8(outgoing_mime(&record(), stored, &identity(None), "mx.test"))
-            .unwrap();
+        let out = String::from_utf8(outgoing(stored, None)).unwrap();
         assert!(out.starts_with("Date: Thu, 1 Jan 1970 00:00:00 +0000\r\nMessage-ID: <0000000000000000000000000Z@mx.test>\r\n"), "{out}");
         assert!(
             !out.contains("Bcc") && !out.contains("X-Outbox-Class"),
@@ -236,22 +237,13 @@ mod tests {
         assert!(!out.to_ascii_lowercase().contains("x-ses-"), "{out}");
         let kept =
             b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\n\r\nhi\r\n";
-        assert_eq!(
-            outgoing_mime(&record(), kept, &identity(None), "mx.test"),
-            kept
-        );
+        assert_eq!(outgoing(kept, None), kept);
     }
 
     #[test]
     fn signature_added_at_send_time() {
         let stored = b"Date: Mon, 2 Jan 2006 15:04:05 +0000\r\nMessage-ID: <a@b>\r\nFrom: x\r\nContent-Type: text/plain\r\n\r\nhi\r\n";
-        let out = String::from_utf8(outgoing_mime(
-            &record(),
-            stored,
-            &identity(Some("-- \nAlice")),
-            "mx.test",
-        ))
-        .unwrap();
+        let out = String::from_utf8(outgoing(stored, Some("-- \nAlice"))).unwrap();
         assert!(out.contains("hi\r\n") && out.contains("Alice"), "{out}");
     }
     /// The pipeline as it was before the one-pass build: strip, prepend, then sign a copy.
@@ -281,17 +273,16 @@ mod tests {
         let no_body = b"From: alice@mail.example.com\r\nBcc: x@example.net\r\n\r\n";
         for stored in [&single[..], &multi[..], &no_body[..]] {
             for sig in [None, Some("-- \nAlice")] {
-                let out = outgoing_mime(&record(), stored, &identity(sig), "mx.test");
+                let out = outgoing(stored, sig);
                 assert_eq!(
                     String::from_utf8_lossy(&out),
                     String::from_utf8_lossy(&in_steps(stored, &identity(sig)))
                 );
-                assert!(out.capacity() >= out.len() + SIGNATURE_FIELD_ROOM);
                 assert!(!String::from_utf8_lossy(&out).contains("Bcc"));
             }
         }
         // The signature did go in (the comparison above is not between two no-ops).
-        let signed = outgoing_mime(&record(), multi, &identity(Some("-- \nAlice")), "mx.test");
+        let signed = outgoing(multi, Some("-- \nAlice"));
         // (In multipart/mixed only the last body part is signed: the HTML one.)
         assert!(
             String::from_utf8_lossy(&signed).contains("Alice<br>")
@@ -299,5 +290,37 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&signed)
         );
+    }
+
+    #[test]
+    fn the_body_is_shared_with_the_stored_message_not_copied() {
+        let attachment = "QUJD".repeat(50_000);
+        let stored = Bytes::from(format!("From: a@example.com\r\nBcc: x@example.net\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"));
+        let within = |p: &[u8]| {
+            let (start, end) = (
+                stored.as_ptr() as usize,
+                stored.as_ptr() as usize + stored.len(),
+            );
+            (start..end).contains(&(p.as_ptr() as usize))
+        };
+        for sig in [None, Some("-- \nAlice")] {
+            let out = outgoing_mime(&record(), &stored, &identity(sig), "mx.test");
+            let pieces: Vec<&[u8]> = out.pieces().collect();
+            // The head: whole fields of our own; then the body from its empty line on.
+            assert!(!within(pieces[0]) && pieces[0].ends_with(b"\r\n"));
+            assert_eq!(crate::message::header_end(pieces[0]), pieces[0].len());
+            assert!(pieces[1].starts_with(b"\r\n"), "{:?}", &pieces[1][..10]);
+            let copied: usize = pieces[1..]
+                .iter()
+                .filter(|p| !within(p))
+                .map(|p| p.len())
+                .sum();
+            assert!(
+                copied < 1_000,
+                "{copied} octets of the body were copied (signature {sig:?})"
+            );
+            assert_eq!(out.contains(b"Alice"), sig.is_some());
+            assert_eq!(out.len(), out.to_vec().len());
+        }
     }
 }

@@ -19,10 +19,16 @@ impl DirTransport {
     }
 }
 
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically<'a>(
+    dir: &Path,
+    name: &str,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
+    for piece in pieces {
+        file.write_all(piece)?;
+    }
     file.sync_data()?;
     std::fs::rename(&tmp, dir.join(name))
 }
@@ -38,8 +44,12 @@ fn deliver(dir: &Path, message: &OutboundMessage) -> std::io::Result<String> {
         "identity_id": message.job.identity_id,
         "message_class": message.job.message_class,
     });
-    write_atomically(dir, &format!("{id}.json"), envelope.to_string().as_bytes())?;
-    write_atomically(dir, &format!("{id}.eml"), &message.mime)?;
+    write_atomically(
+        dir,
+        &format!("{id}.json"),
+        [envelope.to_string().as_bytes()],
+    )?;
+    write_atomically(dir, &format!("{id}.eml"), message.mime.pieces())?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(format!("{id}.eml"))
 }

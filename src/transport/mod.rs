@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Job;
+use crate::rope::Rope;
 
 /// A message ready to go: envelope resolved, headers that must not leave already removed.
 #[derive(Debug, Clone)]
@@ -22,7 +23,9 @@ pub struct OutboundMessage {
     pub job: Job,
     pub mail_from: String,
     pub recipients: Vec<String>,
-    pub mime: Vec<u8>,
+    /// The message as shared pieces (see [`crate::rope`]): transports that can take it piece
+    /// by piece do, so a large message is not copied once more to be sent.
+    pub mime: Rope,
     /// Provider tags (SES `EmailTags`), already in the provider's alphabet.
     pub tags: Vec<(String, String)>,
     /// The identity's SES configuration set, if it names one.

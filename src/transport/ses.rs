@@ -93,7 +93,7 @@ impl SesTransport {
             };
         }
         let raw = match RawMessage::builder()
-            .data(Blob::new(message.mime.clone()))
+            .data(Blob::new(message.mime.to_vec()))
             .build()
         {
             Ok(raw) => raw,

@@ -38,7 +38,7 @@ impl SqsTransport {
             .bucket(&self.config.bucket)
             .key(&key)
             .content_type("message/rfc822")
-            .body(ByteStream::from(message.mime.clone()))
+            .body(ByteStream::from(message.mime.to_bytes()))
             .send()
             .await;
         if let Err(e) = put {

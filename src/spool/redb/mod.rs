@@ -42,6 +42,10 @@ use writer::Op;
 
 const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
 const BLOB_CHUNKS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("blob_chunks");
+/// The largest value a message is stored in: a read holds one of these at a time beside the
+/// message being assembled, not a second copy of a large message (issue 13). Older spools
+/// may hold larger ones; they read the same.
+const BLOB_CHUNK_MAX: usize = 256 * 1024;
 const QUEUE: TableDefinition<(u64, u128), ()> = TableDefinition::new("queue_v2");
 const HELD: TableDefinition<u128, ()> = TableDefinition::new("held");
 const DEAD: TableDefinition<(u64, u128), ()> = TableDefinition::new("dead_v2");
@@ -448,20 +452,26 @@ impl Blobs for RedbSpool {
             tokio::task::spawn_blocking(move || {
                 let txn = file.begin_read().map_err(SpoolError::storage)?;
                 let table = txn.open_table(BLOB_CHUNKS).map_err(SpoolError::storage)?;
-                let mut parts = Vec::new();
-                for entry in table
-                    .range((id.0, 0)..=(id.0, u32::MAX))
-                    .map_err(SpoolError::storage)?
-                {
-                    parts.push(entry.map_err(SpoolError::storage)?.1);
+                let chunks = || {
+                    table
+                        .range((id.0, 0)..=(id.0, u32::MAX))
+                        .map_err(SpoolError::storage)
+                };
+                // Two passes, each holding one chunk at a time: the lengths, then the bytes
+                // into a buffer of the right size (collecting the chunks first, or growing
+                // the buffer, would hold a large message twice).
+                let mut total = 0;
+                for entry in chunks()? {
+                    total += entry.map_err(SpoolError::storage)?.1.value().len();
                 }
-                if parts.is_empty() {
-                    return Err(SpoolError::NotFound(id));
-                }
-                let total = parts.iter().map(|p| p.value().len()).sum();
                 let mut out = Vec::with_capacity(total);
-                for part in parts {
-                    out.extend_from_slice(part.value());
+                let mut any = false;
+                for entry in chunks()? {
+                    out.extend_from_slice(entry.map_err(SpoolError::storage)?.1.value());
+                    any = true;
+                }
+                if !any {
+                    return Err(SpoolError::NotFound(id));
                 }
                 Ok(Bytes::from(out))
             })
@@ -816,6 +826,35 @@ mod tests {
                 format!("Received: x\r\nm{n}").as_bytes()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_message_is_stored_in_bounded_pieces_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = RedbSpool::open(dir.path(), options(), ManualClock::new(START)).unwrap();
+        let body: Vec<u8> = (0..3 * BLOB_CHUNK_MAX + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (large, empty) = (QueueId::generate(START), QueueId::generate(START));
+        let chunks = vec![Bytes::from_static(b"Received: x\r\n"), Bytes::from(body)];
+        let whole = chunks.concat();
+        spool.put(large, chunks).await.unwrap();
+        spool.enqueue(record(large)).await.unwrap();
+        spool.put(empty, vec![Bytes::new()]).await.unwrap();
+        spool.enqueue(record(empty)).await.unwrap();
+        let txn = spool.file.begin_read().unwrap();
+        let table = txn.open_table(BLOB_CHUNKS).unwrap();
+        let sizes: Vec<usize> = table
+            .range((large.0, 0)..=(large.0, u32::MAX))
+            .unwrap()
+            .map(|e| e.unwrap().1.value().len())
+            .collect();
+        assert_eq!(sizes.len(), 5, "{sizes:?}");
+        assert!(sizes.iter().all(|s| *s <= BLOB_CHUNK_MAX), "{sizes:?}");
+        assert_eq!(Blobs::get(&*spool, large).await.unwrap(), whole);
+        assert!(Blobs::get(&*spool, empty).await.unwrap().is_empty());
+        let depth = spool.depth().await.unwrap();
+        assert_eq!(depth.stored_bytes, whole.len() as u64);
     }
 
     #[tokio::test]

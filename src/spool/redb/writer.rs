@@ -29,8 +29,8 @@ mod ledger;
 mod queue;
 
 use super::{
-    decode, encode, Usage, ACTIVITY, BLOB_CHUNKS, DEAD, FEED, FEEDBACK_SEEN, GUARD, HELD,
-    OLD_QUEUE, PROVIDER_IDS, QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
+    decode, encode, Usage, ACTIVITY, BLOB_CHUNKS, BLOB_CHUNK_MAX, DEAD, FEED, FEEDBACK_SEEN, GUARD,
+    HELD, OLD_QUEUE, PROVIDER_IDS, QUEUE, RECORDS, SUPPRESSIONS, UNCLAIMED, USAGE,
 };
 use crate::domain::{FeedbackApplied, FeedbackEvent, QueueId, SubmissionRecord, Suppression};
 use crate::spool::{
@@ -778,10 +778,17 @@ impl Writer {
             .insert(id.0, ())
             .map_err(table_err)?;
         let mut blobs = txn.open_table(BLOB_CHUNKS).map_err(table_err)?;
-        for (n, chunk) in chunks.iter().enumerate() {
-            blobs
-                .insert((id.0, n as u32), chunk.as_ref())
-                .map_err(table_err)?;
+        // Stored in pieces of at most BLOB_CHUNK_MAX; an empty message is one empty piece
+        // (chunk 0 is what says a message is stored).
+        let mut pieces = chunks
+            .iter()
+            .flat_map(|chunk| chunk.chunks(BLOB_CHUNK_MAX))
+            .peekable();
+        if pieces.peek().is_none() {
+            blobs.insert((id.0, 0), &[][..]).map_err(table_err)?;
+        }
+        for (n, piece) in pieces.enumerate() {
+            blobs.insert((id.0, n as u32), piece).map_err(table_err)?;
         }
         self.usage.messages.fetch_add(1, Ordering::Relaxed);
         self.usage.bytes.fetch_add(size, Ordering::Relaxed);

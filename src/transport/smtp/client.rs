@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::rope::Rope;
+
 use super::reply::{self, Extensions, Reply, ReplyError};
 use crate::config::SmarthostTls;
 
@@ -281,7 +283,7 @@ impl Connection {
         &mut self,
         mail_from: &str,
         recipients: &[String],
-        mime: &[u8],
+        mime: &Rope,
         reset: bool,
     ) -> Result<Reply, TxError> {
         let mut data_sent = false;
@@ -299,7 +301,7 @@ impl Connection {
         &mut self,
         mail_from: &str,
         recipients: &[String],
-        mime: &[u8],
+        mime: &Rope,
         reset: bool,
         data_sent: &mut bool,
     ) -> Result<Reply, SmtpError> {
@@ -451,19 +453,26 @@ async fn handshake(
 /// A message as DATA content (RFC 5321 §4.5.2): a line that starts with `.` gets one more, and
 /// the end-of-data line follows. The message's own final CRLF ends its last line, so only
 /// `.` CRLF is added after it (RFC 5321 §4.1.1.4); a message not ending in CRLF gets one first.
-/// Yields slices of the message (no copy) and the few octets added.
+/// Yields slices of the message's pieces (no copy) and the few octets added; a line may run
+/// across pieces.
 pub struct DotStuffed<'a> {
+    pieces: std::vec::IntoIter<&'a [u8]>,
+    /// What is left of the current piece.
     rest: &'a [u8],
-    /// `rest` starts a line that begins with a dot and that dot has not been doubled yet.
+    /// The next octet of the message starts a line.
+    at_line_start: bool,
+    /// `rest` starts with a dot that starts a line and has not been doubled yet.
     stuff_next: bool,
     end: Option<&'static [u8]>,
 }
 
 impl<'a> DotStuffed<'a> {
-    pub fn new(mime: &'a [u8]) -> DotStuffed<'a> {
+    pub fn new(mime: &'a Rope) -> DotStuffed<'a> {
         DotStuffed {
-            rest: mime,
-            stuff_next: mime.first() == Some(&b'.'),
+            pieces: mime.pieces().collect::<Vec<_>>().into_iter(),
+            rest: &[],
+            at_line_start: true,
+            stuff_next: false,
             end: Some(if mime.is_empty() || mime.ends_with(b"\r\n") {
                 b".\r\n"
             } else {
@@ -481,10 +490,17 @@ impl<'a> Iterator for DotStuffed<'a> {
             self.stuff_next = false;
             return Some(b".");
         }
-        if self.rest.is_empty() {
-            return self.end.take();
+        while self.rest.is_empty() {
+            let Some(piece) = self.pieces.next() else {
+                return self.end.take();
+            };
+            self.rest = piece;
+            if self.at_line_start && piece.first() == Some(&b'.') {
+                self.stuff_next = false;
+                return Some(b".");
+            }
         }
-        // Up to and including the next line break that a dot follows, or everything.
+        // Up to and including the next line break that a dot follows, or the piece's end.
         let mut from = 0;
         let cut = loop {
             match self.rest[from..].iter().position(|&b| b == b'\n') {
@@ -496,6 +512,7 @@ impl<'a> Iterator for DotStuffed<'a> {
         let (piece, rest) = self.rest.split_at(cut);
         self.rest = rest;
         self.stuff_next = !rest.is_empty();
+        self.at_line_start = piece.last() == Some(&b'\n');
         Some(piece)
     }
 }
@@ -517,7 +534,31 @@ mod tests {
     use super::*;
 
     fn stuffed(mime: &[u8]) -> Vec<u8> {
-        DotStuffed::new(mime).flatten().copied().collect()
+        stuffed_pieces(&[mime])
+    }
+
+    fn stuffed_pieces(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut mime = Rope::new();
+        pieces
+            .iter()
+            .for_each(|p| mime.push(bytes::Bytes::copy_from_slice(p)));
+        DotStuffed::new(&mime).flatten().copied().collect()
+    }
+
+    #[test]
+    fn dot_stuffing_is_the_same_however_the_message_is_cut() {
+        let mime: &[u8] = b".a\r\n..b\r\nc.\r\n.\r\n\r\n.d";
+        let whole = stuffed(mime);
+        for i in 0..=mime.len() {
+            for j in i..=mime.len() {
+                let cut = stuffed_pieces(&[&mime[..i], &mime[i..j], &mime[j..]]);
+                assert_eq!(
+                    String::from_utf8_lossy(&cut),
+                    String::from_utf8_lossy(&whole),
+                    "cut at {i} and {j}"
+                );
+            }
+        }
     }
 
     #[test]

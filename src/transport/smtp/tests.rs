@@ -161,7 +161,7 @@ fn message(recipients: &[&str], mime: &[u8]) -> Arc<OutboundMessage> {
         },
         mail_from: "alice@example.com".into(),
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        mime: mime.to_vec(),
+        mime: mime.into(),
         tags: Vec::new(),
         configuration_set: None,
     })
