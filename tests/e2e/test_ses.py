@@ -183,6 +183,8 @@ def test_ses_sends_signed_message_without_bcc_with_tags(moto, start_ses_server):
     assert req["Destination"] == {"ToAddresses": envelope}, req["Destination"]
     assert req["ConfigurationSetName"] == SES_ALICE["configuration_set"], req
     assert base64.b64decode(req["Content"]["Raw"]["Data"]) == raw.encode("utf-8")
+    # The message went into the request's body without the SDK's copies (README, "Memory").
+    assert not log_lines(server, "the SDK's way"), log_lines(server, "SES request")
     tags = req["EmailTags"]
     assert len(tags) == 7, tags
     assert {t["Name"]: t["Value"] for t in tags} == {
