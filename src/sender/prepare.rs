@@ -83,6 +83,10 @@ const SES_CONTROL_HEADERS: [&str; 5] = [
     "X-SES-RETURN-PATH-ARN",
 ];
 
+/// Stored stretches from this length on are shared with the outgoing message; shorter ones
+/// are copied.
+const SHARE_FROM: usize = 64 * 1024;
+
 /// Builds the outgoing message over the stored one: the added `Date` and `Message-ID` fields
 /// and the stored header block with our edits (copied: it is small), then the stored body
 /// shared, not copied, with the signature's rewritten parts in place of the ones they replace.
@@ -113,14 +117,20 @@ pub fn outgoing_mime(job: &Job, stored: &Bytes, identity: &Identity, hostname: &
     } else {
         Vec::new()
     };
+    // A short stretch is copied rather than shared: it must not keep a large message alive
+    // (the stored message whose only text part the signature rewrote, say).
+    let stretch = |range: std::ops::Range<usize>| match range.len() {
+        n if n < SHARE_FROM => Bytes::copy_from_slice(&stored[range]),
+        _ => stored.slice(range),
+    };
     let mut pieces = Vec::with_capacity(2 * edits.len() + 1);
     let mut pos = 0;
     for edit in edits {
-        pieces.push(stored.slice(pos..edit.range.start));
+        pieces.push(stretch(pos..edit.range.start));
         pieces.push(Bytes::from(edit.bytes));
         pos = edit.range.end;
     }
-    pieces.push(stored.slice(pos..));
+    pieces.push(stretch(pos..stored.len()));
     // Only the first non-empty piece starts the message, so only it holds the header fields
     // to strip (a rewritten first part holds them too).
     let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
@@ -322,5 +332,19 @@ mod tests {
             assert_eq!(out.contains(b"Alice"), sig.is_some());
             assert_eq!(out.len(), out.to_vec().len());
         }
+        // Large text and HTML alternatives the signature rewrites whole: nothing of the stored
+        // message is kept, not even the few octets of boundaries between them.
+        let lines = "hello\r\n".repeat(50_000);
+        let text = Bytes::from(format!(
+            "From: a@example.com\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n{lines}\r\n--b\r\nContent-Type: text/html\r\n\r\n<html><body>{lines}</body></html>\r\n--b--\r\n"
+        ));
+        let out = outgoing_mime(&record(), &text, &identity(Some("-- \nAlice")), "mx.test");
+        assert!(out.contains(b"Alice"));
+        let (start, end) = (text.as_ptr() as usize, text.as_ptr() as usize + text.len());
+        assert!(
+            out.pieces()
+                .all(|p| !(start..end).contains(&(p.as_ptr() as usize))),
+            "a piece still points into the stored message"
+        );
     }
 }
