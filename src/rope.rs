@@ -42,6 +42,11 @@ impl Rope {
         self.pieces.iter().map(|p| p.as_ref())
     }
 
+    /// The pieces themselves, shared (for a reader that outlives this borrow).
+    pub fn shared_pieces(&self) -> Vec<Bytes> {
+        self.pieces.clone()
+    }
+
     /// How many pieces (1 when the message is one stretch of bytes).
     pub fn piece_count(&self) -> usize {
         self.pieces.len()

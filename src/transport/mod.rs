@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod dir;
 pub mod ses;
+mod ses_body;
 pub mod smtp;
 pub mod sqs;
 

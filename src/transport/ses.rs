@@ -5,22 +5,18 @@
 //! so feedback events can find their submission. The SDK's own retries are off: the spool owns
 //! retrying, and every SES error is classified once, in [`classify`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use base64::Engine;
-
-use aws_sdk_sesv2::config::http::HttpRequest;
 use aws_sdk_sesv2::error::DisplayErrorContext;
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{Destination, EmailContent, MessageTag, RawMessage};
 use aws_sdk_sesv2::Client;
-use aws_smithy_types::body::SdkBody;
 
 use super::aws::{aws_config, delivery_for, Class};
+use super::ses_body::{StreamRawMessage, PLACEHOLDER};
 use super::{Delivery, OutboundMessage, SendFuture, Transport};
 use crate::config::SesConfig;
-use crate::rope::Rope;
 
 /// SES v2 accepts at most 50 destinations per `SendEmail`.
 pub const MAX_DESTINATIONS: usize = 50;
@@ -33,6 +29,11 @@ pub struct SesTransport {
     config: SesConfig,
     /// Where SES's `Message-ID`s live (see [`message_id_domain`]).
     message_id_domain: String,
+    /// The message is written into the request as it is sent (`ses_body`); false sends it the
+    /// SDK's way (the fallback, and the reference the tests compare with).
+    stream_body: bool,
+    /// Messages that went the SDK's way because the placeholder was not found.
+    fallbacks: std::sync::atomic::AtomicU64,
 }
 
 /// The domain of the `Message-ID` SES gives each message it sends, replacing the message's
@@ -60,6 +61,8 @@ impl SesTransport {
             client: Client::new(&shared),
             config,
             message_id_domain,
+            stream_body: true,
+            fallbacks: Default::default(),
         }
     }
 
@@ -80,7 +83,7 @@ impl SesTransport {
         }
     }
 
-    async fn send_email(&self, message: Arc<OutboundMessage>) -> Delivery {
+    async fn send_email(&self, message: &OutboundMessage) -> Delivery {
         if message.recipients.len() > MAX_DESTINATIONS {
             return Delivery::Reject {
                 reason: format!("more than {MAX_DESTINATIONS} recipients for one SES SendEmail"),
@@ -141,38 +144,22 @@ impl SesTransport {
                     .set_from_email_address_identity_arn(self.config.from_identity_arn.clone()),
             )
         };
-        // The SDK would hold the message three times over (its `Blob`, the base64 of it, the
-        // JSON it is copied into, grown by doubling). Instead it serializes a placeholder, and
-        // the request's body is rebuilt, before signing, with the message's base64 written
-        // straight from its pieces into a body of the right size. Should the placeholder ever
-        // not be found (a new SDK encoding the body otherwise), the message goes the SDK's way.
-        let spliced = (|| {
-            let failed = Arc::new(AtomicBool::new(false));
-            let (mime, flag) = (Arc::clone(&message), Arc::clone(&failed));
-            let operation = request(PLACEHOLDER.to_vec())?.customize().map_request(
-                move |mut req: HttpRequest| {
-                    let body = req.body().bytes().and_then(|b| splice(b, &mime.mime));
-                    let Some(body) = body else {
-                        flag.store(true, Ordering::Relaxed);
-                        return Err(SpliceFailed);
-                    };
-                    req.headers_mut()
-                        .insert("content-length", body.len().to_string());
-                    *req.body_mut() = SdkBody::from(body);
-                    Ok(req)
-                },
-            );
-            Ok::<_, aws_sdk_sesv2::error::BuildError>((operation, failed))
-        })();
-        let result = match spliced {
-            Ok((operation, failed)) => match operation.send().await {
-                Err(_) if failed.load(Ordering::Relaxed) => {
-                    tracing::warn!(id = %message.job.id, "the SES request had no placeholder to replace; sending it the SDK's way");
-                    None
+        // The message goes into the request's body as it is sent (see `ses_body`); should the
+        // SDK one day serialize the request otherwise, it goes the SDK's way.
+        let result = match request(PLACEHOLDER.to_vec()) {
+            Ok(operation) if self.stream_body => {
+                let stream = StreamRawMessage::new(&message.mime);
+                let failed = Arc::clone(&stream.failed);
+                match operation.customize().interceptor(stream).send().await {
+                    Err(_) if failed.load(Ordering::Relaxed) => {
+                        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(id = %message.job.id, "the SES request had no placeholder to replace; sending it the SDK's way");
+                        None
+                    }
+                    result => Some(result),
                 }
-                result => Some(result),
-            },
-            Err(_) => None,
+            }
+            _ => None,
         };
         let result = match result {
             Some(result) => result,
@@ -202,76 +189,6 @@ impl SesTransport {
     }
 }
 
-/// What the SDK serializes in place of the message: 33 octets (no base64 padding) whose
-/// base64 has a `+` and a `/`, so it cannot be any other field of the request (tags and set
-/// names are `[A-Za-z0-9_-]`, addresses have an `@`).
-const PLACEHOLDER: &[u8; 33] = b"\xfb\xef\xbfoutbox raw message placeholder";
-
-#[derive(Debug)]
-struct SpliceFailed;
-
-impl std::fmt::Display for SpliceFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no message placeholder in the serialized SendEmail request")
-    }
-}
-
-impl std::error::Error for SpliceFailed {}
-
-/// `body` (the serialized request) with the placeholder's base64, a JSON string of its own,
-/// replaced by the base64 of `mime`; None unless the placeholder is there exactly once.
-fn splice(body: &[u8], mime: &Rope) -> Option<Vec<u8>> {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let needle = format!("\"{}\"", engine.encode(PLACEHOLDER));
-    let needle = needle.as_bytes();
-    let mut found = body
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| w == &needle)
-        .map(|(i, _)| i);
-    let (Some(at), None) = (found.next(), found.next()) else {
-        return None;
-    };
-    let encoded = base64::encoded_len(mime.len(), true)?;
-    let mut out = Vec::with_capacity(body.len() - needle.len() + encoded + 2);
-    out.extend_from_slice(&body[..at + 1]);
-    encode_pieces(mime, &mut out);
-    out.extend_from_slice(&body[at + needle.len() - 1..]);
-    Some(out)
-}
-
-/// Appends the base64 (standard alphabet, padded) of `mime`, encoding piece by piece: the one
-/// or two octets a piece leaves over a multiple of three are joined with the next piece's.
-fn encode_pieces(mime: &Rope, out: &mut Vec<u8>) {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let append = |bytes: &[u8], out: &mut Vec<u8>| {
-        let start = out.len();
-        let len = base64::encoded_len(bytes.len(), true).expect("fits: it is in memory");
-        out.resize(start + len, 0);
-        let written = engine
-            .encode_slice(bytes, &mut out[start..])
-            .expect("sized by encoded_len");
-        debug_assert_eq!(written, len);
-    };
-    let mut carry: Vec<u8> = Vec::with_capacity(3);
-    for mut piece in mime.pieces() {
-        if !carry.is_empty() {
-            let take = (3 - carry.len()).min(piece.len());
-            carry.extend_from_slice(&piece[..take]);
-            piece = &piece[take..];
-            if carry.len() < 3 {
-                continue;
-            }
-            append(&carry, out);
-            carry.clear();
-        }
-        let whole = piece.len() / 3 * 3;
-        append(&piece[..whole], out);
-        carry.extend_from_slice(&piece[whole..]);
-    }
-    append(&carry, out);
-}
-
 impl Transport for SesTransport {
     fn name(&self) -> &'static str {
         "ses"
@@ -282,7 +199,7 @@ impl Transport for SesTransport {
     }
 
     fn send(&self, message: Arc<OutboundMessage>) -> SendFuture<'_> {
-        Box::pin(self.send_email(message))
+        Box::pin(async move { self.send_email(&message).await })
     }
 }
 
@@ -333,50 +250,198 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Class {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_sesv2::config::Credentials;
+    use base64::prelude::{Engine, BASE64_STANDARD};
+
     use super::*;
+    use crate::rope::Rope;
 
-    fn rope(pieces: &[&[u8]]) -> Rope {
-        let mut r = Rope::new();
-        pieces
-            .iter()
-            .for_each(|p| r.push(bytes::Bytes::copy_from_slice(p)));
-        r
-    }
-
-    #[test]
-    fn base64_by_pieces_is_the_base64_of_the_whole() {
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let mime: Vec<u8> = (0..40u8).collect();
-        for i in 0..=mime.len() {
-            for j in i..=mime.len() {
-                let mut out = Vec::new();
-                encode_pieces(&rope(&[&mime[..i], &mime[i..j], &mime[j..]]), &mut out);
-                assert_eq!(out, engine.encode(&mime).into_bytes(), "cut at {i} and {j}");
+    /// Records each request it gets and answers as SES does. Home-made because no real peer
+    /// here checks SigV4 (moto_server does not): the test checks it instead, as AWS would.
+    async fn capture_server() -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push_str(&line);
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        stream.read_exact(&mut body).await.unwrap();
+                        let _ = tx.send((head, body));
+                        let answer = r#"{"MessageId":"0100-captured"}"#;
+                        let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                        stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                    }
+                });
             }
-        }
-        let mut out = b"x".to_vec();
-        encode_pieces(&Rope::new(), &mut out);
-        assert_eq!(out, b"x");
+        });
+        (url, rx)
     }
 
-    #[test]
-    fn the_placeholder_is_replaced_by_the_message() {
-        let engine = &base64::engine::general_purpose::STANDARD;
-        let placeholder = engine.encode(PLACEHOLDER);
-        assert!(
-            placeholder.contains('+') && placeholder.contains('/') && !placeholder.contains('=')
-        );
-        let body = format!(r#"{{"Content":{{"Raw":{{"Data":"{placeholder}"}}}},"EmailTags":[]}}"#);
-        let mime = rope(&[b"Subject: x\r\n", b"\r\nhi\r\n"]);
-        let spliced = splice(body.as_bytes(), &mime).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+    /// Whether `head`'s SigV4 `Authorization` is the signature of the request with `body`, for
+    /// the test credentials: what SES checks before it reads anything.
+    fn signature_holds(head: &str, body: &[u8], at: std::time::SystemTime) -> bool {
+        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+        let mut lines = head.lines();
+        let request_line = lines.next().unwrap();
+        let mut words = request_line.split(' ');
+        let (method, path) = (words.next().unwrap(), words.next().unwrap());
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let authorization = header("authorization").unwrap();
+        let signed: Vec<&str> = authorization
+            .split("SignedHeaders=")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .split(';')
+            .collect();
+        // The signer writes x-amz-date itself, from `at`.
+        let to_sign: Vec<(&str, &str)> = headers
+            .iter()
+            .filter(|(n, _)| signed.contains(&n.as_str()) && n != "x-amz-date")
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let uri = format!("http://{}{path}", header("host").unwrap());
+        let identity = Credentials::new("AKIDTEST", "secret", None, None, "test").into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("ses")
+            .time(at)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let request =
+            SignableRequest::new(method, uri, to_sign.into_iter(), SignableBody::Bytes(body))
+                .unwrap();
+        let (_, signature) = sign(request, &params).unwrap().into_parts();
+        authorization.ends_with(&format!("Signature={signature}"))
+    }
+
+    fn transport(endpoint: &str, at: std::time::SystemTime, streamed: bool) -> SesTransport {
+        let conf = aws_sdk_sesv2::Config::builder()
+            .behavior_version(aws_sdk_sesv2::config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .region(aws_sdk_sesv2::config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .time_source(aws_smithy_async::time::StaticTimeSource::new(at))
+            .retry_config(aws_sdk_sesv2::config::retry::RetryConfig::disabled())
+            .build();
+        SesTransport {
+            client: Client::from_conf(conf),
+            config: toml::from_str("").unwrap(),
+            message_id_domain: "email.amazonses.com".into(),
+            stream_body: streamed,
+            fallbacks: Default::default(),
+        }
+    }
+
+    fn outbound(mime: Rope) -> Arc<OutboundMessage> {
+        Arc::new(OutboundMessage {
+            job: crate::domain::Job {
+                id: crate::domain::QueueId(7),
+                login: "alice".into(),
+                tenant_id: "t".into(),
+                account_id: "a".into(),
+                user_id: "u".into(),
+                identity_id: "i".into(),
+                mail_from: "alice@example.com".into(),
+                recipients: vec!["b@example.net".into()],
+                message_class: crate::domain::MessageClass::Transactional,
+                size: mime.len() as u64,
+            },
+            mail_from: "alice@example.com".into(),
+            recipients: vec!["b@example.net".into()],
+            mime,
+            tags: vec![("submission_id".into(), "x".into())],
+            configuration_set: Some("set".into()),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_streamed_body_is_what_the_sdk_would_send_and_its_signature_holds() {
+        let (url, mut requests) = capture_server().await;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        // Pieces as the sender builds them, not multiples of 3, one spanning several frames.
+        let mut mime = Rope::new();
+        mime.push(bytes::Bytes::from_static(
+            b"From: alice@example.com\r\nSubject: hi\r\n",
+        ));
+        mime.push(bytes::Bytes::from(
+            (0..200_000)
+                .map(|i| b"\r\nabcdefghij"[i % 12])
+                .collect::<Vec<u8>>(),
+        ));
+        mime.push(bytes::Bytes::from_static(b"-- \r\nAlice\r\n"));
+        let mut got = Vec::new();
+        for streamed in [true, false] {
+            let ses = transport(&url, at, streamed);
+            let sent = ses.send(outbound(mime.clone())).await;
+            assert_eq!(
+                sent,
+                Delivery::Sent {
+                    provider_id: "0100-captured".into()
+                }
+            );
+            assert_eq!(ses.fallbacks.load(Ordering::Relaxed), 0);
+            let (head, body) = requests.recv().await.unwrap();
+            assert!(
+                signature_holds(&head, &body, at),
+                "streamed {streamed}: {head}"
+            );
+            // A signature over another body must not hold (the check can fail).
+            let mut other = body.clone();
+            *other.last_mut().unwrap() ^= 1;
+            assert!(!signature_holds(&head, &other, at));
+            got.push((head, body));
+        }
+        // The same JSON as the SDK's own serialization, octet for octet.
+        assert_eq!(got[0].1, got[1].1);
+        let json: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
         let data = json["Content"]["Raw"]["Data"].as_str().unwrap();
-        assert_eq!(engine.decode(data).unwrap(), mime.to_vec());
-        assert_eq!(json["EmailTags"], serde_json::json!([]));
-        // Not there, or there twice: not ours to guess.
-        assert_eq!(splice(br#"{"Data":"aGk="}"#, &mime), None);
-        let twice = format!(r#"["{placeholder}","{placeholder}"]"#);
-        assert_eq!(splice(twice.as_bytes(), &mime), None);
+        assert_eq!(BASE64_STANDARD.decode(data).unwrap(), mime.to_vec());
+        assert!(got[0]
+            .0
+            .to_ascii_lowercase()
+            .contains(&format!("content-length: {}", got[0].1.len())));
     }
 
     #[test]
