@@ -62,3 +62,28 @@ pub trait Transport: Send + Sync {
         None
     }
 }
+
+/// A message from alice@example.com to `recipients`, for transport tests.
+#[cfg(test)]
+pub(crate) fn test_message(recipients: &[&str], mime: Rope) -> OutboundMessage {
+    let recipients: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    OutboundMessage {
+        job: Job {
+            id: crate::domain::QueueId(1),
+            login: "alice".into(),
+            tenant_id: "t".into(),
+            account_id: "a".into(),
+            user_id: "u".into(),
+            identity_id: "i".into(),
+            mail_from: "alice@example.com".into(),
+            recipients: recipients.clone(),
+            message_class: crate::domain::MessageClass::Transactional,
+            size: mime.len() as u64,
+        },
+        mail_from: "alice@example.com".into(),
+        recipients,
+        mime,
+        tags: Vec::new(),
+        configuration_set: None,
+    }
+}

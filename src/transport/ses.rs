@@ -375,25 +375,10 @@ mod tests {
     }
 
     fn outbound(mime: Rope) -> Arc<OutboundMessage> {
-        Arc::new(OutboundMessage {
-            job: crate::domain::Job {
-                id: crate::domain::QueueId(7),
-                login: "alice".into(),
-                tenant_id: "t".into(),
-                account_id: "a".into(),
-                user_id: "u".into(),
-                identity_id: "i".into(),
-                mail_from: "alice@example.com".into(),
-                recipients: vec!["b@example.net".into()],
-                message_class: crate::domain::MessageClass::Transactional,
-                size: mime.len() as u64,
-            },
-            mail_from: "alice@example.com".into(),
-            recipients: vec!["b@example.net".into()],
-            mime,
-            tags: vec![("submission_id".into(), "x".into())],
-            configuration_set: Some("set".into()),
-        })
+        let mut message = crate::transport::test_message(&["b@example.net"], mime);
+        message.tags = vec![("submission_id".into(), "x".into())];
+        message.configuration_set = Some("set".into());
+        Arc::new(message)
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@ use tokio::sync::Notify;
 
 use super::reply::Reply;
 use super::*;
-use crate::domain::{Job, MessageClass, QueueId};
 
 /// What the relay does.
 #[derive(Clone, Default)]
@@ -146,25 +145,7 @@ fn transport(port: u16) -> SmtpTransport {
 }
 
 fn message(recipients: &[&str], mime: &[u8]) -> Arc<OutboundMessage> {
-    Arc::new(OutboundMessage {
-        job: Job {
-            id: QueueId(1),
-            login: "alice".into(),
-            tenant_id: "t".into(),
-            account_id: "a".into(),
-            user_id: "u".into(),
-            identity_id: "i".into(),
-            mail_from: "alice@example.com".into(),
-            recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            message_class: MessageClass::Transactional,
-            size: mime.len() as u64,
-        },
-        mail_from: "alice@example.com".into(),
-        recipients: recipients.iter().map(|r| r.to_string()).collect(),
-        mime: mime.into(),
-        tags: Vec::new(),
-        configuration_set: None,
-    })
+    Arc::new(crate::transport::test_message(recipients, mime.into()))
 }
 
 fn kind(d: &Delivery) -> &'static str {
