@@ -142,6 +142,23 @@ fn retry(reason: &str) -> Settlement {
     }
 }
 
+/// A message larger than a chunk of either backend reads back octet for octet.
+pub(crate) async fn a_large_message_reads_back_whole(b: &impl Backend) {
+    let clock = ManualClock::new(START);
+    let options = SpoolOptions {
+        max_bytes: 10_000_000,
+        ..b.options()
+    };
+    let spool = b.open(options, clock.clone());
+    let body: String = (0..900_000u32)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let id = submit(&spool, &clock, &body).await;
+    let got = spool.blobs.get(id).await.unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body.as_bytes(), "the message came back different");
+}
+
 pub(crate) async fn leases_hide_until_the_deadline_then_reappear(b: &impl Backend) {
     let clock = ManualClock::new(START);
     let spool = b.open(b.options(), clock.clone());
@@ -1066,6 +1083,7 @@ mod redb {
 
     contract_suite!(redb();
         leases_hide_until_the_deadline_then_reappear,
+        a_large_message_reads_back_whole,
         extension_keeps_a_lease,
         the_queue_is_ordered_by_due_time_and_leases_in_batches,
         a_long_poll_wakes_when_mail_arrives,

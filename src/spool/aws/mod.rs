@@ -217,12 +217,19 @@ impl Blobs for AwsSpool {
                 .send()
                 .await;
             match got {
-                Ok(out) => Ok(out
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| SpoolError::Storage(format!("S3 GET body: {e}")))?
-                    .into_bytes()),
+                Ok(mut out) => {
+                    // Into one buffer of the announced size as the body arrives, each chunk
+                    // dropped once copied: collecting the chunks and then joining them would
+                    // hold a large message twice.
+                    let announced = out.content_length().unwrap_or(0).max(0) as usize;
+                    let mut mime = Vec::with_capacity(announced);
+                    while let Some(chunk) = out.body.next().await {
+                        let chunk =
+                            chunk.map_err(|e| SpoolError::Storage(format!("S3 GET body: {e}")))?;
+                        mime.extend_from_slice(&chunk);
+                    }
+                    Ok(Bytes::from(mime))
+                }
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
                     Err(SpoolError::NotFound(id))
                 }

@@ -166,6 +166,7 @@ mod contract {
 
     contract_suite!(aws();
         leases_hide_until_the_deadline_then_reappear,
+        a_large_message_reads_back_whole,
         extension_keeps_a_lease,
         the_queue_is_ordered_by_due_time_and_leases_in_batches,
         a_long_poll_wakes_when_mail_arrives,
