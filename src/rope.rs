@@ -80,10 +80,58 @@ impl Rope {
         }
     }
 
+    /// The pieces as an HTTP body, a frame each, for an upload that must not join them.
+    pub fn body(&self) -> RopeBody {
+        RopeBody {
+            remaining: self.len() as u64,
+            pieces: self.pieces.iter().cloned().collect(),
+        }
+    }
+
     /// Whether `needle` occurs in the message, across piece boundaries too.
     #[cfg(test)]
     pub fn contains(&self, needle: &[u8]) -> bool {
         self.to_vec().windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+impl FromIterator<Bytes> for Rope {
+    fn from_iter<I: IntoIterator<Item = Bytes>>(pieces: I) -> Rope {
+        let mut rope = Rope::new();
+        pieces.into_iter().for_each(|p| rope.push(p));
+        rope
+    }
+}
+
+/// [`Rope::body`]: the pieces in order, with an exact size (an upload states its length).
+#[derive(Debug, Clone)]
+pub struct RopeBody {
+    pieces: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for RopeBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let piece = this.pieces.pop_front();
+        if let Some(piece) = &piece {
+            this.remaining -= piece.len() as u64;
+        }
+        std::task::Poll::Ready(piece.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -138,6 +186,32 @@ mod tests {
         let one = Bytes::from(vec![7u8; 100]);
         let r = Rope::from(one.clone());
         assert_eq!(r.to_bytes().as_ptr(), one.as_ptr());
+    }
+
+    #[test]
+    fn the_body_yields_the_pieces_with_an_exact_size() {
+        use http_body::Body;
+        let r = rope(&[b"ab", b"", b"cde"]);
+        let mut body = r.body();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut got = Vec::new();
+        loop {
+            assert_eq!(body.size_hint().exact(), Some((r.len() - got.len()) as u64));
+            match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => {
+                    got.extend_from_slice(&frame.into_data().unwrap())
+                }
+                std::task::Poll::Ready(None) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(got, b"abcde");
+        let collected: Rope = [Bytes::from_static(b"x"), Bytes::new()]
+            .into_iter()
+            .collect();
+        assert_eq!(collected.piece_count(), 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_types::body::SdkBody;
 
 use super::aws::{aws_config, delivery_for, Class};
 use super::{Delivery, OutboundMessage, SendFuture, Transport};
@@ -38,7 +39,12 @@ impl SqsTransport {
             .bucket(&self.config.bucket)
             .key(&key)
             .content_type("message/rfc822")
-            .body(ByteStream::from(message.mime.to_bytes()))
+            // The pieces as they are, not joined into one more copy of the message.
+            .content_length(message.mime.len() as i64)
+            .body(ByteStream::new(SdkBody::retryable({
+                let mime = message.mime.clone();
+                move || SdkBody::from_body_1_x(mime.body())
+            })))
             .send()
             .await;
         if let Err(e) = put {

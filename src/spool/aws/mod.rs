@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -46,6 +47,7 @@ use super::{Blobs, Fut, Spool, SpoolError, SpoolOptions};
 use crate::clock::Clock;
 use crate::config::AwsSpoolConfig;
 use crate::domain::QueueId;
+use crate::rope::Rope;
 
 /// The AWS backend; one value serves as all three seams.
 pub struct AwsSpool {
@@ -189,17 +191,18 @@ where
 impl Blobs for AwsSpool {
     fn put(&self, id: QueueId, chunks: Vec<Bytes>) -> Fut<'_, ()> {
         Box::pin(async move {
-            // One body for the PUT: S3 wants its length up front.
-            let body = match chunks.len() {
-                1 => chunks.into_iter().next().unwrap_or_default(),
-                _ => Bytes::from(chunks.concat()),
-            };
+            // The chunks go as they are, not joined into one more copy; S3 gets the length
+            // up front.
+            let mime: Rope = chunks.into_iter().collect();
+            let length = mime.len() as i64;
+            let body = SdkBody::retryable(move || SdkBody::from_body_1_x(mime.body()));
             self.s3
                 .put_object()
                 .bucket(&self.bucket)
                 .key(self.blob_key(id))
                 .content_type("message/rfc822")
-                .body(ByteStream::from(body))
+                .content_length(length)
+                .body(ByteStream::new(body))
                 .send()
                 .await
                 .map_err(|e| aws_error("S3 PUT", e))?;
