@@ -246,15 +246,17 @@ fn rewrite(
         Cte::Base64 => b64_decode(body)?,
         _ => body.to_vec(),
     };
-    let text = crlf(&decode_charset(bytes, charset.as_deref())?);
+    // (A large part is in memory a few times over while it is rewritten: each step below
+    // drops what it no longer needs.)
+    let text = crlf_owned(decode_charset(bytes, charset.as_deref())?);
     if text.contains("-----BEGIN PGP") || already_signed(&text, sig, kind) {
         return None;
     }
     let new_text = match kind {
         Kind::Plain if param(part, "format").as_deref() == Some("flowed") => {
-            append(&text, &flowed_lines(sig))
+            append(text, &flowed_lines(sig))
         }
-        Kind::Plain => append(&text, sig),
+        Kind::Plain => append(text, sig),
         Kind::Html => insert_html(&text, sig),
     };
 
@@ -289,16 +291,54 @@ fn decode_charset(bytes: Vec<u8>, label: Option<&str>) -> Option<String> {
 /// Whether `body` already holds `sig` (see the module notes): compared without whitespace, and
 /// for HTML by visible text, so formatting a client added does not hide it.
 fn already_signed(body: &str, sig: &str, kind: Kind) -> bool {
-    let squeeze = |s: &str| -> String {
-        let s = match kind {
-            Kind::Plain => s.to_string(),
-            Kind::Html => visible_text(s),
-        };
-        s.chars().filter(|c| !c.is_whitespace()).collect()
+    fn visible(s: &str, kind: Kind) -> std::borrow::Cow<'_, str> {
+        match kind {
+            Kind::Plain => s.into(),
+            Kind::Html => visible_text(s).into(),
+        }
+    }
+    let squeezed = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<Vec<char>>()
     };
-    let sig = squeeze(sig);
-    // A signature of a few characters ("--") says nothing about who wrote it.
-    sig.chars().count() >= 4 && squeeze(body).contains(&sig)
+    let sig = squeezed(&visible(sig, kind));
+    // A signature of a few characters ("--") says nothing about who wrote it. The body is
+    // searched as it is read, not copied squeezed: it may be most of a large message.
+    let body = visible(body, kind);
+    sig.len() >= 4 && contains_chars(body.chars().filter(|c| !c.is_whitespace()), &sig)
+}
+
+/// Whether `needle` occurs in `haystack` (Knuth–Morris–Pratt over chars: one pass, no copy).
+fn contains_chars(haystack: impl Iterator<Item = char>, needle: &[char]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    // fail[i]: the length of the longest proper prefix of needle[..=i] that is also its suffix.
+    let mut fail = vec![0; needle.len()];
+    let mut k = 0;
+    for i in 1..needle.len() {
+        while k > 0 && needle[i] != needle[k] {
+            k = fail[k - 1];
+        }
+        if needle[i] == needle[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    let mut matched = 0;
+    for c in haystack {
+        while matched > 0 && c != needle[matched] {
+            matched = fail[matched - 1];
+        }
+        if c == needle[matched] {
+            matched += 1;
+        }
+        if matched == needle.len() {
+            return true;
+        }
+    }
+    false
 }
 
 /// HTML without its tags, with the entities a signature commonly uses decoded.
@@ -321,19 +361,27 @@ fn visible_text(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
-fn append(text: &str, sig: &str) -> String {
-    match text {
-        "" => sig.to_string(),
-        _ if text.ends_with("\r\n") => format!("{text}{sig}\r\n"),
-        _ => format!("{text}\r\n{sig}"),
+/// `text` with `sig` after it on a new line (in `text`'s own buffer).
+fn append(mut text: String, sig: &str) -> String {
+    match text.as_str() {
+        "" => text.push_str(sig),
+        _ if text.ends_with("\r\n") => {
+            text.push_str(sig);
+            text.push_str("\r\n");
+        }
+        _ => {
+            text.push_str("\r\n");
+            text.push_str(sig);
+        }
     }
+    text
 }
 
 fn insert_html(html: &str, sig: &str) -> String {
     // ASCII lowercasing keeps byte offsets, and "</body>" starts on a char boundary.
     match html.to_ascii_lowercase().rfind("</body>") {
         Some(i) => format!("{}{sig}\r\n{}", &html[..i], &html[i..]),
-        None => append(html, sig),
+        None => append(html.to_string(), sig),
     }
 }
 
@@ -492,7 +540,24 @@ fn crlf_bytes(input: &[u8]) -> Vec<u8> {
 
 fn crlf(text: &str) -> String {
     // Only ASCII CR/LF bytes are touched, so valid UTF-8 stays valid.
-    String::from_utf8_lossy(&crlf_bytes(text.as_bytes())).into_owned()
+    String::from_utf8(crlf_bytes(text.as_bytes()))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`crlf`] of an owned text, which is returned as it is when its line breaks are all CRLF
+/// already (a part read from a stored message): no copy of a large part.
+fn crlf_owned(text: String) -> String {
+    let bytes = text.as_bytes();
+    let all_crlf = bytes.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => bytes.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && bytes[i - 1] == b'\r',
+        _ => true,
+    });
+    if all_crlf {
+        text
+    } else {
+        crlf(&text)
+    }
 }
 
 /// Strict quoted-printable decoding (RFC 2045 §6.7); `None` on a malformed `=` sequence.

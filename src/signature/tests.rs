@@ -436,3 +436,50 @@ fn a_part_that_names_a_file_however_malformed_is_not_signed() {
         b"Content-Type: text/plain; charset=utf-8\r\n"
     ));
 }
+
+#[test]
+fn searching_without_copying_finds_what_contains_finds() {
+    // Deterministic pseudo-random strings over a small alphabet, so matches and near-misses
+    // (repeated prefixes, where a naive restart would go wrong) are common.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let alphabet = ['a', 'b', 'é', '-'];
+    for _ in 0..3000 {
+        let mut word =
+            |len: u64| -> String { (0..next(len)).map(|_| alphabet[next(4) as usize]).collect() };
+        let (haystack, needle) = (word(40), word(6));
+        let chars: Vec<char> = needle.chars().collect();
+        assert_eq!(
+            contains_chars(haystack.chars(), &chars),
+            haystack.contains(&needle),
+            "{haystack:?} / {needle:?}"
+        );
+    }
+    assert!(contains_chars("aab".chars(), &['a', 'b']));
+    assert!(!contains_chars("".chars(), &['a']));
+}
+
+#[test]
+fn line_breaks_already_crlf_are_kept_without_a_copy_and_others_are_fixed() {
+    for text in [
+        "",
+        "a\r\nb\r\n",
+        "a\nb",
+        "a\rb",
+        "a\r\r\nb",
+        "\n",
+        "\r",
+        "é\r\n",
+    ] {
+        assert_eq!(crlf_owned(text.to_string()), crlf(text), "{text:?}");
+    }
+    let text = "line\r\n".repeat(1000);
+    let at = text.as_ptr();
+    let kept = crlf_owned(text);
+    assert_eq!(kept.as_ptr(), at, "the same buffer");
+}
