@@ -116,6 +116,9 @@ pub fn signature_edits(mime: &[u8], signature: &Signature<'_>) -> Vec<Edit> {
     else {
         return Vec::new();
     };
+    if unterminated_quote(&message) {
+        return Vec::new();
+    }
     let mut targets = Vec::new();
     bodies(&message, 0, 0, &mut targets);
     targets.sort_by_key(|(id, _)| message.parts[*id].offset_header);
@@ -172,6 +175,41 @@ fn bodies(msg: &Message<'_>, id: usize, depth: usize, out: &mut Vec<(usize, Kind
         }
         _ => false,
     }
+}
+
+/// Whether a `Content-Type` or `Content-Disposition` field of any part, as written, opens a
+/// quoted string it does not close. mail-parser reads such a parameter on across lines — a
+/// boundary, across the message's own structure — so an edit anywhere after it can change what
+/// the message is read as: an attachment was no longer one after signing (found by the
+/// `signature` fuzz target with an unterminated `boundary="`). Such a message is not edited.
+fn unterminated_quote(message: &Message<'_>) -> bool {
+    let raw = message.raw_message();
+    message.parts.iter().any(|part| {
+        let header = raw
+            .get(part.offset_header as usize..part.offset_body as usize)
+            .unwrap_or_default();
+        crate::message::header_fields(header)
+            .iter()
+            .any(|(name, field)| {
+                (name.eq_ignore_ascii_case(b"content-type")
+                    || name.eq_ignore_ascii_case(b"content-disposition"))
+                    && !quotes_closed(field)
+            })
+    })
+}
+
+/// Whether every quoted string in `field` ends (a backslash escapes the next octet inside one).
+fn quotes_closed(field: &[u8]) -> bool {
+    let (mut inside, mut escaped) = (false, false);
+    for &b in field {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if inside => escaped = true,
+            b'"' => inside = !inside,
+            _ => {}
+        }
+    }
+    !inside
 }
 
 /// Whether a part's header, as written, has a `name` or `filename` parameter (RFC 2231 forms

@@ -483,3 +483,39 @@ fn line_breaks_already_crlf_are_kept_without_a_copy_and_others_are_fixed() {
     let kept = crlf_owned(text);
     assert_eq!(kept.as_ptr(), at, "the same buffer");
 }
+
+#[test]
+fn a_quoted_parameter_that_does_not_end_leaves_the_message_alone() {
+    for (field, closed) in [
+        (
+            &b"Content-Type: text/plain; charset=\"utf-8\"\r\n"[..],
+            true,
+        ),
+        (
+            b"Content-Type: multipart/mixed; boundary=\"a\\\"b\"\r\n",
+            true,
+        ),
+        (b"Content-Type: multipart/mixed; boundary=\"a\r\n", false),
+        (
+            b"Content-Disposition: attachment; filename=\"x\\\"\r\n",
+            false,
+        ),
+        (b"Content-Type: text/plain\r\n", true),
+    ] {
+        assert_eq!(
+            quotes_closed(field),
+            closed,
+            "{}",
+            String::from_utf8_lossy(field)
+        );
+    }
+    // The fuzz finding, readable: an unterminated boundary quote; mail-parser saw an attachment
+    // there before signing and none after. Now nothing is signed.
+    let found = m("Content-Type: multipart/mixed; boundary=\"a\n\n\n--a\n\
+        Content-Type: multipart/alternative; boundary=\" \n-a\n\
+        Content-Disposition: attachment; filename=\"notes\n\nHi\n--a\n\n--a\n");
+    assert_eq!(inject_signature(&found, &SIG), found);
+    // Closed quotes, the same shape otherwise: signed as ever.
+    let fine = m(ALTERNATIVE);
+    assert_ne!(inject_signature(&fine, &SIG), fine);
+}
