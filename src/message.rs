@@ -182,12 +182,8 @@ mod parse_tests {
     /// with broken headers, makes mail-parser 0.11.9 panic. `parse_mime` says "unreadable".
     #[test]
     fn a_message_that_panics_mail_parser_is_unreadable() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fuzz/regressions/signature/multipart-in-rfc822-panics-mail-parser"
-        );
-        // The first byte picks the fuzz target's signature; the message follows.
-        let mime = &std::fs::read(path).unwrap()[1..];
+        let mime: &[u8] =
+            &crate::fuzzing::signature_regression("multipart-in-rfc822-panics-mail-parser");
         let raw = std::panic::catch_unwind(|| mail_parser::MessageParser::default().parse(mime));
         assert!(
             raw.is_err(),

@@ -21,6 +21,19 @@ pub use jmap::jmap_request;
 pub use mime::{header_from, signature};
 pub use smtp::{body_reader, smtp_session};
 
+/// The message of the `signature` target's regression input `name` (its first byte, which
+/// picks the target's signature, left off), for unit tests of a fixed finding.
+#[cfg(test)]
+pub(crate) fn signature_regression(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/fuzz/regressions/signature/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut input = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    input.remove(0);
+    input
+}
+
 /// A fuzz target: arbitrary bytes in, a panic on a finding.
 pub type Target = fn(&[u8]);
 

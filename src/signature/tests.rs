@@ -413,11 +413,7 @@ fn a_part_that_already_holds_the_signature_is_not_signed_again() {
 /// written keeps the signature out of the part.
 #[test]
 fn a_part_that_names_a_file_however_malformed_is_not_signed() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fuzz/regressions/signature/unterminated-name-parameter"
-    );
-    let mime = &std::fs::read(path).unwrap()[1..];
+    let mime: &[u8] = &crate::fuzzing::signature_regression("unterminated-name-parameter");
     let sig = Signature {
         text: Some("-- \nAlice"),
         html: None,

@@ -146,8 +146,12 @@ impl SesTransport {
         };
         // The message goes into the request's body as it is sent (see `ses_body`); should the
         // SDK one day serialize the request otherwise, it goes the SDK's way.
-        let result = match request(PLACEHOLDER.to_vec()) {
-            Ok(operation) if self.stream_body => {
+        let streamed = match self.stream_body {
+            true => request(PLACEHOLDER.to_vec()).ok(),
+            false => None,
+        };
+        let result = match streamed {
+            Some(operation) => {
                 let stream = StreamRawMessage::new(&message.mime);
                 let failed = Arc::clone(&stream.failed);
                 match operation.customize().interceptor(stream).send().await {
@@ -159,7 +163,7 @@ impl SesTransport {
                     result => Some(result),
                 }
             }
-            _ => None,
+            None => None,
         };
         let result = match result {
             Some(result) => result,

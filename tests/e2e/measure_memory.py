@@ -13,6 +13,8 @@ Postfix.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 import uuid
@@ -72,8 +74,6 @@ class Sampler:
 
 
 def test_measure_aws_spool_memory(start_server, moto, tmp_path, outbox_bin, password_hashes):
-    import os
-    import subprocess
     name = f"mem{uuid.uuid4().hex[:10]}"
     overrides = {"spool.backend": "aws", "spool.aws": aws_spool(name)}
     env = ses_env(moto.url)
